@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` (the whole job on the embedded stack) and
+# `make test` (the whole test suite). Each creates or updates .venv/ first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+UV_VERSION := 0.13.9
+UV     := $(VENV)/bin/uv
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-unit sysdeps lint clean help
+
+help:
+	@echo "make demo   run the whole monthly job end to end on the embedded stack"
+	@echo "make test   run the whole test suite"
+
+# One source of truth for installs: the Dockerfile runs `make venv` too.
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --python $(VENV)/bin/python
+	@touch $@
+
+# System tools some tests use (redis-server, promtool, hey). Installed with apt-get when
+# we are root on a Debian-like machine; otherwise the script says what is missing.
+sysdeps:
+	@bash ops/scripts/sysdeps.sh
+
+demo: venv
+	$(VENV)/bin/streamflow demo
+
+test: venv sysdeps
+	$(VENV)/bin/python -m pytest
+
+test-unit: venv
+	$(VENV)/bin/python -m pytest tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	-$(VENV)/bin/streamflow stack down
+	rm -rf .streamflow

@@ -1,0 +1,135 @@
+"""One settings object for the whole platform, read from ``STREAMFLOW_*`` variables and ``.env``.
+
+Build it once with :func:`get_settings` and pass it down; no other module reads ``os.environ``
+for its own configuration.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Everything that changes between a laptop, CI and the compose stack."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMFLOW_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- where things live -------------------------------------------------------------
+    project_dir: Path = Field(
+        default=PROJECT_ROOT,
+        description="Repository root: holds dbt_project/, feature_repo/, airflow/dags/.",
+    )
+    home: Path = Field(
+        default=PROJECT_ROOT / ".streamflow",
+        description="State directory of the embedded stack: database files, logs, secrets, "
+        "MLflow artifacts, reports.",
+    )
+
+    # --- PostgreSQL ----------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql:// URL of the warehouse database. Unset: the embedded server "
+        "under `home` is used (started by `streamflow stack up`).",
+    )
+    pg_host: str = Field(default="127.0.0.1", description="Embedded server: listen address.")
+    pg_port: int = Field(default=55432, description="Embedded server: TCP port.")
+    pg_user: str = Field(default="streamflow", description="Embedded server: login role.")
+    warehouse_db: str = Field(default="streamflow", description="Embedded server: warehouse database.")
+    mlflow_db: str = Field(default="mlflow", description="Embedded server: MLflow backend database.")
+    airflow_db: str = Field(default="airflow", description="Embedded server: Airflow metadata database.")
+    feast_registry_db: str = Field(default="feast", description="Embedded server: Feast SQL registry database.")
+
+    # --- dbt -----------------------------------------------------------------------------
+    dbt_target_schema: str = Field(default="analytics", description="Base schema dbt builds into.")
+    dbt_threads: int = Field(default=4, description="dbt threads.")
+    gate_max_subscriber_change: float = Field(
+        default=0.5,
+        description="Quality gate: largest allowed relative change of active subscribers month over month.",
+    )
+
+    # --- Feast ---------------------------------------------------------------------------
+    feast_project: str = Field(default="streamflow", description="Feast project name.")
+    feast_registry_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the Feast SQL registry. Unset: a database of the warehouse server.",
+    )
+    online_store: Literal["postgres", "redis"] = Field(
+        default="postgres", description="Feast online store type."
+    )
+    redis_url: str = Field(default="localhost:6379", description="Redis connection string for Feast (host:port[,db=N]).")
+
+    # --- MLflow --------------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: a PostgreSQL database "
+        "of the embedded server, artifacts under `home`/mlartifacts.",
+    )
+    model_name: str = Field(default="streamflow_churn", description="Registered model name.")
+    promotion_min_roc_auc: float = Field(default=0.70, description="Absolute floor for a first champion.")
+    promotion_margin: float = Field(default=0.01, description="ROC-AUC gain a challenger needs over the champion.")
+    promotion_logloss_tolerance: float = Field(
+        default=0.02, description="Largest log-loss increase a promoted challenger may show."
+    )
+    drift_share_threshold: float = Field(
+        default=0.3, description="Share of drifted model features above which retraining is advised."
+    )
+    seed: int = Field(default=42, description="Seed for splits and models.")
+
+    # --- serving -------------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="API bind address.")
+    api_port: int = Field(default=8000, description="API port.")
+    api_workers: int = Field(default=1, description="API worker processes.")
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /events and admin routes. Unset: no auth."
+    )
+    model_poll_seconds: float = Field(default=10.0, description="How often the API checks the champion alias.")
+    batch_limit: int = Field(default=500, description="Largest /predict/batch request.")
+
+    # --- UIs -----------------------------------------------------------------------------
+    mlflow_port: int = Field(default=5000, description="`streamflow mlflow` UI port.")
+    airflow_port: int = Field(default=8080, description="`streamflow airflow` UI port.")
+    docs_port: int = Field(default=8081, description="`streamflow docs` port.")
+
+    # --- derived paths -------------------------------------------------------------------
+    @property
+    def dbt_project_dir(self) -> Path:
+        return self.project_dir / "dbt_project"
+
+    @property
+    def feature_repo_dir(self) -> Path:
+        return self.project_dir / "feature_repo"
+
+    @property
+    def dags_dir(self) -> Path:
+        return self.project_dir / "airflow" / "dags"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def embedded(self) -> bool:
+        """True when the platform manages its own PostgreSQL server."""
+        return self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once."""
+    return Settings()

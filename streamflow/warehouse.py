@@ -1,0 +1,37 @@
+"""The one way every part of the platform gets a database connection or URL."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from streamflow.config import Settings
+from streamflow.stack import get_stack
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+def database_url(settings: Settings, database: str | None = None, driver: str | None = None) -> str:
+    """URL of a database on the platform's server (the warehouse unless ``database`` is given)."""
+    return get_stack(settings).url(database, driver)
+
+
+def connect(settings: Settings, database: str | None = None, **kwargs) -> psycopg.Connection:
+    """A new psycopg connection to the warehouse (or ``database``)."""
+    import psycopg
+
+    kwargs.setdefault("connect_timeout", 10)
+    return psycopg.connect(database_url(settings, database), **kwargs)
+
+
+def connection_parts(settings: Settings, database: str | None = None) -> dict[str, str]:
+    """host, port, user, password, dbname of a database: what dbt and Feast profiles need."""
+    parts = urlsplit(database_url(settings, database))
+    return {
+        "host": parts.hostname or "localhost",
+        "port": str(parts.port or 5432),
+        "user": unquote(parts.username or ""),
+        "password": unquote(parts.password or ""),
+        "dbname": parts.path.lstrip("/"),
+    }
