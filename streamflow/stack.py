@@ -12,6 +12,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -256,19 +257,30 @@ class EmbeddedPostgres:
     def down(self) -> bool:
         """Stop the server (fast shutdown). Returns False when it was not running."""
         with self._locked():
-            if not self.is_running():
+            pm = self._postmaster()
+            if pm is None:
                 return False
-            self._pg("pg_ctl", "-w", "-t", "60", "-D", str(self.data_dir), "-m", "fast", "stop", timeout=90)
+            try:
+                self._pg("pg_ctl", "-w", "-t", "60", "-D", str(self.data_dir), "-m", "fast", "stop", timeout=90)
+            except StackError:
+                # pg_ctl could not reach the data directory (permissions changed under us): a fast
+                # shutdown by signal is the same thing pg_ctl would have asked for
+                os.kill(pm[0], signal.SIGINT)
+                self._wait_gone(pm[0], 60)
             return True
+
+    @staticmethod
+    def _wait_gone(pid: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """Hard-stop the postmaster (SIGKILL), as a crash would. For fault-injection tests."""
         pm = self._postmaster()
         if pm:
-            os.kill(pm[0], 9)
-            deadline = time.monotonic() + 10
-            while Path(f"/proc/{pm[0]}").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            os.kill(pm[0], signal.SIGKILL)
+            self._wait_gone(pm[0], 10)
 
     def _log_tail(self, lines: int = 20) -> str:
         try:

@@ -3,10 +3,13 @@ the real `streamflow` command line against it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,17 +66,58 @@ def run_cli(settings: Settings, *args: str, check: bool = True, timeout: float =
     return proc
 
 
+@contextlib.contextmanager
+def server_home(prefix: str = "streamflow-test-"):
+    """A state directory for an embedded server, outside pytest's private temp root.
+
+    As root, PostgreSQL runs as an unprivileged user that must traverse the path to its data;
+    pytest keeps its own temp root at mode 0700, so the server's home lives in /tmp instead."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield home
+    finally:
+        EmbeddedPostgres(make_settings(home)).down()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_settings(tmp_path_factory) -> Settings:
+def pg_settings() -> Settings:
     """Settings pointing at a real embedded PostgreSQL started for this test session."""
-    home = tmp_path_factory.mktemp("streamflow_home")
-    settings = make_settings(home)
-    server = EmbeddedPostgres(settings)
-    server.up()
-    yield settings
-    server.down()
+    with server_home() as home:
+        settings = make_settings(home)
+        EmbeddedPostgres(settings).up()
+        yield settings
+        EmbeddedPostgres(settings).down()
+
+
+@pytest.fixture()
+def own_home():
+    """A fresh state directory for a test that starts its own embedded server."""
+    with server_home() as home:
+        yield home
 
 
 @pytest.fixture(scope="session")
 def pg_server(pg_settings) -> EmbeddedPostgres:
     return EmbeddedPostgres(pg_settings)
+
+
+def fresh_database(settings: Settings, name: str) -> Settings:
+    """A new, empty warehouse database on the same server; returns settings that use it.
+
+    Lets a test module own its raw/marts state without starting another server."""
+    import psycopg
+
+    server = EmbeddedPostgres(settings)
+    with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+    return settings.model_copy(update={"warehouse_db": name})
+
+
+@pytest.fixture(scope="session")
+def mlflow_settings(pg_settings) -> Settings:
+    """Settings with a real MLflow store: a fresh `mlflow_test` database on the session PostgreSQL as
+    tracking and registry backend, artifacts under the session's home. Shared by every MLflow test."""
+    fresh_database(pg_settings, "mlflow_test")
+    return pg_settings.model_copy(update={"mlflow_db": "mlflow_test", "mlflow_tracking_uri": None})

@@ -14,8 +14,8 @@ from tests.conftest import make_settings, run_cli
 
 
 @pytest.fixture()
-def own_settings(tmp_path):
-    return make_settings(tmp_path / "home")
+def own_settings(own_home):
+    return make_settings(own_home)
 
 
 def test_up_starts_a_real_server_with_the_project_databases_and_a_private_password(own_settings):
@@ -83,7 +83,7 @@ def test_cli_status_prints_a_usable_url_and_external_mode_starts_nothing(own_set
             assert conn.execute("select 1").fetchone()[0] == 1
 
         # the same commands against an external server: nothing is started or stopped
-        external = make_settings(tmp_path / "other_home", database_url=info["url"])
+        external = make_settings(tmp_path / "other_home", database_url=info["url"])  # never started
         ext_status = json.loads(run_cli(external, "stack", "status", "--json").stdout)
         assert ext_status["mode"] == "external" and ext_status["running"]
         run_cli(external, "stack", "up")
