@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         default=0.5,
         description="Quality gate: largest allowed relative change of active subscribers month over month.",
     )
+    dbt_target_path: Path | None = Field(
+        default=None,
+        description="Folder dbt writes its artifacts to (manifest.json, run results, compiled SQL); its logs go "
+        "to the sibling folder `logs`. Unset: dbt_project/target.",
+    )
 
     # --- Feast ---------------------------------------------------------------------------
     feast_project: str = Field(default="streamflow", description="Feast project name.")
@@ -83,9 +88,30 @@ class Settings(BaseSettings):
         default=0.02, description="Largest log-loss increase a promoted challenger may show."
     )
     drift_share_threshold: float = Field(
-        default=0.3, description="Share of drifted model features above which retraining is advised."
+        default=0.3, description="Share of drifted model features at or above which retraining is advised."
     )
     seed: int = Field(default=42, description="Seed for splits and models.")
+    mlflow_experiment: str = Field(
+        default="streamflow_churn",
+        description="MLflow experiment of training runs; drift reports go to `<name>_drift`.",
+    )
+    feature_service: str = Field(
+        default="churn_model_v1", description="Feast feature service the model is trained and scored on."
+    )
+    validation_fraction: float = Field(
+        default=0.25,
+        description="Share of rows held out (stratified) for validation when only one labelled period exists.",
+    )
+    ml_threads: int = Field(
+        default=1,
+        description="OpenMP/BLAS threads for training and batch scoring; 0 = all cores. One is fastest on a "
+        "small machine shared with other services.",
+    )
+    oracle_dir: Path | None = Field(
+        default=None,
+        description="Folder with the generator's oracle files (oracle/period_<as_of>.csv), read only by "
+        "`streamflow evaluate`. Unset: `home`/drops.",
+    )
 
     # --- serving -------------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="API bind address.")
@@ -96,6 +122,13 @@ class Settings(BaseSettings):
     )
     model_poll_seconds: float = Field(default=10.0, description="How often the API checks the champion alias.")
     batch_limit: int = Field(default=500, description="Largest /predict/batch request.")
+    feature_refresh_seconds: float = Field(
+        default=30.0,
+        description="How often the API re-reads the Feast registry (business clock, TTLs) and checks the online store.",
+    )
+    online_timeout_seconds: float = Field(
+        default=2.0, description="API: connect and query timeout on the online store, in seconds."
+    )
 
     # --- UIs -----------------------------------------------------------------------------
     mlflow_port: int = Field(default=5000, description="`streamflow mlflow` UI port.")
@@ -106,6 +139,15 @@ class Settings(BaseSettings):
     @property
     def dbt_project_dir(self) -> Path:
         return self.project_dir / "dbt_project"
+
+    @property
+    def dbt_target_dir(self) -> Path:
+        """Where dbt writes manifest.json and run results (Feast and Airflow read the manifest here)."""
+        return self.dbt_target_path or self.dbt_project_dir / "target"
+
+    @property
+    def dbt_log_dir(self) -> Path:
+        return self.dbt_target_dir.parent / "logs"
 
     @property
     def feature_repo_dir(self) -> Path:

@@ -22,4 +22,33 @@ def tool_environment(settings: Settings) -> dict[str, str]:
         "PGDATABASE": wh["dbname"],
         "STREAMFLOW_WAREHOUSE_URL": database_url(settings),
     }
+    env.update(dbt_environment(settings))
+    env.update(feast_environment(settings))
     return env
+
+
+def dbt_environment(settings: Settings) -> dict[str, str]:
+    """What plain `dbt` needs besides the connection: where the project, profile and artifacts are,
+    the profile's target schema and threads, the quality gate's threshold, no usage statistics sent."""
+    return {
+        "DBT_PROJECT_DIR": str(settings.dbt_project_dir),
+        "DBT_PROFILES_DIR": str(settings.dbt_project_dir),
+        "DBT_TARGET_PATH": str(settings.dbt_target_dir),
+        "DBT_LOG_PATH": str(settings.dbt_log_dir),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "STREAMFLOW_DBT_TARGET_SCHEMA": settings.dbt_target_schema,
+        "STREAMFLOW_DBT_THREADS": str(settings.dbt_threads),
+        "STREAMFLOW_GATE_MAX_SUBSCRIBER_CHANGE": str(settings.gate_max_subscriber_change),
+    }
+
+
+def feast_environment(settings: Settings) -> dict[str, str]:
+    """What the `feast` CLI needs in feature_repo/ besides the connection: the project and the SQL
+    registry of feature_store.yaml, and where the dbt manifest that types the feature views is."""
+    from streamflow.features import registry_url
+
+    return {
+        "STREAMFLOW_FEAST_PROJECT": settings.feast_project,
+        "STREAMFLOW_FEAST_REGISTRY_URL": registry_url(settings),
+        "STREAMFLOW_DBT_TARGET_PATH": str(settings.dbt_target_dir),
+    }

@@ -121,3 +121,64 @@ def mlflow_settings(pg_settings) -> Settings:
     tracking and registry backend, artifacts under the session's home. Shared by every MLflow test."""
     fresh_database(pg_settings, "mlflow_test")
     return pg_settings.model_copy(update={"mlflow_db": "mlflow_test", "mlflow_tracking_uri": None})
+
+
+# ---------------------------------------------------------------------------------------
+# the built warehouse (dbt), shared by the warehouse, Feast and ML tests
+# ---------------------------------------------------------------------------------------
+WAREHOUSE_MONTHS = 3  # drops ingested and built in `built_warehouse`; `session_drops` holds one more
+
+
+@pytest.fixture(scope="session")
+def session_drops(tmp_path_factory) -> list[Path]:
+    """Four monthly drops (500 users, seed 42) written once per session by the real generator.
+
+    `built_warehouse` holds the first three; the fourth is a next month a test can ingest."""
+    from streamflow.generate import generate
+
+    out = tmp_path_factory.mktemp("drops")
+    generate(out, months=WAREHOUSE_MONTHS + 1, users=500, seed=42, progress=False)
+    return sorted(out.glob("month_*"))
+
+
+def clone_database(settings: Settings, source: str, name: str) -> Settings:
+    """A fresh copy of database `source` on the same server (CREATE DATABASE ... TEMPLATE); returns
+    settings that use it. Nobody may be connected to `source` while it is copied."""
+    import psycopg
+
+    server = EmbeddedPostgres(settings)
+    with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}" template "{source}"')
+    return settings.model_copy(update={"warehouse_db": name})
+
+
+@pytest.fixture(scope="session")
+def built_warehouse(pg_settings, session_drops, tmp_path_factory) -> Settings:
+    """Settings of a built warehouse: drops month_000..month_002 ingested and `streamflow build` run
+    (gate, snapshots, marts), in the database `dbt_warehouse`. Read-only for tests: use
+    `warehouse_copy(name)` for a private copy to change."""
+    from streamflow.dbt import build
+    from streamflow.ingest import ingest
+
+    settings = fresh_database(pg_settings, "dbt_warehouse").model_copy(
+        update={"dbt_target_path": tmp_path_factory.mktemp("dbt_warehouse") / "target"}
+    )
+    ingest(settings, session_drops[:WAREHOUSE_MONTHS])
+    build(settings)
+    # a pristine copy nobody connects to, so private copies can be made while tests read dbt_warehouse
+    clone_database(settings, "dbt_warehouse", "dbt_warehouse_template")
+    return settings
+
+
+@pytest.fixture(scope="session")
+def warehouse_copy(built_warehouse, tmp_path_factory):
+    """Factory: `warehouse_copy(name)` -> settings of a fresh copy of the built warehouse in database
+    `name`, with its own dbt target folder (the same name reuses dbt's parse cache)."""
+    root = tmp_path_factory.mktemp("dbt_copies")
+
+    def copy_of(name: str) -> Settings:
+        settings = clone_database(built_warehouse, "dbt_warehouse_template", name)
+        return settings.model_copy(update={"dbt_target_path": root / name / "target"})
+
+    return copy_of

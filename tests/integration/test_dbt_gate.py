@@ -1,0 +1,163 @@
+"""The quality gate in practice: each content defect of a new drop stops `streamflow build` at the
+source tests, names the test and column, and leaves every snapshot and mart as it was."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+
+from streamflow.dbt import GateFailed, build
+from streamflow.ingest import ingest
+from streamflow.warehouse import connect
+from tests.conftest import WAREHOUSE_MONTHS, run_cli
+from tests.integration.dbt_reference import copy_drop, warehouse_digests
+
+pytestmark = pytest.mark.integration
+
+
+def _next_as_of(drop) -> date:
+    return date.fromisoformat(json.loads((drop / "manifest.json").read_text())["as_of"])
+
+
+def _set(frame: pd.DataFrame, column: str, value: str, rows: int = 1) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.loc[: rows - 1, column] = value
+    return frame
+
+
+def _new_users_of(next_drop, previous_drop) -> list[str]:
+    """Subscribers of the next drop who were not subscribers of the previous one (new sign-ups)."""
+    now = pd.read_csv(next_drop / "subscriptions.csv", dtype=str)["user_id"]
+    before = set(pd.read_csv(previous_drop / "subscriptions.csv", dtype=str)["user_id"])
+    return [u for u in now if u not in before]
+
+
+# defect -> (edits of the next month's drop, the test that must fail, the table and column it names)
+DEFECTS = {
+    "negative minutes": (
+        lambda ctx: {"sessions": lambda f: _set(f, "minutes", "-5.00", rows=3)},
+        "expect_column_values_to_be_between",
+        "raw.sessions",
+        "minutes",
+    ),
+    "zero fee": (
+        lambda ctx: {"subscriptions": lambda f: _set(f, "monthly_fee", "0.00")},
+        "expect_column_values_to_be_between",
+        "raw.subscriptions",
+        "monthly_fee",
+    ),
+    "unknown contract type": (
+        lambda ctx: {"subscriptions": lambda f: _set(f, "contract_type", "Three year")},
+        "expect_column_values_to_be_in_set",
+        "raw.subscriptions",
+        "contract_type",
+    ),
+    "unknown payment status": (
+        lambda ctx: {"payments": lambda f: _set(f, "status", "pending")},
+        "expect_column_values_to_be_in_set",
+        "raw.payments",
+        "status",
+    ),
+    "duplicate subscriber": (
+        lambda ctx: {"subscriptions": lambda f: pd.concat([f, f.iloc[[0]]], ignore_index=True)},
+        "expect_compound_columns_to_be_unique",
+        "raw.subscriptions",
+        "user_id",
+    ),
+    "event for an unknown user": (
+        lambda ctx: {"sessions": lambda f: _set(f, "user_id", "9999-ZZZZZ")},
+        "relationships_within_drop",
+        "raw.sessions",
+        "user_id",
+    ),
+    "event after as_of": (
+        lambda ctx: {"sessions": lambda f: _set(f, "started_at", f"{ctx['as_of'] + timedelta(days=1)}T00:00:01Z")},
+        "event_within_drop_month",
+        "raw.sessions",
+        "started_at",
+    ),
+    "label for a non-subscriber": (
+        lambda ctx: {"labels": lambda f: _set(f, "user_id", ctx["new_user"])},
+        "user_active_at_period_start",
+        "raw.labels",
+        "user_id",
+    ),
+    "zero subscribers": (
+        lambda ctx: {"subscriptions": lambda f: f.iloc[0:0]},
+        "expect_column_distinct_count_to_be_greater_than",
+        "raw.subscriptions",
+        "user_id",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def before(warehouse_copy):
+    """Digests of every snapshot and mart of the built warehouse (3 months)."""
+    settings = warehouse_copy("dbt_gate_reference")
+    with connect(settings) as conn:
+        return warehouse_digests(conn)
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_each_content_defect_stops_the_build_at_the_gate_and_changes_nothing(
+    defect, session_drops, warehouse_copy, before, tmp_path
+):
+    edits, test_name, table, column = DEFECTS[defect]
+    good_next, previous = session_drops[WAREHOUSE_MONTHS], session_drops[WAREHOUSE_MONTHS - 1]
+    as_of = _next_as_of(good_next)
+    ctx = {"as_of": as_of, "new_user": _new_users_of(good_next, previous)[0]}
+    bad = copy_drop(good_next, tmp_path / good_next.name, edits(ctx))
+    settings = warehouse_copy("dbt_gate_defects")  # the same name each time: dbt's parse cache is reused
+    ingest(settings, [bad])
+
+    with pytest.raises(GateFailed) as caught:
+        build(settings)
+
+    report = caught.value.report
+    assert report.as_of == as_of
+    named = [f for f in report.failures if f.test == test_name and f.table == table and column in (f.column or "")]
+    assert named, f"{test_name} on {table}.{column} not in:\n{report.render()}"
+    failure = named[0]
+    assert failure.status == "fail" and failure.failing_rows and failure.failing_rows > 0
+    assert failure.files == [str(bad.resolve() / f"{table.split('.')[1]}.csv")]
+    text = report.render()
+    assert test_name in text and table in text and column in text and "not changed" in text
+    with connect(settings) as conn:
+        assert warehouse_digests(conn) == before
+        built = conn.execute("select max(as_of) from analytics.dbt_build_log").fetchone()[0]
+    assert built < as_of
+
+
+def test_row_level_failures_show_sample_rows_with_the_offending_values(session_drops, warehouse_copy, tmp_path):
+    good_next = session_drops[WAREHOUSE_MONTHS]
+    bad = copy_drop(good_next, tmp_path / good_next.name, {"sessions": lambda f: _set(f, "minutes", "-5.00", rows=7)})
+    settings = warehouse_copy("dbt_gate_defects")
+    ingest(settings, [bad])
+    with pytest.raises(GateFailed) as caught:
+        build(settings)
+    (failure,) = caught.value.report.failures
+    assert failure.failing_rows == 7
+    assert len(failure.rows) == 5  # at most five samples
+    assert "session_id" in failure.columns and "minutes" in failure.columns
+    minutes = failure.columns.index("minutes")
+    assert all(str(row[minutes]) == "-5.00" for row in failure.rows)
+
+
+def test_cli_build_prints_the_gate_report_and_exits_non_zero(session_drops, warehouse_copy, tmp_path):
+    good_next = session_drops[WAREHOUSE_MONTHS]
+    bad = copy_drop(good_next, tmp_path / good_next.name, {"payments": lambda f: _set(f, "status", "pending", rows=2)})
+    settings = warehouse_copy("dbt_gate_defects")
+    ingest(settings, [bad])
+
+    proc = run_cli(settings, "build", check=False)
+
+    assert proc.returncode == 1
+    out = proc.stderr
+    assert "Quality gate failed for drop" in out
+    assert "expect_column_values_to_be_in_set  raw.payments.status  2 failing rows" in out
+    assert f"file: {bad.resolve() / 'payments.csv'}" in out
+    assert "pending" in out and "Traceback" not in out + proc.stdout

@@ -1,0 +1,234 @@
+"""The dbt project as written: it parses without a database, and what Feast, analysts and the gate
+rely on is declared (contracts, schemas, business-time snapshots, tests, docs, exposures)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from streamflow import contract
+from streamflow.dbt import _fresh_copy, manifest_path, parse
+from tests.conftest import ROOT, make_settings
+
+PROJECT = ROOT / "dbt_project"
+
+MART_COLUMNS = {
+    "subscriptions_profile": {
+        "user_id": "text",
+        "as_of": "timestamptz",
+        "gender": "text",
+        "senior_citizen": "boolean",
+        "partner": "boolean",
+        "dependents": "boolean",
+        "contract_type": "text",
+        "months_active": "integer",
+        "monthly_fee": "double precision",
+        "paperless_billing": "boolean",
+        "payment_method": "text",
+        "net_service": "text",
+        "plan_stream_tv": "boolean",
+        "plan_stream_movies": "boolean",
+        "add_on_security": "boolean",
+        "add_on_backup": "boolean",
+        "add_on_device_protection": "boolean",
+        "add_on_tech_support": "boolean",
+    },
+    "usage_agg_30d": {
+        "user_id": "text",
+        "as_of": "timestamptz",
+        "watch_hours_30d": "double precision",
+        "avg_session_mins_7d": "double precision",
+        "unique_devices_30d": "bigint",
+        "skips_7d": "bigint",
+        "rebuffer_events_7d": "bigint",
+    },
+    "payments_agg_90d": {"user_id": "text", "as_of": "timestamptz", "failed_payments_90d": "bigint"},
+    "support_agg_90d": {
+        "user_id": "text",
+        "as_of": "timestamptz",
+        "support_tickets_90d": "bigint",
+        "ticket_avg_resolution_hrs_90d": "double precision",
+    },
+    "labels": {"user_id": "text", "period_start": "timestamptz", "churn_label": "boolean"},
+}
+
+# upstream dbt-expectations (metaplane fork): test -> arguments after model/column_name, in order
+UPSTREAM_EXPECTATIONS = {
+    "expect_column_values_to_not_be_null": ["row_condition"],
+    "expect_column_values_to_be_unique": ["row_condition"],
+    "expect_compound_columns_to_be_unique": ["column_list", "quote_columns", "ignore_row_if", "row_condition"],
+    "expect_column_values_to_be_in_set": ["value_set", "quote_values", "row_condition"],
+    "expect_column_values_to_be_between": ["min_value", "max_value", "row_condition", "strictly"],
+    "expect_column_values_to_match_regex": ["regex", "row_condition", "is_raw", "flags"],
+    "expect_column_pair_values_A_to_be_greater_than_B": ["column_A", "column_B", "or_equal", "row_condition"],
+    "expect_column_distinct_count_to_be_greater_than": ["value", "group_by", "row_condition"],
+    "expect_table_row_count_to_be_between": ["min_value", "max_value", "group_by", "row_condition", "strictly"],
+}
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    return make_settings(home, dbt_target_path=home / "dbt" / "target")
+
+
+@pytest.fixture(scope="module")
+def manifest(settings) -> dict:
+    parse(settings)  # no database: nothing listens on the settings' port
+    return json.loads(manifest_path(settings).read_text())
+
+
+def test_each_run_gets_a_complete_copy_of_the_parsed_manifest(settings, manifest):
+    parsed = parse(settings)
+    parsed.ref_lookup, parsed.source_lookup, parsed.doc_lookup  # noqa: B018 - fills dbt's lookup caches
+    copy = _fresh_copy(parsed)
+    assert copy.nodes is not parsed.nodes
+    assert {k: n.to_dict() for k, n in copy.nodes.items()} == {k: n.to_dict() for k, n in parsed.nodes.items()}
+    assert copy.source_lookup.find("raw.load_log", None, copy).identifier == "load_log"
+    assert copy.ref_lookup.find("usage_agg_30d", None, None, copy).name == "usage_agg_30d"
+
+
+def _nodes(manifest, resource_type):
+    return {
+        n["name"]: n
+        for n in manifest["nodes"].values()
+        if n["resource_type"] == resource_type and n["package_name"] == "streamflow"
+    }
+
+
+def test_every_model_snapshot_and_column_is_described(manifest):
+    nodes = {**_nodes(manifest, "model"), **_nodes(manifest, "snapshot")}
+    assert {"stg_raw__sessions", "snap_subscriptions", "usage_agg_30d"} <= set(nodes)
+    for name, node in nodes.items():
+        assert node["description"].strip(), f"{name} has no description"
+        assert node["columns"] or node["config"]["materialized"] == "ephemeral", f"{name} documents no column"
+        for column, spec in node["columns"].items():
+            assert spec["description"].strip(), f"{name}.{column} has no description"
+
+
+@pytest.mark.parametrize("table", list(contract.FILES))
+def test_staging_views_document_exactly_the_contract_columns(manifest, table):
+    node = _nodes(manifest, "model")[f"stg_raw__{table}"]
+    assert list(node["columns"]) == ["as_of", *contract.FILES[table].header]
+    assert node["schema"] == "staging" and node["config"]["materialized"] == "view"
+
+
+@pytest.mark.parametrize("mart", list(MART_COLUMNS))
+def test_marts_have_an_enforced_contract_with_the_agreed_columns_and_types(manifest, mart):
+    node = _nodes(manifest, "model")[mart]
+    assert node["config"]["contract"]["enforced"] is True
+    assert {c: s["data_type"] for c, s in node["columns"].items()} == MART_COLUMNS[mart]
+    assert node["schema"] == "marts" and node["config"]["materialized"] == "incremental"
+    key = ["user_id", "period_start"] if mart == "labels" else ["user_id", "as_of"]
+    assert {"type": "primary_key", "columns": key} in [
+        {k: c[k] for k in ("type", "columns")} for c in node["constraints"]
+    ]
+
+
+def test_snapshots_version_plans_in_business_time_and_close_cancelled_rows(manifest):
+    for name in ("snap_users", "snap_subscriptions"):
+        cfg = _nodes(manifest, "snapshot")[name]["config"]
+        assert (cfg["strategy"], cfg["unique_key"], cfg["hard_deletes"]) == ("check", "user_id", "invalidate")
+        assert _nodes(manifest, "snapshot")[name]["schema"] == "snapshots"
+        assert any("assert_snapshot_month_in_order" in h["sql"] for h in cfg["pre-hook"])
+    # "now" of a snapshot is the drop being processed, not the wall clock
+    macro = manifest["macros"]["macro.streamflow.postgres__snapshot_get_time"]
+    assert "as_of_date()" in macro["macro_sql"] and "now()" not in macro["macro_sql"]
+
+
+def _gate(manifest) -> set[tuple[str, str, str | None]]:
+    out = set()
+    for node in manifest["nodes"].values():
+        if node["resource_type"] == "test" and all(d.startswith("source.") for d in node["depends_on"]["nodes"]):
+            model = node["test_metadata"]["kwargs"]["model"]
+            table = re.search(r"source\('raw', '(\w+)'\)", model).group(1)
+            out.add((node["test_metadata"]["name"], table, node.get("column_name")))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("test", "table", "column"),
+    [
+        ("expect_compound_columns_to_be_unique", "subscriptions", None),
+        ("expect_compound_columns_to_be_unique", "users", None),
+        ("expect_column_values_to_be_unique", "sessions", "session_id"),
+        ("expect_column_values_to_be_unique", "payments", "payment_id"),
+        ("expect_column_values_to_be_unique", "tickets", "ticket_id"),
+        ("expect_column_values_to_be_in_set", "subscriptions", "contract_type"),
+        ("expect_column_values_to_be_in_set", "subscriptions", "net_service"),
+        ("expect_column_values_to_be_in_set", "payments", "status"),
+        ("expect_column_values_to_be_in_set", "tickets", "category"),
+        ("expect_column_values_to_be_between", "sessions", "minutes"),
+        ("expect_column_values_to_be_between", "sessions", "skips"),
+        ("expect_column_values_to_be_between", "sessions", "rebuffer_events"),
+        ("expect_column_values_to_be_between", "payments", "amount"),
+        ("expect_column_values_to_be_between", "subscriptions", "monthly_fee"),
+        ("expect_column_values_to_be_between", "subscriptions", "months_active"),
+        ("expect_column_values_to_match_regex", "subscriptions", "user_id"),
+        ("relationships_within_drop", "sessions", "user_id"),
+        ("relationships_within_drop", "payments", "user_id"),
+        ("relationships_within_drop", "tickets", "user_id"),
+        ("relationships_within_drop", "labels", "user_id"),
+        ("event_within_drop_month", "sessions", "started_at"),
+        ("event_within_drop_month", "payments", "attempted_at"),
+        ("event_within_drop_month", "tickets", "opened_at"),
+        ("user_active_at_period_start", "labels", "user_id"),
+        ("month_over_month_change_within", "subscriptions", "user_id"),
+        ("expect_column_distinct_count_to_be_greater_than", "subscriptions", "user_id"),
+    ],
+)
+def test_the_quality_gate_checks_each_rule_of_the_contract(manifest, test, table, column):
+    assert (test, table, column) in _gate(manifest)
+
+
+def test_gate_tests_check_only_the_drop_being_processed(manifest):
+    for node in manifest["nodes"].values():
+        if node["resource_type"] == "test" and all(d.startswith("source.raw") for d in node["depends_on"]["nodes"]):
+            assert "__as_of__" in node["config"]["where"], node["name"]
+
+
+def test_the_subscriber_change_threshold_comes_from_a_dbt_var(manifest):
+    (node,) = [
+        n
+        for n in manifest["nodes"].values()
+        if n["resource_type"] == "test" and n["test_metadata"]["name"] == "month_over_month_change_within"
+    ]
+    assert "var('gate_max_subscriber_change')" in node["test_metadata"]["kwargs"]["max_change"]
+    assert "__previous_as_of__" in node["config"]["where"]
+
+
+def test_local_expectations_have_the_upstream_names_and_arguments():
+    found = {}
+    for path in (PROJECT / "packages_local" / "dbt_expectations" / "macros").glob("*.sql"):
+        for name, args in re.findall(r"\{%\s*test\s+(\w+)\((.*?)\)\s*%\}", path.read_text(), re.S):
+            names = [a.split("=")[0].strip() for a in args.split(",") if a.strip()]
+            found[name] = [a for a in names if a not in ("model", "column_name")]
+    assert found == UPSTREAM_EXPECTATIONS
+    local = yaml.safe_load((PROJECT / "packages.yml").read_text())
+    assert local["packages"] == [{"local": "packages_local/dbt_expectations"}]
+    assert "package: metaplane/dbt_expectations" in (PROJECT / "packages.yml").read_text()
+
+
+def test_unit_tests_cover_window_edges_the_no_event_case_and_a_cancelled_user(manifest):
+    tests = {t["name"]: t for t in manifest["unit_tests"].values()}
+    usage = tests["usage_windows_include_their_first_instant_and_exclude_their_end"]
+    started = {r["started_at"] for r in usage["given"][2]["rows"]}
+    assert {"2024-03-02 00:00:00+00", "2024-04-01 00:00:00+00", "2024-03-25 00:00:00+00"} <= started
+    assert any(r["watch_hours_30d"] == 0.0 for r in usage["expect"]["rows"])  # no sessions: zeros
+    assert {t["model"] for t in tests.values()} >= {
+        "usage_agg_30d",
+        "payments_agg_90d",
+        "support_agg_90d",
+        "subscriptions_profile",
+    }
+    profile = tests["profile_follows_scd2_validity_and_drops_cancelled_users"]
+    assert "0002-LEAVE" not in {r["user_id"] for r in profile["expect"]["rows"] if r["as_of"].startswith("2024-02")}
+
+
+def test_exposures_declare_the_feature_services_the_model_and_the_api(manifest):
+    exposures = {e["name"]: e for e in manifest["exposures"].values()}
+    assert set(exposures) >= {"feast_churn_model_v1", "feast_customer_360", "streamflow_churn_model", "streamflow_api"}
+    assert "model.streamflow.labels" in exposures["streamflow_churn_model"]["depends_on"]["nodes"]
