@@ -1,0 +1,10 @@
+"""The one exception type of the ML package: a problem the user can act on, printed without a traceback."""
+
+from __future__ import annotations
+
+
+class MLError(RuntimeError):
+    """A precondition is not met (no labels yet, no champion, a missing oracle file...).
+
+    The message says what is missing and which command fixes it.
+    """

@@ -1,0 +1,188 @@
+"""Model quality: classification metrics, the decision threshold, and the champion against the oracle.
+
+The oracle files hold the generator's true churn probabilities. Only :func:`evaluate` reads them: they
+measure how close the model gets to the best possible ranking, never what it learns from.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ml.errors import MLError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ml.dataset import FeatureSource
+    from streamflow.config import Settings
+
+# metric -> True when larger is better; the order is the display order
+METRICS = {
+    "roc_auc": True,
+    "pr_auc": True,
+    "log_loss": False,
+    "brier": False,
+    "f1": True,
+    "precision": True,
+    "recall": True,
+    "threshold": True,
+}
+
+
+def best_threshold(y_true, proba) -> float:
+    """The probability cut-off that maximises F1 on these rows (ties: the higher cut-off)."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(np.asarray(y_true, dtype=bool), np.asarray(proba))
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    best = np.flatnonzero(f1 == f1.max())[-1]
+    return float(thresholds[best])
+
+
+def classification_metrics(y_true, proba, threshold: float) -> dict[str, float]:
+    """ROC-AUC, PR-AUC, log-loss, Brier and F1/precision/recall at ``threshold``."""
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        f1_score,
+        log_loss,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    y = np.asarray(y_true, dtype=bool)
+    p = np.clip(np.asarray(proba, dtype=float), 1e-15, 1 - 1e-15)
+    predicted = p >= threshold
+    return {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "log_loss": float(log_loss(y, p, labels=[False, True])),
+        "brier": float(brier_score_loss(y, p)),
+        "f1": float(f1_score(y, predicted, zero_division=0)),
+        "precision": float(precision_score(y, predicted, zero_division=0)),
+        "recall": float(recall_score(y, predicted, zero_division=0)),
+        "threshold": float(threshold),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# champion against the oracle
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeriodQuality:
+    period: date
+    rows: int
+    churners: int
+    model_roc_auc: float
+    oracle_roc_auc: float
+    role: str  # "training", "validation" or "unseen" for the champion
+
+    @property
+    def ratio(self) -> float:
+        return self.model_roc_auc / self.oracle_roc_auc
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["period"] = self.period.isoformat()
+        d["ratio"] = self.ratio
+        return d
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    as_of: date
+    model_version: str
+    oracle_dir: Path
+    periods: list[PeriodQuality]
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "model_version": self.model_version,
+            "oracle_dir": str(self.oracle_dir),
+            "periods": [p.as_dict() for p in self.periods],
+        }
+
+
+def oracle_folder(settings: Settings, oracle_dir: Path | None = None) -> Path:
+    """The folder holding period_<as_of>.csv: ``oracle_dir`` (or settings), or its ``oracle/`` subfolder."""
+    base = Path(oracle_dir or settings.oracle_dir or settings.home / "drops")
+    return base / "oracle" if (base / "oracle").is_dir() else base
+
+
+def read_oracle(folder: Path, period: date) -> pd.DataFrame:
+    """The generator's true churn probabilities for the users active at ``period``."""
+    import pandas as pd
+
+    path = folder / f"period_{period.isoformat()}.csv"
+    if not path.is_file():
+        raise MLError(
+            f"no oracle file {path.name} in {folder}: pass the folder `streamflow generate --out` wrote "
+            "with --oracle (or set STREAMFLOW_ORACLE_DIR)"
+        )
+    oracle = pd.read_csv(path, dtype={"user_id": str})
+    missing = {"user_id", "churn_probability"} - set(oracle.columns)
+    if missing:
+        raise MLError(f"{path} lacks the columns {sorted(missing)}")
+    return oracle[["user_id", "churn_probability"]]
+
+
+def compare_with_oracle(labelled: pd.DataFrame, model_proba, oracle: pd.DataFrame) -> tuple[float, float, int]:
+    """(model ROC-AUC, oracle ROC-AUC, rows) on the labelled rows that the oracle also covers."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = labelled[["user_id", "churn_label"]].assign(model=np.asarray(model_proba))
+    rows = rows.merge(oracle, on="user_id", how="inner", validate="one_to_one")
+    if rows.empty or rows["churn_label"].nunique() < 2:
+        raise MLError("the oracle and the labelled rows share no users with both outcomes: wrong oracle folder?")
+    y = rows["churn_label"].astype(bool)
+    return float(roc_auc_score(y, rows["model"])), float(roc_auc_score(y, rows["churn_probability"])), len(rows)
+
+
+def evaluate(
+    settings: Settings,
+    as_of: date,
+    *,
+    oracle_dir: Path | None = None,
+    source: FeatureSource | None = None,
+    on_step=None,
+) -> Evaluation:
+    """The champion's ROC-AUC on every labelled period known at ``as_of``, next to the oracle's."""
+    from ml.dataset import FeastSource, periods_up_to
+    from ml.tracking import load_model_alias
+    from ml.train import limited_threads
+
+    step = on_step or (lambda _msg: None)
+    started = time.perf_counter()
+    source = source or FeastSource(settings)
+    folder = oracle_folder(settings, oracle_dir)
+    if not folder.is_dir():
+        raise MLError(f"oracle folder {folder} does not exist: pass --oracle DIR (the folder of `streamflow generate`)")
+    step("loading the champion")
+    champion = load_model_alias(settings, "champion")
+    periods = periods_up_to(source.label_periods(), as_of)
+    if not periods:
+        raise MLError(f"no labelled period before {as_of}: labels for a month arrive with the next drop")
+    trained_on = set(champion.lineage.get("train_periods", []))
+    validated_on = set(champion.lineage.get("validation_periods", []))
+    out = []
+    for period in periods:
+        step(f"scoring period {period}")
+        frame = source.training_frame([period])
+        with limited_threads(settings):
+            proba = champion.predict_proba(frame)
+        model_auc, oracle_auc, n = compare_with_oracle(frame, proba, read_oracle(folder, period))
+        key = period.isoformat()
+        role = "training" if key in trained_on else "validation" if key in validated_on else "unseen"
+        out.append(PeriodQuality(period, n, int(frame["churn_label"].sum()), model_auc, oracle_auc, role))
+    return Evaluation(as_of, champion.version, folder, out, time.perf_counter() - started)

@@ -1,0 +1,210 @@
+"""The promotion gate: does the challenger replace the champion?
+
+:func:`decide` is the rule, a pure function of the two models' scores on the same validation rows.
+:func:`promote` is the MLflow side: it scores the current champion on the challenger's validation
+frame, applies the rule, writes the decision and its reasons as tags on both versions, and moves
+the ``champion`` alias in one call when the challenger wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from ml.errors import MLError
+
+if TYPE_CHECKING:
+    from streamflow.config import Settings
+
+PROMOTE = "promote"
+KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Absolute floor for any champion, and what a challenger must gain over the current one."""
+
+    min_roc_auc: float = 0.70
+    margin: float = 0.01
+    logloss_tolerance: float = 0.02
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(settings.promotion_min_roc_auc, settings.promotion_margin, settings.promotion_logloss_tolerance)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's scores on the validation rows being compared."""
+
+    roc_auc: float
+    log_loss: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # PROMOTE or KEEP
+    reasons: tuple[str, ...]
+
+    @property
+    def promote(self) -> bool:
+        return self.action == PROMOTE
+
+
+def decide(challenger: Scores, champion: Scores | None, policy: Policy) -> Decision:
+    """Promote when the floors hold and either there is no champion, or the challenger beats it by
+    ``margin`` ROC-AUC without losing more than ``logloss_tolerance`` log-loss. Otherwise keep.
+
+    Every check that failed is a reason; when all pass, the reasons say what was shown.
+    """
+    failed: list[str] = []
+    passed: list[str] = []
+    if challenger.roc_auc >= policy.min_roc_auc:
+        passed.append(f"ROC-AUC {challenger.roc_auc:.4f} meets the floor {policy.min_roc_auc:.4f}")
+    else:
+        failed.append(f"ROC-AUC {challenger.roc_auc:.4f} is below the floor {policy.min_roc_auc:.4f}")
+
+    if champion is None:
+        passed.append("there is no champion yet")
+    else:
+        gain = challenger.roc_auc - champion.roc_auc
+        # rounding keeps a gain of exactly the margin from failing on floating-point noise
+        if round(gain, 12) >= policy.margin:
+            passed.append(
+                f"ROC-AUC {challenger.roc_auc:.4f} beats the champion's {champion.roc_auc:.4f} by {gain:+.4f} "
+                f"(margin {policy.margin:.4f})"
+            )
+        else:
+            failed.append(
+                f"ROC-AUC {challenger.roc_auc:.4f} vs the champion's {champion.roc_auc:.4f} is a gain of "
+                f"{gain:+.4f}, less than the margin {policy.margin:.4f}"
+            )
+        worse = challenger.log_loss - champion.log_loss
+        if round(worse, 12) <= policy.logloss_tolerance:
+            passed.append(
+                f"log-loss {challenger.log_loss:.4f} vs the champion's {champion.log_loss:.4f} "
+                f"({worse:+.4f}) is within the tolerance {policy.logloss_tolerance:.4f}"
+            )
+        else:
+            failed.append(
+                f"log-loss {challenger.log_loss:.4f} is worse than the champion's {champion.log_loss:.4f} by "
+                f"{worse:+.4f}, more than the tolerance {policy.logloss_tolerance:.4f}"
+            )
+    if failed:
+        return Decision(KEEP, tuple(failed))
+    return Decision(PROMOTE, tuple(passed))
+
+
+# ---------------------------------------------------------------------------------------
+# MLflow side
+# ---------------------------------------------------------------------------------------
+@dataclass
+class PromotionResult:
+    decision: Decision
+    challenger_version: str
+    champion_before: str | None
+    champion_after: str | None
+    challenger_scores: Scores
+    champion_scores: Scores | None
+    validation_rows: int
+    policy: Policy = field(default_factory=Policy)
+
+    def as_dict(self) -> dict:
+        return {
+            "decision": self.decision.action,
+            "reasons": list(self.decision.reasons),
+            "challenger_version": self.challenger_version,
+            "champion_before": self.champion_before,
+            "champion_after": self.champion_after,
+            "challenger_scores": asdict(self.challenger_scores),
+            "champion_scores": asdict(self.champion_scores) if self.champion_scores else None,
+            "validation_rows": self.validation_rows,
+            "policy": asdict(self.policy),
+        }
+
+
+def _scores(y, proba) -> Scores:
+    import numpy as np
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    p = np.clip(np.asarray(proba, dtype=float), 1e-15, 1 - 1e-15)
+    return Scores(float(roc_auc_score(y, p)), float(log_loss(y, p, labels=[False, True])))
+
+
+def _validation_frame(run_id: str):
+    import mlflow
+    import pandas as pd
+
+    from ml.tracking import VALIDATION_FRAME_ARTIFACT
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_FRAME_ARTIFACT)
+    except Exception as exc:  # the artifact store raises its own types (file, HTTP, S3...)
+        raise MLError(f"the challenger's run {run_id} has no validation frame ({exc}): retrain it") from None
+    return pd.read_parquet(local)
+
+
+def promote(settings: Settings) -> PromotionResult:
+    """Compare challenger and champion on the challenger's validation rows; move ``champion`` if it wins."""
+    from ml.tracking import CHALLENGER, CHAMPION, configure, load_version, version_by_alias
+    from ml.train import limited_threads
+
+    client = configure(settings)
+    name = settings.model_name
+    policy = Policy.from_settings(settings)
+    challenger_mv = version_by_alias(client, name, CHALLENGER)
+    if challenger_mv is None:
+        raise MLError(f"model {name!r} has no challenger: train one with `streamflow train --as-of M`")
+    champion_mv = version_by_alias(client, name, CHAMPION)
+
+    challenger = load_version(settings, challenger_mv.version, client)
+    valid = _validation_frame(challenger.run_id)
+    y = valid["churn_label"].astype(bool).to_numpy()
+    with limited_threads(settings):
+        challenger_scores = _scores(y, challenger.predict_proba(valid))
+
+    before = str(champion_mv.version) if champion_mv is not None else None
+    if before == challenger.version:
+        # nothing to compare; the tags of the promotion that made it champion stay as they are
+        decision = Decision(KEEP, (f"version {challenger.version} is already the champion",))
+        return PromotionResult(
+            decision, challenger.version, before, before, challenger_scores, challenger_scores, len(valid), policy
+        )
+
+    champion_scores = None
+    if champion_mv is not None:
+        champion = load_version(settings, champion_mv.version, client)
+        missing = [f for f in champion.features if f not in valid.columns]
+        if missing:
+            raise MLError(
+                f"the champion (version {champion.version}) needs features the challenger's validation rows "
+                f"lack ({missing}): the two cannot be compared on the same rows"
+            )
+        with limited_threads(settings):
+            champion_scores = _scores(y, champion.predict_proba(valid))
+    decision = decide(challenger_scores, champion_scores, policy)
+
+    tags = {
+        "promotion.decision": decision.action,
+        "promotion.reasons": "; ".join(decision.reasons),
+        "promotion.challenger": challenger.version,
+        "promotion.champion": before or "none",
+        "promotion.challenger_roc_auc": f"{challenger_scores.roc_auc:.6f}",
+        "promotion.challenger_log_loss": f"{challenger_scores.log_loss:.6f}",
+        "promotion.champion_roc_auc": f"{champion_scores.roc_auc:.6f}" if champion_scores else "none",
+        "promotion.champion_log_loss": f"{champion_scores.log_loss:.6f}" if champion_scores else "none",
+        "promotion.validation_frame_sha256": challenger.lineage.get("validation_frame_sha256", "unknown"),
+    }
+    versions = {challenger.version} | ({before} if before else set())
+    for version in sorted(versions):
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    client.set_tag(challenger.run_id, "promotion.decision", decision.action)
+    client.set_tag(challenger.run_id, "promotion.reasons", tags["promotion.reasons"])
+    after = before
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        after = challenger.version
+    return PromotionResult(
+        decision, challenger.version, before, after, challenger_scores, champion_scores, len(valid), policy
+    )
