@@ -13,13 +13,14 @@ help:
 	@echo "make demo   run the whole monthly job end to end on the embedded stack"
 	@echo "make test   run the whole test suite"
 
-# One source of truth for installs: the Dockerfile runs `make venv` too.
+# One source of truth for installs: the Dockerfile runs `make venv` too. Bytecode is compiled at
+# install time, so every later process starts fast even where Python may not write __pycache__.
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --python $(VENV)/bin/python
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --compile-bytecode --python $(VENV)/bin/python
 	@touch $@
 
 # System tools some tests use (redis-server, promtool, hey). Installed with apt-get when

@@ -824,6 +824,7 @@ def prepare_orchestration(settings) -> None:
 def run_cmd(
     drop: Path = typer.Option(None, "--drop", help="A drop folder (month_NNN with manifest.json) to run the month for."),
     as_of: str = typer.Option(None, "--as-of", help="Retrain mode: the month (YYYY-MM-DD) to retrain and score for."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run and each task's outcome as one JSON object."),
 ) -> None:
     """Run `streamflow_monthly` for one drop through Airflow and print each task's outcome.
 
@@ -853,7 +854,12 @@ def run_cmd(
                              on_task_done=lambda t: progress.update(job, description=f"{MONTHLY_DAG}: {t} done"))
     except (OrchestrationError, StackError) as exc:
         _fail(str(exc))
-    _print_dag_run(result)
+    if as_json:
+        print(json.dumps({"dag_id": result.dag_id, "run_id": result.run_id, "state": result.state,
+                          "log": str(result.log_file),
+                          "tasks": {t.task_id: t.state for t in result.tasks}}))
+    else:
+        _print_dag_run(result)
     if not result.ok:
         raise typer.Exit(1)
 
@@ -881,6 +887,50 @@ def airflow_cmd() -> None:
         subprocess.run([airflow_bin(), "standalone"], env=airflow_environment(settings), check=False)
     except KeyboardInterrupt:
         pass
+
+
+# ---------------------------------------------------------------------------------------
+# serving
+# ---------------------------------------------------------------------------------------
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option(None, "--host", show_default=False,
+                             help="Bind address (default: STREAMFLOW_API_HOST, 127.0.0.1; 0.0.0.0 for every interface)."),
+    port: int = typer.Option(None, "--port", show_default=False, help="Port (default: STREAMFLOW_API_PORT, 8000)."),
+    workers: int = typer.Option(None, "--workers", show_default=False, min=1,
+                                help="Worker processes (default: STREAMFLOW_API_WORKERS, 1)."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs CPU per request)."),
+    example: bool = typer.Option(False, "--example",
+                                 help="Once ready, print a curl for /predict on an active subscriber and its answer."),
+) -> None:
+    """Serve the prediction API: /predict, /predict/batch, /features/{user_id}, /events, /model, /health, /ready,
+    /metrics; interactive docs at /docs. Ctrl-C stops it.
+
+    Features are read online from Feast; the model is the registry's `champion`, checked every
+    STREAMFLOW_MODEL_POLL_SECONDS and swapped without a restart. Set STREAMFLOW_API_TOKEN to require a bearer
+    token on /events and /admin routes.
+    """
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one-row predictions: more threads only cost CPU
+    from serving.app import example_request, serve
+
+    settings = get_settings()
+    host = host or settings.api_host
+    port = port or settings.api_port
+
+    def show_example(base: str) -> None:
+        try:
+            command, answer = example_request(settings, base)
+        except Exception as exc:  # noqa: BLE001 - the example is a courtesy: the server keeps running
+            err_console.print(f"could not run the example request: {exc}")
+            return
+        console.print(f"API ready on {base} (docs: {base}/docs). Try:", highlight=False)
+        print(command, flush=True)
+        print(answer, flush=True)
+
+    serve(settings, host=host, port=port, workers=workers or settings.api_workers, access_log=access_log,
+          on_ready=show_example if example else None)
 
 
 def main() -> None:  # pragma: no cover - console entry

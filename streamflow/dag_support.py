@@ -1,0 +1,124 @@
+"""Glue between the pipeline steps and Airflow: how a step's outcome becomes a task state.
+
+Imported by the DAG files at parse time, so it imports nothing heavy (no dbt, Feast or MLflow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from streamflow.config import get_settings
+
+# Tasks that talk to services retry with backoff; every task has a timeout.
+SERVICE_TASK_ARGS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=15),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+    "execution_timeout": timedelta(minutes=30),
+}
+# Data checks (the quality gate, dbt tests) give the same answer on a retry: fail at once.
+DATA_TASK_ARGS: dict[str, Any] = {"retries": 0, "execution_timeout": timedelta(minutes=30)}
+
+
+def run_step(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a pipeline step: nothing to do -> skipped task, refused input -> failed task (no retry)."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from streamflow.pipeline import NothingToDo, StepRefused
+
+    try:
+        return step(*args, **kwargs)
+    except NothingToDo as exc:
+        raise AirflowSkipException(str(exc)) from None
+    except StepRefused as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def _dbt_project_profile():
+    from cosmos import ProfileConfig, ProjectConfig
+
+    settings = get_settings()
+    project = ProjectConfig(
+        dbt_project_path=settings.dbt_project_dir,
+        manifest_path=settings.dbt_target_dir / "manifest.json",
+        project_name="streamflow",
+        install_dbt_deps=False,
+        partial_parse=True,
+    )
+    profile = ProfileConfig(
+        profile_name="streamflow",
+        target_name="default",
+        profiles_yml_filepath=settings.dbt_project_dir / "profiles.yml",
+    )
+    return project, profile
+
+
+def quality_gate(group_id: str, dbt_vars: dict[str, Any]):
+    """The quality gate: one cosmos `dbt test` task per raw table (its source tests), so ops see
+    which table failed. Retrying cannot change a data check, so these tasks do not retry."""
+    from airflow.sdk import TaskGroup
+    from cosmos.constants import InvocationMode
+    from cosmos.operators.local import DbtTestLocalOperator
+
+    from streamflow.contract import FILES
+
+    settings = get_settings()
+    _, profile = _dbt_project_profile()
+    with TaskGroup(group_id=group_id, tooltip="dbt source tests on raw.* for the drop month") as group:
+        for table in [*FILES, "load_log"]:
+            DbtTestLocalOperator(
+                task_id=f"raw_{table}",
+                project_dir=str(settings.dbt_project_dir),
+                profile_config=profile,
+                select=[f"source:raw.{table}"],
+                vars=dbt_vars,
+                install_deps=False,
+                invocation_mode=InvocationMode.DBT_RUNNER,
+                **DATA_TASK_ARGS,
+            )
+    return group
+
+
+def warehouse_build(group_id: str, dbt_vars: dict[str, Any]):
+    """Staging, snapshots and marts, one cosmos task per dbt node, each built with its tests, from the
+    pre-built manifest (no dbt at parse time), dbt run in-process by each task."""
+    from cosmos import DbtTaskGroup, ExecutionConfig, RenderConfig
+    from cosmos.constants import (
+        ExecutionMode,
+        InvocationMode,
+        LoadMode,
+        SourceRenderingBehavior,
+        TestBehavior,
+        TestIndirectSelection,
+    )
+
+    project, profile = _dbt_project_profile()
+    return DbtTaskGroup(
+        group_id=group_id,
+        project_config=project,
+        profile_config=profile,
+        # a test with several parents (e.g. a mart checked against staging) runs as its own task once
+        # all its parents are built, never with the first of them
+        execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL,
+                                         invocation_mode=InvocationMode.DBT_RUNNER,
+                                         test_indirect_selection=TestIndirectSelection.CAUTIOUS),
+        render_config=RenderConfig(
+            load_method=LoadMode.DBT_MANIFEST,
+            # the source tests are the quality gate, which ran before this group
+            exclude=["resource_type:unit_test", "path:models/staging/__sources.yml"],
+            test_behavior=TestBehavior.BUILD,
+            source_rendering_behavior=SourceRenderingBehavior.NONE,
+            should_detach_multiple_parents_tests=True,
+        ),
+        operator_args={"vars": dbt_vars, **DATA_TASK_ARGS},
+    )
+
+
+def dbt_vars_template(month_template: str) -> dict[str, Any]:
+    """dbt vars for one month, the month given as a Jinja template rendered at run time."""
+    from streamflow.dbt import dbt_vars
+
+    return {**dbt_vars(get_settings()), "as_of": month_template}

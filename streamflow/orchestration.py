@@ -1,0 +1,183 @@
+"""Airflow on the platform's own stack: environment, metadata database, running a DAG, reading outcomes.
+
+In the embedded stack Airflow's metadata lives in the ``airflow`` database of the managed PostgreSQL
+and its home under ``.streamflow/airflow``. With an external database (compose), Airflow's own
+``AIRFLOW__*`` variables from the environment are used as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamflow.config import Settings
+
+MONTHLY_DAG = "streamflow_monthly"
+MATERIALIZE_DAG = "streamflow_materialize"
+MONITOR_DAG = "streamflow_monitor"
+
+
+class OrchestrationError(RuntimeError):
+    """Airflow could not be prepared or a DAG run could not be started."""
+
+
+def airflow_home(settings: Settings) -> Path:
+    return settings.home / "airflow"
+
+
+def airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def airflow_environment(settings: Settings) -> dict[str, str]:
+    """The environment Airflow processes (and the tasks they run) need: the caller's environment,
+    the platform's settings, and Airflow's configuration for this stack."""
+    from streamflow.env import tool_environment
+    from streamflow.warehouse import database_url
+
+    env = dict(os.environ)
+    env.update(tool_environment(settings))  # dbt's profile and Feast's yaml read these
+    home = airflow_home(settings)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_dir),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+            "AIRFLOW__API__PORT": str(settings.airflow_port),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "SCARF_ANALYTICS": "false",
+            "DO_NOT_TRACK": "true",
+        }
+    )
+    if settings.embedded:
+        env.update(
+            {
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url(settings, settings.airflow_db, "psycopg2"),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": database_url(settings, settings.airflow_db, "psycopg"),
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                # a local, single-user installation: the UI opens without a login
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            }
+        )
+    # tasks build their own Settings from STREAMFLOW_* variables: hand them exactly ours
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        key = f"STREAMFLOW_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    return env
+
+
+def ensure_metadata_db(settings: Settings) -> None:
+    """Run ``airflow db migrate`` once per Airflow version (it takes ~20 s; later calls are free)."""
+    import importlib.metadata
+
+    version = importlib.metadata.version("apache-airflow-core")
+    marker = airflow_home(settings) / f".migrated-{version}"
+    target = settings.database_url or str(settings.pg_port)
+    if marker.exists() and marker.read_text() == target:
+        return
+    airflow_home(settings).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [airflow_bin(), "db", "migrate"], env=airflow_environment(settings), capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise OrchestrationError(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    marker.write_text(target)
+
+
+@dataclass
+class TaskOutcome:
+    task_id: str
+    state: str
+    seconds: float | None
+    try_number: int
+
+
+@dataclass
+class DagRunResult:
+    dag_id: str
+    run_id: str
+    state: str
+    tasks: list[TaskOutcome]
+    log_file: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "success"
+
+
+_END_TASK = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+_RUN_ID = re.compile(r"run_id=(\S+?),")
+
+
+def run_dag(
+    settings: Settings,
+    dag_id: str,
+    conf: dict,
+    on_task_done: Callable[[str], None] | None = None,
+) -> DagRunResult:
+    """Run one DAG run in this process tree with ``airflow dags test`` and read every task's outcome
+    from Airflow's metadata database."""
+    ensure_metadata_db(settings)
+    logs = airflow_home(settings) / "runs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"{dag_id}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    cmd = [airflow_bin(), "dags", "test", dag_id, "--conf", json.dumps(conf)]
+    run_id = None
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(
+            cmd, env=airflow_environment(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            m = _END_TASK.search(line)
+            if m and on_task_done:
+                on_task_done(m.group(1))
+            if run_id is None and "DagRun Finished" in line:
+                rm = _RUN_ID.search(line)
+                run_id = rm.group(1) if rm else None
+        proc.wait()
+    if run_id is None:
+        raise OrchestrationError(
+            f"the {dag_id} run did not start (airflow exited {proc.returncode}); see {log_file}:\n"
+            + "\n".join(log_file.read_text().splitlines()[-25:])
+        )
+    return read_run(settings, dag_id, run_id, log_file)
+
+
+def read_run(settings: Settings, dag_id: str, run_id: str, log_file: Path) -> DagRunResult:
+    """State of a DAG run and of each of its tasks, from Airflow's metadata database."""
+    import sqlalchemy as sa
+
+    url = airflow_environment(settings)["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            state = conn.execute(
+                sa.text("select state from dag_run where dag_id = :d and run_id = :r"), {"d": dag_id, "r": run_id}
+            ).scalar_one()
+            rows = conn.execute(
+                sa.text(
+                    "select task_id, coalesce(state, 'none'), extract(epoch from end_date - start_date), try_number "
+                    "from task_instance where dag_id = :d and run_id = :r "
+                    "order by start_date nulls last, task_id"
+                ),
+                {"d": dag_id, "r": run_id},
+            ).all()
+    finally:
+        engine.dispose()
+    tasks = [TaskOutcome(t, s, float(sec) if sec is not None else None, n) for t, s, sec, n in rows]
+    return DagRunResult(dag_id, run_id, state, tasks, log_file)

@@ -1,0 +1,129 @@
+"""DAG integrity: every DAG imports cleanly, without importing dbt, Feast or MLflow, and is wired as
+the platform promises (gate first, retries on service tasks, a timeout on every task)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from streamflow import dbt
+from streamflow.orchestration import MATERIALIZE_DAG, MONITOR_DAG, MONTHLY_DAG
+from tests.conftest import make_settings
+
+HEAVY = ("dbt", "feast", "mlflow", "sklearn", "evidently")
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(dag_folder=sys.argv[1])
+    out = {"errors": {k: str(v) for k, v in bag.import_errors.items()},
+           "heavy": [m for m in %r if m in sys.modules], "dags": {}}
+    for dag_id, dag in bag.dags.items():
+        tasks = {}
+        for t in dag.tasks:
+            tasks[t.task_id] = {
+                "upstream": sorted(t.upstream_task_ids),
+                "retries": t.retries,
+                "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
+                "kind": type(t).__name__,
+                "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule)),
+            }
+        out["dags"][dag_id] = {"tasks": tasks, "schedule": str(getattr(dag.timetable, "expression", ""))}
+    print("RESULT" + json.dumps(out))
+    """
+    % (HEAVY,)
+)
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory):
+    home = tmp_path_factory.mktemp("dags_home")
+    settings = make_settings(home, dbt_target_path=home / "dbt_target")
+    dbt.parse(settings)  # the manifest the DAGs are built from (no database needed)
+    env = _offline_environment(settings)
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(settings.dags_dir)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
+
+
+def _offline_environment(settings):
+    """Airflow's environment for parsing only: no database server is needed or started."""
+    import os
+
+    env = dict(os.environ)
+    env.update({
+        "AIRFLOW_HOME": str(settings.home / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_dir),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "STREAMFLOW_HOME": str(settings.home),
+        "STREAMFLOW_DBT_TARGET_PATH": str(settings.dbt_target_path),
+        "STREAMFLOW_PG_PORT": str(settings.pg_port),
+    })
+    env.pop("STREAMFLOW_DATABASE_URL", None)
+    return env
+
+
+def test_every_dag_imports_without_errors(parsed):
+    assert parsed["errors"] == {}
+    assert set(parsed["dags"]) == {MONTHLY_DAG, MATERIALIZE_DAG, MONITOR_DAG}
+
+
+def test_parsing_the_dags_imports_neither_dbt_nor_feast_nor_mlflow(parsed):
+    assert parsed["heavy"] == []
+
+
+def test_every_task_has_a_timeout_and_service_tasks_retry(parsed):
+    for dag_id, dag in parsed["dags"].items():
+        for task_id, task in dag["tasks"].items():
+            if task["kind"] in ("EmptyOperator", "_BranchPythonDecoratedOperator", "_ShortCircuitDecoratedOperator",
+                                "TriggerDagRunOperator"):
+                continue
+            assert task["timeout"], f"{dag_id}.{task_id} has no timeout"
+    monthly = parsed["dags"][MONTHLY_DAG]["tasks"]
+    for task_id in ("feast_apply", "materialize", "train", "promote", "batch_score", "drift", "prepare_warehouse"):
+        assert monthly[task_id]["retries"] > 0, task_id
+    # data checks give the same answer on a retry
+    for task_id, task in monthly.items():
+        if (task_id.startswith(("quality_gate.", "dbt.")) or task_id == "ingest") and task["kind"] != "EmptyOperator":
+            assert task["retries"] == 0, task_id
+
+
+def _ancestors(tasks: dict, task_id: str) -> set[str]:
+    seen, todo = set(), list(tasks[task_id]["upstream"])
+    while todo:
+        t = todo.pop()
+        if t not in seen:
+            seen.add(t)
+            todo.extend(tasks[t]["upstream"])
+    return seen
+
+
+def test_the_quality_gate_runs_before_any_snapshot_or_mart_and_the_cycle_is_in_order(parsed):
+    tasks = parsed["dags"][MONTHLY_DAG]["tasks"]
+    gate = {t for t in tasks if t.startswith("quality_gate.")}
+    assert {f"quality_gate.raw_{t}" for t in ("users", "subscriptions", "sessions", "payments", "tickets",
+                                              "labels", "load_log")} == gate
+    dbt_nodes = [t for t in tasks if t.startswith("dbt.")]
+    assert any("snap_subscriptions" in t for t in dbt_nodes) and any("usage_agg_30d" in t for t in dbt_nodes)
+    for t in dbt_nodes:
+        assert gate <= _ancestors(tasks, t), f"{t} may run before the whole gate passed"
+    order = ["ingest", "prepare_warehouse", "record_warehouse_month", "feast_apply", "materialize", "train",
+             "promote", "batch_score", "drift", "report_success"]
+    for earlier, later in zip(order, order[1:], strict=False):
+        assert earlier in _ancestors(tasks, later), f"{earlier} must run before {later}"
+    assert tasks["report_failure"]["trigger_rule"].endswith("one_failed")
+
+
+def test_materialization_runs_every_30_minutes_and_the_monitor_can_trigger_a_retrain(parsed):
+    assert "*/30 * * * *" in parsed["dags"][MATERIALIZE_DAG]["schedule"]
+    monitor = parsed["dags"][MONITOR_DAG]["tasks"]
+    assert monitor["trigger_retraining"]["kind"] == "TriggerDagRunOperator"
+    assert "check_drift" in _ancestors(monitor, "trigger_retraining")
