@@ -7,20 +7,23 @@ UV_VERSION := 0.13.9
 UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit sysdeps lint clean help
+.PHONY: venv demo stop test test-unit sysdeps lint clean help
 
 help:
 	@echo "make demo   run the whole monthly job end to end on the embedded stack"
 	@echo "make test   run the whole test suite"
+	@echo "make stop   stop the API, the UIs and the embedded PostgreSQL the demo started"
 
 # One source of truth for installs: the Dockerfile runs `make venv` too. Bytecode is compiled at
 # install time, so every later process starts fast even where Python may not write __pycache__.
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml uv.lock
+	@date +%s > $(VENV).started 2>/dev/null || true
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --compile-bytecode --python $(VENV)/bin/python
+	@echo $$(( $$(date +%s) - $$(cat $(VENV).started) )) > $(VENV)/.install-seconds; rm -f $(VENV).started
 	@touch $@
 
 # System tools some tests use (redis-server, promtool, hey). Installed with apt-get when
@@ -28,8 +31,14 @@ $(STAMP): pyproject.toml uv.lock
 sysdeps:
 	@bash ops/scripts/sysdeps.sh
 
+# The install time of this run (if it installed anything) goes into the demo's time-per-phase table.
 demo: venv
-	$(VENV)/bin/streamflow demo
+	@secs=$$(cat $(VENV)/.install-seconds 2>/dev/null); rm -f $(VENV)/.install-seconds; \
+	$(VENV)/bin/streamflow demo $${secs:+--install-seconds $$secs}
+
+# Stop what the demo left running: the API, the UIs and the embedded PostgreSQL.
+stop:
+	@test -x $(VENV)/bin/streamflow && $(VENV)/bin/streamflow stop || true
 
 test: venv sysdeps
 	$(VENV)/bin/python -m pytest
@@ -41,6 +50,5 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-clean:
-	-$(VENV)/bin/streamflow stack down
+clean: stop
 	rm -rf .streamflow

@@ -194,6 +194,11 @@ def drift(
     if log_to_mlflow:
         step("logging to MLflow")
         result.run_id = _log(settings, result)
+    # the decision also goes to the warehouse, where the API exports it for alerting
+    from streamflow.runlog import record_drift
+
+    record_drift(settings, reference, current, share, [c.column for c in columns if c.drifted], threshold,
+                 result.retrain, str(result.html_path))
     return result
 
 

@@ -895,7 +895,7 @@ def airflow_cmd() -> None:
 @app.command("serve")
 def serve_cmd(
     host: str = typer.Option(None, "--host", show_default=False,
-                             help="Bind address (default: STREAMFLOW_API_HOST, 127.0.0.1; 0.0.0.0 for every interface)."),
+                             help="Bind address (default: STREAMFLOW_API_HOST, 127.0.0.1; 0.0.0.0: every interface)."),
     port: int = typer.Option(None, "--port", show_default=False, help="Port (default: STREAMFLOW_API_PORT, 8000)."),
     workers: int = typer.Option(None, "--workers", show_default=False, min=1,
                                 help="Worker processes (default: STREAMFLOW_API_WORKERS, 1)."),
@@ -931,6 +931,48 @@ def serve_cmd(
 
     serve(settings, host=host, port=port, workers=workers or settings.api_workers, access_log=access_log,
           on_ready=show_example if example else None)
+
+
+# ---------------------------------------------------------------------------------------
+# the demo
+# ---------------------------------------------------------------------------------------
+@app.command("demo")
+def demo_cmd(
+    months: int = typer.Option(4, "--months", help="Monthly drops to generate and run."),
+    users: int = typer.Option(7043, "--users", help="Subscribers at month 0 (7,043 = the real Telco customers)."),
+    seed: int = typer.Option(42, "--seed", help="Generator seed."),
+    install_seconds: float = typer.Option(None, "--install-seconds", hidden=True),
+) -> None:
+    """The whole job end to end on the embedded stack: PostgreSQL, drops, one Airflow run per month
+    (ingest, quality gate, dbt, Feast, train, promote, score, drift), the API and a real prediction.
+
+    Rerunnable: drops, months already run and running services are reused. `streamflow stop` ends it all.
+    """
+    from streamflow.demo import DemoError, run_demo
+    from streamflow.orchestration import OrchestrationError
+    from streamflow.stack import StackError
+
+    try:
+        run_demo(get_settings(), console, months=months, users=users, seed=seed, install_seconds=install_seconds)
+    except (DemoError, OrchestrationError, StackError) as exc:
+        _fail(str(exc))
+
+
+@app.command("stop")
+def stop_cmd() -> None:
+    """Stop everything running locally: the API, the MLflow and Airflow UIs, dbt docs, and the embedded
+    PostgreSQL (its data stays under .streamflow/)."""
+    from streamflow.services import stop_all
+    from streamflow.stack import StackError, get_stack
+
+    settings = get_settings()
+    stopped = stop_all(settings)
+    console.print("stopped: " + (", ".join(stopped) if stopped else "no background service was running"))
+    try:
+        if get_stack(settings).down():
+            console.print("stopped: PostgreSQL")
+    except StackError as exc:
+        _fail(str(exc))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -259,6 +259,17 @@ def test_drift_between_months_2_and_3_says_retrain_and_between_1_and_2_it_does_n
     assert run.data.tags["streamflow.decision"] == "retrain"
     logged = {a.path for a in configure(s).list_artifacts(drifted["run_id"], "reports")}
     assert logged == {f"reports/{html.name}", f"reports/{report.name}"}
+    # both decisions are in the warehouse, where the API exports the latest for alerting
+    from streamflow.runlog import latest_state
+    from streamflow.warehouse import connect
+
+    with connect(s) as conn:
+        stored = dict(conn.execute(
+            "select current_as_of, retrain from ops.drift_reports where reference_as_of in (%s, %s)", (m[1], m[2])
+        ).fetchall())
+        latest = latest_state(conn)
+    assert stored == {m[2]: False, m[3]: True}
+    assert latest.drift_retrain is True and latest.drift_share == pytest.approx(drifted["drifted_share"])
 
 
 def test_evaluate_reports_the_champion_next_to_the_oracle_for_each_labelled_period(world, champion):

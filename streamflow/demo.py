@@ -1,0 +1,237 @@
+"""`streamflow demo`: the whole job end to end on the embedded stack.
+
+Starts PostgreSQL, generates monthly drops from the real Telco customers, runs `streamflow_monthly`
+through Airflow for each month in order, starts the API and answers a real /predict, then says where
+every UI is and how to stop. Rerunnable: a month already run successfully, drops already generated and
+services already running are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from streamflow.config import Settings
+
+
+class DemoError(RuntimeError):
+    """A phase of the demo failed; the message says where to look."""
+
+
+@dataclass
+class Timings:
+    phases: list[tuple[str, float, str]] = field(default_factory=list)  # (phase, seconds, note)
+
+    def add(self, name: str, seconds: float, note: str = "") -> None:
+        self.phases.append((name, seconds, note))
+
+
+def _drops(settings: Settings, months: int, users: int, seed: int, console: Console) -> tuple[list[Path], str]:
+    """The demo's drops under ``home/drops``: reused when generated with the same arguments."""
+    from streamflow.generate import generate
+
+    out = settings.home / "drops"
+    marker = out / "demo.json"
+    wanted = {"months": months, "users": users, "seed": seed}
+    existing = sorted(out.glob("month_*/manifest.json"))
+    if marker.exists() and json.loads(marker.read_text()) == wanted and len(existing) == months:
+        return sorted(p.parent for p in existing), "reused"
+    generate(out, months=months, users=users, seed=seed, progress=True)
+    marker.write_text(json.dumps(wanted))
+    return sorted(out.glob("month_*")), "generated"
+
+
+def _succeeded_months(settings: Settings) -> set[date]:
+    from streamflow.orchestration import MONTHLY_DAG
+    from streamflow.warehouse import connect
+
+    with connect(settings) as conn:
+        if conn.execute("select to_regclass('ops.pipeline_runs')").fetchone()[0] is None:
+            return set()
+        return {r[0] for r in conn.execute(
+            "select as_of from ops.pipeline_runs where pipeline = %s and status = 'success' and as_of is not null",
+            (MONTHLY_DAG,),
+        )}
+
+
+def _as_of(drop: Path) -> date:
+    return date.fromisoformat(json.loads((drop / "manifest.json").read_text())["as_of"])
+
+
+def _month_summary(settings: Settings, as_of: date) -> dict[str, int]:
+    """Rows the drop brought and rows each mart holds for the month."""
+    from streamflow.dbt import mart_row_counts
+    from streamflow.warehouse import connect
+
+    with connect(settings) as conn:
+        files = conn.execute("select files from raw.load_log where as_of = %s", (as_of,)).fetchone()[0]
+    counts = {f"{name} rows": entry["rows"] for name, entry in files.items()}
+    marts = mart_row_counts(settings).get(as_of, {})
+    counts.update({f"marts.{name}": n for name, n in marts.items()})
+    return counts
+
+
+def run_demo(
+    settings: Settings,
+    console: Console,
+    months: int = 4,
+    users: int = 7043,
+    seed: int = 42,
+    install_seconds: float | None = None,
+) -> None:
+    """The whole job; raises DemoError with a pointer to the logs when a phase fails."""
+    import httpx
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from streamflow import services
+    from streamflow.cli import prepare_orchestration
+    from streamflow.orchestration import MONTHLY_DAG, airflow_environment, run_dag
+    from streamflow.stack import get_stack
+
+    timings = Timings()
+    if install_seconds is not None:
+        timings.add("install", install_seconds, ".venv from uv.lock")
+
+    # ---- the stack -------------------------------------------------------------------
+    t0 = time.perf_counter()
+    with console.status("starting PostgreSQL and preparing Airflow (metadata database, dbt manifest) ..."):
+        status = get_stack(settings).up()
+        prepare_orchestration(settings)
+    timings.add("stack", time.perf_counter() - t0, f"PostgreSQL {status.version}, Airflow metadata")
+    console.print(f"[green]stack up[/]  PostgreSQL {status.version} at {settings.pg_host}:{settings.pg_port}")
+
+    # ---- the drops -------------------------------------------------------------------
+    t0 = time.perf_counter()
+    drops, how = _drops(settings, months, users, seed, console)
+    timings.add("generate", time.perf_counter() - t0, f"{how}: {months} months, {users:,} users at month 0")
+    console.print(f"[green]drops {how}[/]  {drops[0].parent}")
+
+    # ---- one Airflow run per month ---------------------------------------------------
+    done = _succeeded_months(settings)
+    summaries: dict[date, dict[str, int]] = {}
+    for drop in drops:
+        as_of = _as_of(drop)
+        if as_of in done:
+            timings.add(f"month {as_of}", 0.0, "already run: reused")
+            console.print(f"[green]{as_of}[/]  already run successfully: reused")
+            summaries[as_of] = _month_summary(settings, as_of)
+            continue
+        t0 = time.perf_counter()
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                            console=console, transient=True)
+        finished: list[str] = []
+        with progress:
+            job = progress.add_task(f"{MONTHLY_DAG} {as_of}: starting", total=None)
+
+            def on_task(task_id: str, job=job, progress=progress, as_of=as_of) -> None:
+                finished.append(task_id)
+                progress.update(job, description=f"{MONTHLY_DAG} {as_of}: {len(finished)} tasks done, last {task_id}")
+
+            result = run_dag(settings, MONTHLY_DAG, {"drop": str(drop), "mode": "monthly"}, on_task_done=on_task)
+        seconds = time.perf_counter() - t0
+        if not result.ok:
+            failed = [t.task_id for t in result.tasks if t.state == "failed"]
+            raise DemoError(f"{MONTHLY_DAG} failed for {as_of} at {', '.join(failed) or 'an unknown task'}; "
+                            f"log: {result.log_file}")
+        states: dict[str, int] = {}
+        for t in result.tasks:
+            states[t.state] = states.get(t.state, 0) + 1
+        note = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        timings.add(f"month {as_of}", seconds, f"{len(result.tasks)} tasks: {note}")
+        console.print(f"[green]{as_of}[/]  {MONTHLY_DAG} succeeded in {seconds:.0f} s ({note})")
+        summaries[as_of] = _month_summary(settings, as_of)
+
+    table = Table(title="per month: rows ingested and mart rows")
+    table.add_column("")
+    for as_of in summaries:
+        table.add_column(as_of.isoformat(), justify="right")
+    keys = list(dict.fromkeys(k for s in summaries.values() for k in s))
+    for key in keys:
+        table.add_row(key, *[f"{s.get(key, 0):,}" for s in summaries.values()])
+    console.print(table)
+
+    # ---- the champion ----------------------------------------------------------------
+    from ml.tracking import model_summary
+
+    summary = model_summary(settings)
+    champion = summary.get("champion")
+    if not champion:
+        raise DemoError("no champion model after the monthly runs: see `streamflow model show`")
+    metrics = champion.get("metrics", {})
+    console.print(
+        f"[green]champion[/]  {settings.model_name} v{champion['version']}  "
+        + "  ".join(f"{k}={metrics[k]:.3f}" for k in ("roc_auc", "pr_auc", "log_loss", "brier", "f1", "threshold")
+                    if k in metrics)
+    )
+    try:
+        from ml.evaluate import evaluate
+
+        evaluation = evaluate(settings, max(summaries), oracle_dir=drops[0].parent).as_dict()
+        for row in evaluation.get("periods", []):
+            console.print(f"          period {row['period']}: ROC-AUC {row['model_roc_auc']:.3f} vs oracle "
+                          f"{row['oracle_roc_auc']:.3f} (ratio {row['ratio']:.3f}, {row['role']})")
+    except Exception as exc:  # the comparison is informative only; never fail the demo on it
+        console.print(f"[yellow]oracle comparison skipped: {exc}[/]")
+
+    # ---- serve -----------------------------------------------------------------------
+    t0 = time.perf_counter()
+    env = airflow_environment(settings)
+    local = services.local_services(settings)
+    with console.status("starting the API (loads Feast and the champion) ..."):
+        if not services.start(settings, local["api"], env, wait=180):
+            raise DemoError(f"the API did not come up; log: {services.log_file(settings, 'api')}")
+    api = f"http://127.0.0.1:{settings.api_port}"
+    user = _active_user(settings)
+    body = json.dumps({"user_id": user})
+    answer = httpx.post(f"{api}/predict", json={"user_id": user}, timeout=30)
+    timings.add("serve", time.perf_counter() - t0, "API up, first prediction")
+    console.print("\n[bold]A prediction from the running API:[/]")
+    console.print(f"curl -s -X POST {api}/predict -H 'content-type: application/json' -d '{body}'",
+                  markup=False, highlight=False)
+    console.print_json(answer.text)
+    if answer.status_code != 200:
+        raise DemoError(f"/predict answered {answer.status_code}; log: {services.log_file(settings, 'api')}")
+
+    # ---- the other UIs (background, not waited for long) ------------------------------
+    with console.status("starting the MLflow UI, dbt docs and the Airflow UI in the background ..."):
+        for name in ("mlflow", "docs", "airflow"):
+            services.start(settings, local[name], env, wait=5)
+
+    phases = Table(title="time per phase")
+    phases.add_column("phase")
+    phases.add_column("seconds", justify="right")
+    phases.add_column("")
+    for name, seconds, note in timings.phases:
+        phases.add_row(name, f"{seconds:.0f}", note)
+    console.print(phases)
+
+    uis = Table(title="where everything is", show_header=False)
+    uis.add_row("API docs", local["api"].url)
+    uis.add_row("Airflow", local["airflow"].url + "  (no login on the local stack; starting takes a minute)")
+    uis.add_row("MLflow", local["mlflow"].url)
+    uis.add_row("dbt docs", local["docs"].url)
+    uis.add_row("warehouse", "eval \"$(.venv/bin/streamflow stack env)\" && psql")
+    uis.add_row("logs", str(settings.home / "logs"))
+    console.print(uis)
+    console.print("Stop everything: [bold]make stop[/] (or .venv/bin/streamflow stop). "
+                  "Run again: make demo reuses what exists.")
+
+
+def _active_user(settings: Settings) -> str:
+    """A subscriber active at the newest month (served online)."""
+    from streamflow.warehouse import connect
+
+    with connect(settings) as conn:
+        row = conn.execute(
+            "select user_id from marts.subscriptions_profile "
+            "where as_of = (select max(as_of) from marts.subscriptions_profile) order by user_id limit 1"
+        ).fetchone()
+    if row is None:
+        raise DemoError("no active subscriber in marts.subscriptions_profile")
+    return row[0]
