@@ -123,11 +123,16 @@ class Settings(BaseSettings):
     model_poll_seconds: float = Field(default=10.0, description="How often the API checks the champion alias.")
     batch_limit: int = Field(default=500, description="Largest /predict/batch request.")
     feature_refresh_seconds: float = Field(
-        default=30.0,
+        default=60.0,
         description="How often the API re-reads the Feast registry (business clock, TTLs) and checks the online store.",
     )
     online_timeout_seconds: float = Field(
         default=2.0, description="API: connect and query timeout on the online store, in seconds."
+    )
+    model_fast_path: bool = Field(
+        default=True,
+        description="API: score with the compiled model (checked equal to the scikit-learn pipeline when loaded); "
+        "false always runs the full pipeline.",
     )
 
     # --- UIs -----------------------------------------------------------------------------

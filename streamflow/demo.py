@@ -47,17 +47,33 @@ def _drops(settings: Settings, months: int, users: int, seed: int, console: Cons
     return sorted(out.glob("month_*")), "generated"
 
 
-def _succeeded_months(settings: Settings) -> set[date]:
+def _month_state(settings: Settings, drops: list[Path]) -> dict[date, str]:
+    """For each drop: 'done' (this very drop was loaded and its monthly run succeeded), 'todo', or
+    'foreign' (another drop with the same as_of is loaded: the warehouse holds other data)."""
+    import hashlib
+
     from streamflow.orchestration import MONTHLY_DAG
     from streamflow.warehouse import connect
 
     with connect(settings) as conn:
-        if conn.execute("select to_regclass('ops.pipeline_runs')").fetchone()[0] is None:
-            return set()
-        return {r[0] for r in conn.execute(
+        has_log = conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is not None
+        has_runs = conn.execute("select to_regclass('ops.pipeline_runs')").fetchone()[0] is not None
+        loaded = dict(conn.execute("select as_of, manifest_sha256 from raw.load_log").fetchall()) if has_log else {}
+        succeeded = {r[0] for r in conn.execute(
             "select as_of from ops.pipeline_runs where pipeline = %s and status = 'success' and as_of is not null",
             (MONTHLY_DAG,),
-        )}
+        )} if has_runs else set()
+    state = {}
+    for drop in drops:
+        as_of = _as_of(drop)
+        sha = hashlib.sha256((drop / "manifest.json").read_bytes()).hexdigest()
+        if as_of in loaded and loaded[as_of] != sha:
+            state[as_of] = "foreign"
+        elif as_of in loaded and as_of in succeeded:
+            state[as_of] = "done"
+        else:
+            state[as_of] = "todo"
+    return state
 
 
 def _as_of(drop: Path) -> date:
@@ -113,11 +129,18 @@ def run_demo(
     console.print(f"[green]drops {how}[/]  {drops[0].parent}")
 
     # ---- one Airflow run per month ---------------------------------------------------
-    done = _succeeded_months(settings)
+    state = _month_state(settings, drops)
+    foreign = sorted(d for d, s in state.items() if s == "foreign")
+    if foreign:
+        raise DemoError(
+            f"the warehouse under {settings.home} already holds other drops for {', '.join(map(str, foreign))}; "
+            "the demo needs its own: `make clean` deletes .streamflow/ (all local data), or set STREAMFLOW_HOME "
+            "and STREAMFLOW_PG_PORT to run the demo beside it"
+        )
     summaries: dict[date, dict[str, int]] = {}
     for drop in drops:
         as_of = _as_of(drop)
-        if as_of in done:
+        if state[as_of] == "done":
             timings.add(f"month {as_of}", 0.0, "already run: reused")
             console.print(f"[green]{as_of}[/]  already run successfully: reused")
             summaries[as_of] = _month_summary(settings, as_of)

@@ -13,11 +13,20 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import pandas as pd
 import psycopg
 import pytest
 
 from streamflow.stack import EmbeddedPostgres, _bin_dir
-from tests.compose_model import ROOT, command_argv, environment, interpolate, raw_compose, read_env_file
+from tests.compose_model import (
+    ROOT,
+    command_argv,
+    environment,
+    interpolate,
+    option_value,
+    raw_compose,
+    read_env_file,
+)
 from tests.conftest import free_port, make_settings
 
 pytestmark = pytest.mark.integration
@@ -202,3 +211,109 @@ def test_the_compose_healthcheck_of_mlflow_passes_against_the_running_server(mlf
         closed = s.getsockname()[1]
     argv = [a.replace(f"localhost:{port}", f"localhost:{closed}") for a in argv]
     assert subprocess.run(argv, capture_output=True, timeout=30).returncode != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the API on PostgreSQL, Redis and the MLflow server, wired as compose wires them
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compose_redis(tmp_path_factory):
+    """A real redis-server on a free loopback port, standing in for the compose service `redis`."""
+    import shutil
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is needed (installed by `make sysdeps`)"
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.1)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _swapped(env: dict[str, str], settings, redis_port: int, mlflow_port: int, home: Path) -> dict[str, str]:
+    """A compose service's STREAMFLOW_* environment with the compose host names pointed at the local services."""
+    out = {}
+    for key, value in env.items():
+        if "@postgres:5432" in value:
+            value = _local(value, settings)
+        out[key] = value
+    assert out["STREAMFLOW_REDIS_URL"] == "redis:6379" and out["STREAMFLOW_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert out["STREAMFLOW_ONLINE_STORE"] == "redis"
+    out.update(STREAMFLOW_REDIS_URL=f"127.0.0.1:{redis_port}", STREAMFLOW_MLFLOW_TRACKING_URI=f"http://127.0.0.1:"
+               f"{mlflow_port}", STREAMFLOW_PROJECT_DIR=str(ROOT), STREAMFLOW_HOME=str(home))
+    return out
+
+
+def _settings_of(env: dict[str, str], **overrides):
+    from streamflow.config import Settings
+
+    values = {k.removeprefix("STREAMFLOW_").lower(): v for k, v in env.items() if k.startswith("STREAMFLOW_")}
+    return Settings(_env_file=None, **{**values, **overrides})
+
+
+def test_the_api_serves_a_prediction_through_postgres_redis_and_the_mlflow_server_wired_as_compose_wires_them(
+    compose_postgres, mlflow_server, compose_redis, rendered, built_warehouse, tmp_path_factory
+):
+    """PostgreSQL with the compose roles, Redis, the MLflow server and `streamflow serve`, each with its compose
+    service's command and environment variable names (only host names, ports and paths swapped for local ones).
+    The job service's environment loads a month online (Redis) and promotes a champion through the MLflow
+    server; the api service's environment then answers /predict from Redis with that champion."""
+    from ml.promote import promote
+    from ml.tracking import load_model_alias
+    from ml.train import train
+    from streamflow import features
+    from tests.serving_world import MAR, api_server, copy_warehouse
+
+    settings, _, _ = compose_postgres
+    mlflow_port, _, _ = mlflow_server
+    tmp = tmp_path_factory.mktemp("compose_api")
+    job_env = _swapped(environment(rendered["job"]), settings, compose_redis, mlflow_port, tmp / "job")
+    api_env = _swapped(environment(rendered["api"]), settings, compose_redis, mlflow_port, tmp / "api")
+    api_compose = environment(rendered["api"])
+    shared = {k: v for k, v in api_compose.items() if k.startswith("STREAMFLOW_") and k != "STREAMFLOW_API_TOKEN"}
+    assert shared.items() <= environment(rendered["job"]).items()  # the job and the api read the same settings
+    job = _settings_of(job_env, dbt_target_path=built_warehouse.dbt_target_path, promotion_min_roc_auc=0.5)
+
+    # the monthly job, as the `job` container runs it: warehouse (a copy of the built one), Feast, MLflow
+    copy_warehouse(built_warehouse, "dbt_warehouse_template", job, tmp / "warehouse.dump")
+    features.apply(job)
+    features.materialize(job, MAR)
+    train(job, MAR)
+    assert promote(job).champion_after == "1"
+    active = features.active_users(job, MAR)
+
+    # the api container: `streamflow serve` with the api service's command and environment
+    argv = command_argv(rendered["api"]["command"])
+    assert argv[:2] == ["streamflow", "serve"] and option_value(argv, "--workers") == "1"
+    serve_settings = _settings_of(api_env)
+    assert serve_settings.online_store == "redis" and serve_settings.api_token is not None
+    with api_server(serve_settings, tmp / "api.log", "--workers", option_value(argv, "--workers")) as (url, _proc):
+        api = httpx.Client(base_url=url, timeout=30)
+        r = api.post("/predict", json={"user_id": active[0]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        champion = load_model_alias(job, "champion")
+        frame = pd.DataFrame([{name: body["features"][name]["value"] for name in champion.features}])
+        assert body["model_version"] == "1"
+        assert body["churn_probability"] == pytest.approx(float(champion.predict_proba(frame)[0]), abs=1e-12)
+        served = {k: v["value"] for k, v in body["features"].items()}
+        assert served == pytest.approx(features.online_features(job, active[0], "churn_model_v1").values)  # Redis
+        token = {"Authorization": f"Bearer {api_env['STREAMFLOW_API_TOKEN']}"}
+        event = {"user_id": active[0], "watch_minutes_today": 33.0, "last_session_at": "2024-04-03T19:00:00Z"}
+        assert api.post("/events", json=event).status_code == 401
+        assert api.post("/events", json=event, headers=token).json()["online"] is True
+        assert api.get(f"/features/{active[0]}").json()["features"]["watch_minutes_today"]["value"] == 33.0
+        assert api.get("/ready").json()["ready"] is True

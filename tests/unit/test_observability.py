@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -11,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.metrics import METRIC_NAMES, build_metrics
+from serving.metrics import METRIC_NAMES
 from tests.compose_model import ROOT, command_argv, option_value, services
 
 PROMETHEUS_DIR = ROOT / "ops" / "prometheus"
@@ -73,28 +73,44 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+@functools.cache
+def live_scrape() -> str:
+    """What the real app serves at GET /metrics over HTTP, after requests that touch every metric: a prediction,
+    a model swap, an online store failure, and the pipeline and drift state read at scrape time. (Local
+    collaborators: online rows in memory and models fitted here; the metric names do not depend on the stores.)"""
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from serving.app import create_app
+    from serving.model import ModelHolder
+    from streamflow.config import Settings
+    from streamflow.runlog import OpsState
+    from tests.serving_support import LocalModels, MemoryFeatures, serve_in_thread, serving_model, user_values
+
+    features = MemoryFeatures()
+    features.add("1111-AAAAA", user_values(0))
+    registry = LocalModels({"1": serving_model("1"), "2": serving_model("2", "logistic_regression")}, alias="1")
+    ops = OpsState({"streamflow_monthly": ("success", datetime(2024, 4, 1, tzinfo=UTC)),
+                    "streamflow_materialize": ("failed", datetime(2024, 4, 2, tzinfo=UTC))}, 0.25, False)
+    app = create_app(Settings(_env_file=None, api_token="t"), features, ModelHolder(registry, 3600),
+                     ops_state=lambda: ops)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as api:
+        assert api.post("/predict", json={"user_id": "1111-AAAAA"}).status_code == 200
+        registry.version = "2"
+        assert api.post("/admin/model/reload", headers={"Authorization": "Bearer t"}).json()["changed"] is True
+        features.down = True
+        assert api.post("/predict", json={"user_id": "1111-AAAAA"}).status_code == 503
+        features.down = False
+        scrape = api.get("/metrics")
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
+    return scrape.text
+
+
 def exported_series_names() -> set[str]:
-    """Sample names in the API registry's exposition, every metric touched once (what /metrics serves)."""
-    m = build_metrics()
-    labels = {"route": "/predict", "method": "POST", "status": "200"}
-    m.requests.labels(**labels).inc()
-    m.latency.labels(**labels).observe(0.01)
-    m.probability.observe(0.3)
-    m.predictions.labels(label="true").inc()
-    m.model_info.labels(version="1", alias="champion", trained_as_of="2024-01-31").set(1)
-    m.model_version.set(1)
-    m.model_created.set(1.7e9)
-    m.model_reloads.inc()
-    m.ready.set(1)
-    m.feature_age.labels(feature_view="usage_agg_30d").set(0)
-    m.store_errors.labels(store="online").inc()
-    m.pipeline_status.labels(pipeline="streamflow_monthly").set(1)
-    m.pipeline_last_run.labels(pipeline="streamflow_monthly").set(1.7e9)
-    m.drift_share.set(0.1)
-    m.drift_detected.set(0)
-    text = generate_latest(m.registry).decode()
-    families = list(text_string_to_metric_families(text))
-    assert set(METRIC_NAMES) <= {f.name for f in families}  # every contract metric is in the registry
+    """Sample names of the live scrape (what Prometheus stores)."""
+    families = list(text_string_to_metric_families(live_scrape()))
+    assert set(METRIC_NAMES) <= {f.name for f in families}  # every contract metric is served
     return {sample.name for family in families for sample in family.samples}
 
 
@@ -170,6 +186,24 @@ def test_the_api_exports_every_contract_metric_with_prometheus_suffixes():
     assert {"streamflow_http_requests_total", "streamflow_http_request_duration_seconds_bucket",
             "streamflow_prediction_probability_count", "streamflow_model_reloads_total",
             "streamflow_online_feature_age_seconds", "streamflow_ready"} <= names
+
+
+def test_the_live_scrape_labels_requests_by_route_template_and_numeric_status_and_counts_store_errors():
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(live_scrape()) for s in f.samples}
+
+    def value(name, **labels):
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    assert value("streamflow_http_requests_total", route="/predict", method="POST", status="200") == 1
+    assert value("streamflow_http_requests_total", route="/predict", method="POST", status="503") == 1
+    assert value("streamflow_store_errors_total", store="online") == 1
+    assert value("streamflow_model_reloads_total") == 1 and value("streamflow_model_version") == 2
+    assert value("streamflow_model_info", version="2", alias="champion", trained_as_of="2024-03-31") == 1
+    assert value("streamflow_model_info", version="1", alias="champion", trained_as_of="2024-03-31") is None
+    assert value("streamflow_pipeline_last_status", pipeline="streamflow_materialize") == 0
+    assert value("streamflow_drift_share") == 0.25
+    assert value("streamflow_online_feature_age_seconds", feature_view="profile") == 0
 
 
 @pytest.mark.parametrize("source", ["alert rules", "dashboards"])

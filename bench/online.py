@@ -1,0 +1,486 @@
+"""Online serving: our API's POST /predict against Feast's own feature server, same run, same machine, same store.
+
+    .venv/bin/python bench/online.py [--users 7043] [--workers 1] [--duration 30] [--rates 100 200 500]
+                                     [--ladder 100 150 200 ...] [--out bench/results/online.json]
+
+Builds a private stack first (embedded PostgreSQL in a temporary directory: generate -> ingest -> dbt build ->
+features apply -> materialize every month -> train -> promote), then starts both servers on loopback with the
+same worker count:
+
+- ours: `streamflow serve --workers W` answering POST /predict (online read of churn_model_v1, the champion
+  model, the prediction with every feature and its as_of);
+- Feast's: `feast serve --workers W --max-requests 0 --no-access-log` answering POST /get-online-features for
+  the feature service churn_model_v1 (features only).
+
+Load is open-loop at a constant arrival rate: the rate is spread over ceil(rate / 20) `hey` processes, one
+connection each, started 1/rate apart, so arrivals interleave instead of leaving in bursts. Every request that
+was due but not sent (a worker held back by a slow answer) or not answered 200 counts as a failure, i.e. as
+infinitely slow in the percentiles (a process's last tick, which may fall on its deadline, is not counted as
+due). Measured per rate: p50, p99, achieved rate, failures, the server's and PostgreSQL's CPU per request. (a)
+fixed rates for --duration seconds each; (b) a ladder of rates per server until p99 reaches 50 ms: the highest rate
+below that is the sustained rate (a failed step is tried a second time, so one noisy moment on a shared machine
+does not end the ladder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+import httpx
+import psutil
+
+from streamflow.config import PROJECT_ROOT, Settings
+from streamflow.stack import EmbeddedPostgres
+
+ALL_SERVERS: list[Server] = []  # every server started, so a step waits for all of them to be idle
+PER_PROCESS_RATE = 20.0  # requests per second of one hey process (one connection)
+P99_LIMIT = 0.050
+HEY = shutil.which("hey")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"STREAMFLOW_{name.upper()}"] = str(value)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+# ---------------------------------------------------------------------------------------
+# the stack
+# ---------------------------------------------------------------------------------------
+def build_stack(home: Path, users: int, months: int) -> tuple[Settings, list[str]]:
+    """A private stack with a champion; returns its settings and the users active at the newest month."""
+    from ml.promote import promote
+    from ml.train import train
+    from streamflow import dbt, features
+    from streamflow.generate import as_of, generate
+    from streamflow.ingest import ingest
+
+    settings = Settings(
+        _env_file=None,
+        home=home,
+        project_dir=PROJECT_ROOT,
+        database_url=None,
+        pg_port=free_port(),
+        dbt_target_path=home / "dbt" / "target",
+    )
+    started = time.perf_counter()
+    EmbeddedPostgres(settings).up()
+    drops = home / "drops"
+    generate(drops, months=months, users=users, seed=42, progress=False)
+    ingest(settings, sorted(drops.glob("month_*")))
+    dbt.build(settings)
+    features.apply(settings)
+    ends = [as_of(m) for m in range(months)]
+    for month in ends:
+        features.materialize(settings, month)
+    train(settings, ends[-1])
+    decision = promote(settings)
+    if not decision.decision.promote:
+        raise SystemExit(f"the first model was not promoted: {decision.decision.reasons}")
+    active = features.active_users(settings, ends[-1])
+    print(
+        f"stack ready in {time.perf_counter() - started:.0f} s: {users} users, {months} months, "
+        f"{len(active)} active at {ends[-1]}",
+        flush=True,
+    )
+    return settings, active
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    body: str  # JSON template with {user}
+    proc: subprocess.Popen
+    log: Path
+
+    def bodies(self, users: list[str]) -> list[str]:
+        return [self.body.replace("{user}", u) for u in users]
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+OURS = "streamflow /predict"
+PIPELINE = "streamflow /predict, full pipeline"
+FEAST = "feast serve /get-online-features"
+
+
+def start_ours(settings: Settings, workers: int, logs: Path, *, fast: bool = True) -> Server:
+    """Our API; ``fast=False`` scores with the full scikit-learn pipeline (a frame per request), as before the
+    compiled model."""
+    port = free_port()
+    log = logs / ("api.log" if fast else "api-pipeline.log")
+    settings = settings.model_copy(update={"model_fast_path": fast})
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("streamflow")),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            env=settings_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _wait(f"http://127.0.0.1:{port}/ready", proc, log)
+    return Server(OURS if fast else PIPELINE, f"http://127.0.0.1:{port}/predict", '{"user_id":"{user}"}', proc, log)
+
+
+def start_feast(settings: Settings, workers: int, logs: Path) -> Server:
+    from streamflow.env import tool_environment
+
+    port = free_port()
+    log = logs / "feast.log"
+    env = settings_env(settings)
+    env.update(tool_environment(settings))
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("feast")),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--max-requests",
+                "0",
+                "--no-access-log",
+            ],
+            env=env,
+            cwd=settings.feature_repo_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _wait(f"http://127.0.0.1:{port}/health", proc, log)
+    body = '{"feature_service":"churn_model_v1","entities":{"user_id":["{user}"]}}'
+    return Server(FEAST, f"http://127.0.0.1:{port}/get-online-features", body, proc, log)
+
+
+# ---------------------------------------------------------------------------------------
+# load
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Step:
+    server: str
+    rate: float
+    seconds: float
+    planned: int
+    answered: int  # 200s
+    failed: int  # sent, not 200 (or no answer)
+    missing: int  # due, never sent
+    p50_ms: float
+    p99_ms: float
+    achieved_rate: float
+    server_cpu_ms_per_request: float
+    postgres_cpu_ms_per_request: float
+    load_average: list[float] = field(default_factory=list)
+
+    @property
+    def sustained(self) -> bool:
+        return self.p99_ms < P99_LIMIT * 1000
+
+
+def _cpu(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in processes:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _percentile(sorted_values: list[float], q: float, planned: int) -> float:
+    """The q-quantile over every planned request, unanswered ones counted as infinitely slow."""
+    if planned == 0:
+        return math.nan
+    rank = max(math.ceil(q * planned) - 1, 0)
+    return sorted_values[rank] if rank < len(sorted_values) else math.inf
+
+
+def settle(servers: list[Server], postgres: list[psutil.Process], timeout: float = 60) -> None:
+    """Wait until every server and PostgreSQL are idle: an overloaded step leaves a queue of accepted requests
+    behind, which must not compete with the next step."""
+    processes = [p for server in servers for p in server.processes()] + postgres
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = _cpu(processes)
+        time.sleep(0.5)
+        if _cpu(processes) - before < 0.05:  # under 10% of a core
+            return
+
+
+def run_step(server: Server, rate: float, seconds: float, bodies: list[str], postgres: list[psutil.Process]) -> Step:
+    settle(ALL_SERVERS, postgres)
+    processes = max(1, math.ceil(rate / PER_PROCESS_RATE))
+    per = rate / processes
+    outputs = []
+    cpu0, pg0 = _cpu(server.processes()), _cpu(postgres)
+    started = time.perf_counter()
+    procs = []
+    with contextlib.ExitStack() as files:
+        for i in range(processes):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            out = files.enter_context(tempfile.TemporaryFile(mode="w+"))
+            outputs.append(out)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        HEY,
+                        "-z",
+                        f"{seconds}s",
+                        "-c",
+                        "1",
+                        "-q",
+                        f"{per:.4f}",
+                        "-m",
+                        "POST",
+                        "-T",
+                        "application/json",
+                        "-d",
+                        bodies[i % len(bodies)],
+                        "-o",
+                        "csv",
+                        server.url,
+                    ],
+                    stdout=out,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for proc in procs:
+            proc.wait(timeout=seconds + 120)
+        cpu1, pg1 = _cpu(server.processes()), _cpu(postgres)
+        latencies: list[float] = []
+        failed = 0
+        for out in outputs:
+            out.seek(0)
+            for row in csv.DictReader(io.StringIO(out.read())):
+                if row.get("status-code") == "200":
+                    latencies.append(float(row["response-time"]))
+                else:
+                    failed += 1
+    # hey sends one request per tick of its -q clock within -z: floor(seconds * per) ticks per process, the
+    # last of which may fall on the deadline; that one boundary tick per process is not counted as missing
+    planned = processes * max(math.floor(seconds * per) - 1, 0)
+    sent = len(latencies) + failed
+    missing = max(planned - sent, 0)
+    latencies.sort()
+    answered = len(latencies)
+    return Step(
+        server=server.name,
+        rate=rate,
+        seconds=seconds,
+        planned=planned,
+        answered=answered,
+        failed=failed,
+        missing=missing,
+        p50_ms=round(_percentile(latencies, 0.50, max(planned, sent)) * 1000, 2),
+        p99_ms=round(_percentile(latencies, 0.99, max(planned, sent)) * 1000, 2),
+        achieved_rate=round(answered / seconds, 1),
+        server_cpu_ms_per_request=round((cpu1 - cpu0) * 1000 / max(sent, 1), 3),
+        postgres_cpu_ms_per_request=round((pg1 - pg0) * 1000 / max(sent, 1), 3),
+        load_average=[round(x, 2) for x in os.getloadavg()],
+    )
+
+
+def show(step: Step) -> None:
+    mark = "ok " if step.sustained else "NO "
+    print(
+        f"{mark}{step.server:34s} {step.rate:6.0f}/s  p50 {step.p50_ms:8.2f} ms  p99 {step.p99_ms:8.2f} ms  "
+        f"answered {step.answered}/{step.planned} (failed {step.failed}, missing {step.missing})  "
+        f"cpu {step.server_cpu_ms_per_request:.2f} ms/req  pg {step.postgres_cpu_ms_per_request:.2f} ms/req  "
+        f"load {step.load_average[0]:.2f}",
+        flush=True,
+    )
+
+
+def warm_up(server: Server, bodies: list[str], n: int = 500) -> None:
+    with httpx.Client(timeout=30) as client:
+        for i in range(n):
+            response = client.post(
+                server.url, content=bodies[i % len(bodies)], headers={"Content-Type": "application/json"}
+            )
+            response.raise_for_status()
+
+
+def ladder(server: Server, rates: list[float], seconds: float, bodies, postgres) -> tuple[float, list[Step]]:
+    best, steps = 0.0, []
+    for rate in rates:
+        step = run_step(server, rate, seconds, bodies, postgres)
+        show(step)
+        steps.append(step)
+        if not step.sustained:
+            retry = run_step(server, rate, seconds, bodies, postgres)
+            show(retry)
+            steps.append(retry)
+            if not retry.sustained:
+                break
+        best = rate
+    return best, steps
+
+
+def _finite(value):
+    """JSON has no infinity: a percentile that no answer reached is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=7043)
+    parser.add_argument("--months", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=30.0, help="Seconds per rate.")
+    parser.add_argument("--rates", type=float, nargs="+", default=[100, 200, 500])
+    parser.add_argument(
+        "--ladder", type=float, nargs="+", default=[100, 150, 200, 250, 300, 350, 400, 450, 500, 600, 700, 800]
+    )
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=["ours", "feast", "pipeline"],
+        default=["ours", "feast", "pipeline"],
+        help="ours: the API; feast: `feast serve`; pipeline: the API scoring with the full scikit-learn pipeline "
+        "(STREAMFLOW_MODEL_FAST_PATH=false), the reference before the compiled model.",
+    )
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "online.json")
+    args = parser.parse_args()
+    if HEY is None:
+        raise SystemExit("hey is missing: `make sysdeps` installs it (Debian package hey)")
+
+    home = Path(tempfile.mkdtemp(prefix="streamflow-bench-online-"))
+    servers: list[Server] = []
+    try:
+        settings, active = build_stack(home, args.users, args.months)
+        users = active[:: max(1, len(active) // 200)][:200]
+        logs = home / "logs"
+        logs.mkdir(exist_ok=True)
+        postmaster = int((home / "pgdata" / "postmaster.pid").read_text().split()[0])
+        pg_root = psutil.Process(postmaster)
+        starters = {
+            "ours": lambda: start_ours(settings, args.workers, logs),
+            "feast": lambda: start_feast(settings, args.workers, logs),
+            "pipeline": lambda: start_ours(settings, args.workers, logs, fast=False),
+        }
+        for kind in args.servers:
+            servers.append(starters[kind]())
+        ALL_SERVERS.extend(servers)
+        for server in servers:
+            warm_up(server, server.bodies(users))
+        fixed: list[Step] = []
+        for rate in args.rates:
+            for server in servers:
+                step = run_step(server, rate, args.duration, server.bodies(users), [pg_root, *pg_root.children()])
+                show(step)
+                fixed.append(step)
+        sustained = {}
+        ladders = {}
+        for server in servers:
+            best, steps = ladder(
+                server, args.ladder, args.duration, server.bodies(users), [pg_root, *pg_root.children()]
+            )
+            sustained[server.name] = best
+            ladders[server.name] = [asdict(s) for s in steps]
+            print(f"{server.name}: sustained {best:.0f} req/s with p99 < {P99_LIMIT * 1000:.0f} ms", flush=True)
+        result = {
+            "date": date.today().isoformat(),
+            "machine": {"cpus": os.cpu_count(), "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+            "users": args.users,
+            "months": args.months,
+            "workers": args.workers,
+            "seconds_per_rate": args.duration,
+            "generator": f"hey, ceil(rate/{PER_PROCESS_RATE:.0f}) processes x 1 connection, staggered 1/rate",
+            "fixed_rates": [asdict(s) for s in fixed],
+            "sustained_p99_below_50ms": sustained,
+            "ladders": ladders,
+        }
+        if sustained.get(OURS) and sustained.get(FEAST):
+            result["sustained_ratio_to_feast"] = round(sustained[OURS] / sustained[FEAST], 2)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+        print(f"results: {args.out}")
+    finally:
+        for server in servers:
+            server.stop()
+        EmbeddedPostgres(Settings(_env_file=None, home=home, project_dir=PROJECT_ROOT)).down()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
