@@ -40,8 +40,12 @@ def plain_copy(settings: Settings, drops: list[Path]) -> int:
                 conn.execute(f"alter table bench_copy.{spec.table} alter column as_of set default '{as_of}'")
                 cols = ", ".join(spec.header)
                 with conn.cursor() as cur:
-                    with cur.copy(f"copy bench_copy.{spec.table} ({cols}) from stdin with (format csv, header true)") \
-                            as copy, open(drop / spec.filename, "rb") as fh:
+                    with (
+                        cur.copy(
+                            f"copy bench_copy.{spec.table} ({cols}) from stdin with (format csv, header true)"
+                        ) as copy,
+                        open(drop / spec.filename, "rb") as fh,
+                    ):
                         while chunk := fh.read(1 << 20):
                             copy.write(chunk)
                     rows += cur.rowcount
@@ -66,8 +70,10 @@ def main() -> None:
         server = EmbeddedPostgres(settings)
         server.up()
         try:
-            print(f"{'users':>9} {'rows':>11} {'ingest s':>9} {'ingest rows/s':>14} {'COPY s':>8} "
-                  f"{'COPY rows/s':>12} {'ratio':>6}")
+            print(
+                f"{'users':>9} {'rows':>11} {'ingest s':>9} {'ingest rows/s':>14} {'COPY s':>8} "
+                f"{'COPY rows/s':>12} {'ratio':>6}"
+            )
             for users in args.users:
                 out = tmp / f"drops_{users}"
                 generate(out, months=args.months, users=users, seed=1, progress=False)
@@ -85,8 +91,10 @@ def main() -> None:
                 n_copy = plain_copy(s, drops)
                 t_copy = time.perf_counter() - t0
                 assert n == n_copy
-                print(f"{users:>9,} {n:>11,} {t_ingest:>9.2f} {n / t_ingest:>14,.0f} {t_copy:>8.2f} "
-                      f"{n_copy / t_copy:>12,.0f} {t_copy / t_ingest:>6.2f}x")
+                print(
+                    f"{users:>9,} {n:>11,} {t_ingest:>9.2f} {n / t_ingest:>14,.0f} {t_copy:>8.2f} "
+                    f"{n_copy / t_copy:>12,.0f} {t_copy / t_ingest:>6.2f}x"
+                )
         finally:
             server.down()
 

@@ -197,8 +197,16 @@ def drift(
     # the decision also goes to the warehouse, where the API exports it for alerting
     from streamflow.runlog import record_drift
 
-    record_drift(settings, reference, current, share, [c.column for c in columns if c.drifted], threshold,
-                 result.retrain, str(result.html_path))
+    record_drift(
+        settings,
+        reference,
+        current,
+        share,
+        [c.column for c in columns if c.drifted],
+        threshold,
+        result.retrain,
+        str(result.html_path),
+    )
     return result
 
 

@@ -249,9 +249,16 @@ class MetricsMiddleware:
             if status:  # the answer had begun: nothing more can be said on this connection
                 raise
             status = 500
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", JSON.encode()),
-                                    (b"content-length", str(len(INTERNAL_ERROR)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", JSON.encode()),
+                        (b"content-length", str(len(INTERNAL_ERROR)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": INTERNAL_ERROR})
         finally:
             status = status or 500

@@ -61,27 +61,48 @@ def build_metrics() -> ApiMetrics:
     h = METRIC_NAMES
     return ApiMetrics(
         registry=r,
-        requests=Counter("streamflow_http_requests", h["streamflow_http_requests"],
-                         ["route", "method", "status"], registry=r),
-        latency=Histogram("streamflow_http_request_duration_seconds", h["streamflow_http_request_duration_seconds"],
-                          ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r),
-        probability=Histogram("streamflow_prediction_probability", h["streamflow_prediction_probability"],
-                              buckets=PROBABILITY_BUCKETS, registry=r),
+        requests=Counter(
+            "streamflow_http_requests", h["streamflow_http_requests"], ["route", "method", "status"], registry=r
+        ),
+        latency=Histogram(
+            "streamflow_http_request_duration_seconds",
+            h["streamflow_http_request_duration_seconds"],
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ),
+        probability=Histogram(
+            "streamflow_prediction_probability",
+            h["streamflow_prediction_probability"],
+            buckets=PROBABILITY_BUCKETS,
+            registry=r,
+        ),
         predictions=Counter("streamflow_predictions", h["streamflow_predictions"], ["label"], registry=r),
-        model_info=Gauge("streamflow_model_info", h["streamflow_model_info"],
-                         ["version", "alias", "trained_as_of"], registry=r),
+        model_info=Gauge(
+            "streamflow_model_info", h["streamflow_model_info"], ["version", "alias", "trained_as_of"], registry=r
+        ),
         model_version=Gauge("streamflow_model_version", h["streamflow_model_version"], registry=r),
-        model_created=Gauge("streamflow_model_created_timestamp_seconds",
-                            h["streamflow_model_created_timestamp_seconds"], registry=r),
+        model_created=Gauge(
+            "streamflow_model_created_timestamp_seconds", h["streamflow_model_created_timestamp_seconds"], registry=r
+        ),
         model_reloads=Counter("streamflow_model_reloads", h["streamflow_model_reloads"], registry=r),
         ready=Gauge("streamflow_ready", h["streamflow_ready"], registry=r),
-        feature_age=Gauge("streamflow_online_feature_age_seconds", h["streamflow_online_feature_age_seconds"],
-                          ["feature_view"], registry=r),
+        feature_age=Gauge(
+            "streamflow_online_feature_age_seconds",
+            h["streamflow_online_feature_age_seconds"],
+            ["feature_view"],
+            registry=r,
+        ),
         store_errors=Counter("streamflow_store_errors", h["streamflow_store_errors"], ["store"], registry=r),
-        pipeline_status=Gauge("streamflow_pipeline_last_status", h["streamflow_pipeline_last_status"],
-                              ["pipeline"], registry=r),
-        pipeline_last_run=Gauge("streamflow_pipeline_last_run_timestamp_seconds",
-                                h["streamflow_pipeline_last_run_timestamp_seconds"], ["pipeline"], registry=r),
+        pipeline_status=Gauge(
+            "streamflow_pipeline_last_status", h["streamflow_pipeline_last_status"], ["pipeline"], registry=r
+        ),
+        pipeline_last_run=Gauge(
+            "streamflow_pipeline_last_run_timestamp_seconds",
+            h["streamflow_pipeline_last_run_timestamp_seconds"],
+            ["pipeline"],
+            registry=r,
+        ),
         drift_share=Gauge("streamflow_drift_share", h["streamflow_drift_share"], registry=r),
         drift_detected=Gauge("streamflow_drift_detected", h["streamflow_drift_detected"], registry=r),
     )

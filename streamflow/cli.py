@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -18,8 +19,10 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-stack_app = typer.Typer(help="The PostgreSQL server the platform uses (embedded unless STREAMFLOW_DATABASE_URL is set).",
-                        no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The PostgreSQL server the platform uses (embedded unless STREAMFLOW_DATABASE_URL is set).",
+    no_args_is_help=True,
+)
 app.add_typer(stack_app, name="stack")
 
 console = Console()
@@ -94,8 +97,19 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="One machine
 
     st = get_stack(get_settings()).status()
     if as_json:
-        print(json.dumps({"mode": st.mode, "running": st.running, "url": st.url, "pid": st.pid,
-                          "version": st.version, "databases": st.databases, "message": st.message}))
+        print(
+            json.dumps(
+                {
+                    "mode": st.mode,
+                    "running": st.running,
+                    "url": st.url,
+                    "pid": st.pid,
+                    "version": st.version,
+                    "databases": st.databases,
+                    "message": st.message,
+                }
+            )
+        )
     else:
         _print_status(st)
     if not st.running:
@@ -183,8 +197,9 @@ def generate_cmd(
 # ---------------------------------------------------------------------------------------
 @app.command("ingest")
 def ingest_cmd(
-    drops: list[Path] = typer.Argument(..., help="Drop folders (month_000 ...), each with a manifest.json.",
-                                       show_default=False),
+    drops: list[Path] = typer.Argument(
+        ..., help="Drop folders (month_000 ...), each with a manifest.json.", show_default=False
+    ),
     rebuild: bool = typer.Option(
         False, "--rebuild", help="Replace the whole loaded history with exactly these drops (in as_of order)."
     ),
@@ -202,8 +217,14 @@ def ingest_cmd(
 
     settings = get_settings()
     total = sum(p.stat().st_size for d in drops if d.is_dir() for p in d.glob("*.csv"))
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                        console=err_console, transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
     try:
         with progress:
             task = progress.add_task("checking", total=total or None)
@@ -246,11 +267,16 @@ def _drop_date(value: str | None):
 
 @app.command("build")
 def build_cmd(
-    as_of: str | None = typer.Option(None, "--as-of", callback=_drop_date, show_default=False,
-                                     help="Build up to this drop month (YYYY-MM-DD, a loaded drop). "
-                                     "Default: the newest loaded drop."),
-    full_refresh: bool = typer.Option(False, "--full-refresh",
-                                      help="Rebuild snapshots and marts from the whole raw history."),
+    as_of: str | None = typer.Option(
+        None,
+        "--as-of",
+        callback=_drop_date,
+        show_default=False,
+        help="Build up to this drop month (YYYY-MM-DD, a loaded drop). Default: the newest loaded drop.",
+    ),
+    full_refresh: bool = typer.Option(
+        False, "--full-refresh", help="Rebuild snapshots and marts from the whole raw history."
+    ),
 ) -> None:
     """Run the quality gate, then build snapshots and marts for the drop months not built yet, in order.
 
@@ -287,8 +313,11 @@ def build_cmd(
         table.add_row(mart, *[f"{counts.get(m, {}).get(mart, 0):,}" for m in result.months])
     table.add_row("seconds", *[f"{result.month_seconds.get(m, 0):.1f}" for m in result.months])
     console.print(table)
-    console.print(f"{result.reason}; {result.seconds:.1f} s in all (labels are counted by period_start)",
-                  style="dim", highlight=False)
+    console.print(
+        f"{result.reason}; {result.seconds:.1f} s in all (labels are counted by period_start)",
+        style="dim",
+        highlight=False,
+    )
 
 
 @app.command(
@@ -313,8 +342,9 @@ def dbt_cmd(ctx: typer.Context) -> None:
 
 @app.command("docs")
 def docs_cmd(
-    port: int | None = typer.Option(None, "--port", help="Port on localhost (default: STREAMFLOW_DOCS_PORT, 8081).",
-                                    show_default=False),
+    port: int | None = typer.Option(
+        None, "--port", help="Port on localhost (default: STREAMFLOW_DOCS_PORT, 8081).", show_default=False
+    ),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the site after generating it."),
 ) -> None:
     """Generate the dbt docs of the warehouse (models, columns, tests, lineage, exposures) and serve them.
@@ -330,8 +360,7 @@ def docs_cmd(
             index = generate_docs(settings)
         console.print(f"docs written to {index.parent}", highlight=False)
         if serve:
-            console.print(f"serving on http://127.0.0.1:{port or settings.docs_port} (Ctrl-C to stop)",
-                          highlight=False)
+            console.print(f"serving on http://127.0.0.1:{port or settings.docs_port} (Ctrl-C to stop)", highlight=False)
             serve_docs(settings, port)
     except (DbtError, StackError) as exc:
         _fail(str(exc))
@@ -383,9 +412,13 @@ def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
 
 @app.command("train")
 def train_cmd(
-    as_of: str = typer.Option(..., "--as-of", callback=_month, show_default=False,
-                              help="The run's month (YYYY-MM-DD, a month end): trains on every labelled period "
-                              "before it."),
+    as_of: str = typer.Option(
+        ...,
+        "--as-of",
+        callback=_month,
+        show_default=False,
+        help="The run's month (YYYY-MM-DD, a month end): trains on every labelled period before it.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one machine-readable object."),
 ) -> None:
     """Train the model families on the labelled periods before --as-of and register the best as `challenger`.
@@ -400,8 +433,13 @@ def train_cmd(
         print(json.dumps(result.as_dict(), default=str))
         return
     rows = {name + (" (chosen)" if name == result.family else ""): m for name, m in result.candidates.items()}
-    console.print(_metrics_table(f"validation ({result.lineage['validation_strategy'].replace('_', '-')}, "
-                                 f"{result.lineage['rows']['validation']:,} rows)", rows))
+    console.print(
+        _metrics_table(
+            f"validation ({result.lineage['validation_strategy'].replace('_', '-')}, "
+            f"{result.lineage['rows']['validation']:,} rows)",
+            rows,
+        )
+    )
     lin = result.lineage
     console.print(
         f"registered [bold]{result.model_name}[/] version [bold]{result.model_version}[/] as [bold]challenger[/] "
@@ -430,9 +468,12 @@ def promote_cmd(as_json: bool = typer.Option(False, "--json", help="Print one ma
         print(json.dumps(result.as_dict()))
         return
     verb = "[bold green]promote[/]" if result.decision.promote else "[bold yellow]keep[/]"
-    console.print(f"decision: {verb} (challenger v{result.challenger_version}, champion "
-                  f"{'v' + result.champion_before if result.champion_before else 'none'}, "
-                  f"{result.validation_rows:,} validation rows)", highlight=False)
+    console.print(
+        f"decision: {verb} (challenger v{result.challenger_version}, champion "
+        f"{'v' + result.champion_before if result.champion_before else 'none'}, "
+        f"{result.validation_rows:,} validation rows)",
+        highlight=False,
+    )
     for reason in result.decision.reasons:
         console.print(f"  - {reason}", highlight=False)
     console.print(f"champion: {'v' + result.champion_after if result.champion_after else 'none'}", highlight=False)
@@ -460,18 +501,27 @@ def model_show_cmd(as_json: bool = typer.Option(False, "--json", help="Print one
         info.add_row(key, *[str(v.get(key)) for v in present.values()])
     info.add_row("last gate decision", *[v["promotion"].get("decision", "-") for v in present.values()])
     console.print(info)
-    console.print(_metrics_table("validation metrics (each on its own validation rows)",
-                                 {a: v["metrics"] for a, v in present.items()}))
+    console.print(
+        _metrics_table(
+            "validation metrics (each on its own validation rows)", {a: v["metrics"] for a, v in present.items()}
+        )
+    )
     if "champion" not in present:
         console.print("no champion yet: `streamflow promote`")
 
 
 @app.command("drift")
 def drift_cmd(
-    reference: str = typer.Option(..., "--reference", callback=_month, show_default=False,
-                                  help="Reference month (YYYY-MM-DD), e.g. the month the champion was trained at."),
-    current: str = typer.Option(..., "--current", callback=_month, show_default=False,
-                                help="Current month (YYYY-MM-DD)."),
+    reference: str = typer.Option(
+        ...,
+        "--reference",
+        callback=_month,
+        show_default=False,
+        help="Reference month (YYYY-MM-DD), e.g. the month the champion was trained at.",
+    ),
+    current: str = typer.Option(
+        ..., "--current", callback=_month, show_default=False, help="Current month (YYYY-MM-DD)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one machine-readable object."),
 ) -> None:
     """Data drift of the model's features between two months (Evidently) and the retrain decision.
@@ -486,22 +536,35 @@ def drift_cmd(
         print(json.dumps(result.as_dict()))
         return
     table = Table(title=f"drift {result.reference} -> {result.current}")
-    for col, justify in (("feature", "left"), ("method", "left"), ("score", "right"), ("threshold", "right"),
-                         ("drifted", "left")):
+    for col, justify in (
+        ("feature", "left"),
+        ("method", "left"),
+        ("score", "right"),
+        ("threshold", "right"),
+        ("drifted", "left"),
+    ):
         table.add_column(col, justify=justify)
     for c in sorted(result.columns, key=lambda c: (not c.drifted, c.column)):
         table.add_row(c.column, c.method, f"{c.score:.4f}", f"{c.threshold:.4f}", "[red]yes[/]" if c.drifted else "no")
     console.print(table)
     decision = "[bold red]retrain[/]" if result.retrain else "[bold green]no retrain[/]"
-    console.print(f"drifted features: {result.drifted_count}/{len(result.features)} = {result.drifted_share:.2f} "
-                  f"(threshold {result.threshold:.2f}) -> {decision}", highlight=False)
+    console.print(
+        f"drifted features: {result.drifted_count}/{len(result.features)} = {result.drifted_share:.2f} "
+        f"(threshold {result.threshold:.2f}) -> {decision}",
+        highlight=False,
+    )
     console.print(f"report: {result.html_path}", highlight=False)
 
 
 @app.command("score")
 def score_cmd(
-    as_of: str = typer.Option(..., "--as-of", callback=_month, show_default=False,
-                              help="Month to score (YYYY-MM-DD): every user active at it."),
+    as_of: str = typer.Option(
+        ...,
+        "--as-of",
+        callback=_month,
+        show_default=False,
+        help="Month to score (YYYY-MM-DD): every user active at it.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one machine-readable object."),
 ) -> None:
     """Score every active user at --as-of with the champion into the warehouse table ml.churn_scores.
@@ -524,11 +587,20 @@ def score_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    as_of: str = typer.Option(..., "--as-of", callback=_month, show_default=False,
-                              help="Evaluate on every labelled period before this month (YYYY-MM-DD)."),
-    oracle: Path = typer.Option(None, "--oracle", show_default=False,
-                                help="Folder written by `streamflow generate --out` (or its oracle/ subfolder). "
-                                "Default: STREAMFLOW_ORACLE_DIR, else .streamflow/drops."),
+    as_of: str = typer.Option(
+        ...,
+        "--as-of",
+        callback=_month,
+        show_default=False,
+        help="Evaluate on every labelled period before this month (YYYY-MM-DD).",
+    ),
+    oracle: Path = typer.Option(
+        None,
+        "--oracle",
+        show_default=False,
+        help="Folder written by `streamflow generate --out` (or its oracle/ subfolder). "
+        "Default: STREAMFLOW_ORACLE_DIR, else .streamflow/drops.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one machine-readable object."),
 ) -> None:
     """The champion's ROC-AUC per labelled period next to the oracle's (the generator's true probabilities).
@@ -546,8 +618,15 @@ def evaluate_cmd(
     for col in ("period", "role", "rows", "churners", "model ROC-AUC", "oracle ROC-AUC", "ratio"):
         table.add_column(col, justify="left" if col in ("period", "role") else "right")
     for p in result.periods:
-        table.add_row(p.period.isoformat(), p.role, f"{p.rows:,}", f"{p.churners:,}", f"{p.model_roc_auc:.4f}",
-                      f"{p.oracle_roc_auc:.4f}", f"{p.ratio:.3f}")
+        table.add_row(
+            p.period.isoformat(),
+            p.role,
+            f"{p.rows:,}",
+            f"{p.churners:,}",
+            f"{p.model_roc_auc:.4f}",
+            f"{p.oracle_roc_auc:.4f}",
+            f"{p.ratio:.3f}",
+        )
     console.print(table)
 
 
@@ -613,8 +692,17 @@ def features_apply_cmd(
 
     result = _features_call(apply, get_settings(), status="applying the feature repo ...")
     if as_json:
-        print(json.dumps({"project": result.project, "changes": result.changes, "objects": result.objects,
-                          "online_store": result.online_store, "seconds": round(result.seconds, 2)}))
+        print(
+            json.dumps(
+                {
+                    "project": result.project,
+                    "changes": result.changes,
+                    "objects": result.objects,
+                    "online_store": result.online_store,
+                    "seconds": round(result.seconds, 2),
+                }
+            )
+        )
         return
     table = Table(title=f"Feast project {result.project} (online store: {result.online_store})", show_header=False)
     table.add_column(style="bold")
@@ -632,10 +720,18 @@ def features_apply_cmd(
 
 @features_app.command("materialize")
 def features_materialize_cmd(
-    as_of: str = typer.Option(None, "--as-of", callback=_month, show_default=False,
-                              help="Month to load (YYYY-MM-DD, a built month end). Default: the newest built month."),
-    force: bool = typer.Option(False, "--force", help="Rewrite the month even if it is already online (after the "
-                               "month was re-ingested and rebuilt)."),
+    as_of: str = typer.Option(
+        None,
+        "--as-of",
+        callback=_month,
+        show_default=False,
+        help="Month to load (YYYY-MM-DD, a built month end). Default: the newest built month.",
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Rewrite the month even if it is already online (after the month was re-ingested and rebuilt).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one machine-readable object."),
 ) -> None:
     """Load one month of the marts into the online store, incrementally; then remove every user who is not
@@ -649,8 +745,14 @@ def features_materialize_cmd(
     from streamflow.stack import StackError
 
     settings = get_settings()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err_console, transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
     try:
         with progress:
             task = progress.add_task("importing Feast", total=None)
@@ -673,14 +775,19 @@ def features_materialize_cmd(
     for col in ("view", "users written", "users removed", "users online"):
         table.add_column(col, justify="left" if col == "view" else "right")
     for view, online in result.online_users.items():
-        written = "-" if view not in result.written else (
-            "already online" if view in result.skipped else f"{result.written[view]:,}")
+        written = (
+            "-"
+            if view not in result.written
+            else ("already online" if view in result.skipped else f"{result.written[view]:,}")
+        )
         table.add_row(view, written, f"{result.removed.get(view, 0):,}", f"{online:,}")
     console.print(table)
     clock = result.business_clock.date().isoformat() if result.business_clock else "-"
-    console.print(f"business clock: {clock}; {result.seconds:.1f} s"
-                  + (f", {result.rows_per_second:,.0f} users/s written" if result.rows_per_second else ""),
-                  highlight=False)
+    console.print(
+        f"business clock: {clock}; {result.seconds:.1f} s"
+        + (f", {result.rows_per_second:,.0f} users/s written" if result.rows_per_second else ""),
+        highlight=False,
+    )
 
 
 def _cell_text(value) -> str:
@@ -698,9 +805,11 @@ def _cell_text(value) -> str:
 @features_app.command("get")
 def features_get_cmd(
     user_id: str = typer.Argument(..., help="A user id, e.g. 7590-VHVEG.", show_default=False),
-    service: str = typer.Option("customer_360", "--service",
-                                help="Feature service: customer_360 (everything) or churn_model_v1 (the model's "
-                                "inputs)."),
+    service: str = typer.Option(
+        "customer_360",
+        "--service",
+        help="Feature service: customer_360 (everything) or churn_model_v1 (the model's inputs).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one machine-readable object."),
 ) -> None:
     """Print a user's online features with the as_of of each feature view (what the API serves).
@@ -723,17 +832,29 @@ def features_get_cmd(
     if not result.found:
         if clock is None:
             _fail("nothing is materialized yet: run `streamflow features materialize`")
-        _fail(f"user {user_id} has no current features online: not an active subscriber at {clock.date()} "
-              f"(the newest materialized month), or an unknown id")
+        _fail(
+            f"user {user_id} has no current features online: not an active subscriber at {clock.date()} "
+            f"(the newest materialized month), or an unknown id"
+        )
     if as_json:
-        print(json.dumps({"user_id": user_id, "service": service,
-                          "business_clock": clock.isoformat() if clock else None,
-                          "as_of": {v: ts.isoformat() if ts else None for v, ts in result.as_of.items()},
-                          "features": {k: _cell_text(v) if not isinstance(v, int | float | bool) else v
-                                       for k, v in result.values.items()}}))
+        print(
+            json.dumps(
+                {
+                    "user_id": user_id,
+                    "service": service,
+                    "business_clock": clock.isoformat() if clock else None,
+                    "as_of": {v: ts.isoformat() if ts else None for v, ts in result.as_of.items()},
+                    "features": {
+                        k: _cell_text(v) if not isinstance(v, int | float | bool) else v
+                        for k, v in result.values.items()
+                    },
+                }
+            )
+        )
         return
-    console.print(f"[bold]{user_id}[/] · service {service} · business clock {clock.date() if clock else '-'}",
-                  highlight=False)
+    console.print(
+        f"[bold]{user_id}[/] · service {service} · business clock {clock.date() if clock else '-'}", highlight=False
+    )
     views = Table()
     views.add_column("view")
     views.add_column("as_of")
@@ -750,12 +871,19 @@ def features_get_cmd(
 
 @app.command("dataset")
 def dataset_cmd(
-    periods: str = typer.Option(..., "--periods", show_default=False,
-                                help="Label periods, comma-separated (YYYY-MM-DD month ends), e.g. "
-                                "2024-01-31,2024-02-29."),
+    periods: str = typer.Option(
+        ...,
+        "--periods",
+        show_default=False,
+        help="Label periods, comma-separated (YYYY-MM-DD month ends), e.g. 2024-01-31,2024-02-29.",
+    ),
     out: Path = typer.Option(..., "--out", show_default=False, help="Parquet file to write."),
-    service: str = typer.Option(None, "--service", show_default=False,
-                                help="Feature service (default: STREAMFLOW_FEATURE_SERVICE, churn_model_v1)."),
+    service: str = typer.Option(
+        None,
+        "--service",
+        show_default=False,
+        help="Feature service (default: STREAMFLOW_FEATURE_SERVICE, churn_model_v1).",
+    ),
 ) -> None:
     """Write the training frame of label periods to Parquet: one row per user with a label for period P,
     the features as of P joined point-in-time by Feast, and churn_label. What training uses.
@@ -822,7 +950,9 @@ def prepare_orchestration(settings) -> None:
 
 @app.command("run")
 def run_cmd(
-    drop: Path = typer.Option(None, "--drop", help="A drop folder (month_NNN with manifest.json) to run the month for."),
+    drop: Path = typer.Option(
+        None, "--drop", help="A drop folder (month_NNN with manifest.json) to run the month for."
+    ),
     as_of: str = typer.Option(None, "--as-of", help="Retrain mode: the month (YYYY-MM-DD) to retrain and score for."),
     as_json: bool = typer.Option(False, "--json", help="Print the run and each task's outcome as one JSON object."),
 ) -> None:
@@ -846,18 +976,31 @@ def run_cmd(
     try:
         with console.status("preparing Airflow (database, dbt manifest) ..."):
             prepare_orchestration(settings)
-        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                            console=err_console, transient=True)
+        progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True
+        )
         with progress:
             job = progress.add_task(f"{MONTHLY_DAG}: starting", total=None)
-            result = run_dag(settings, MONTHLY_DAG, conf,
-                             on_task_done=lambda t: progress.update(job, description=f"{MONTHLY_DAG}: {t} done"))
+            result = run_dag(
+                settings,
+                MONTHLY_DAG,
+                conf,
+                on_task_done=lambda t: progress.update(job, description=f"{MONTHLY_DAG}: {t} done"),
+            )
     except (OrchestrationError, StackError) as exc:
         _fail(str(exc))
     if as_json:
-        print(json.dumps({"dag_id": result.dag_id, "run_id": result.run_id, "state": result.state,
-                          "log": str(result.log_file),
-                          "tasks": {t.task_id: t.state for t in result.tasks}}))
+        print(
+            json.dumps(
+                {
+                    "dag_id": result.dag_id,
+                    "run_id": result.run_id,
+                    "state": result.state,
+                    "log": str(result.log_file),
+                    "tasks": {t.task_id: t.state for t in result.tasks},
+                }
+            )
+        )
     else:
         _print_dag_run(result)
     if not result.ok:
@@ -883,10 +1026,8 @@ def airflow_cmd() -> None:
     except (OrchestrationError, StackError) as exc:
         _fail(str(exc))
     console.print(f"Airflow UI: http://localhost:{settings.airflow_port}  (Ctrl-C stops)")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         subprocess.run([airflow_bin(), "standalone"], env=airflow_environment(settings), check=False)
-    except KeyboardInterrupt:
-        pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -894,14 +1035,20 @@ def airflow_cmd() -> None:
 # ---------------------------------------------------------------------------------------
 @app.command("serve")
 def serve_cmd(
-    host: str = typer.Option(None, "--host", show_default=False,
-                             help="Bind address (default: STREAMFLOW_API_HOST, 127.0.0.1; 0.0.0.0: every interface)."),
+    host: str = typer.Option(
+        None,
+        "--host",
+        show_default=False,
+        help="Bind address (default: STREAMFLOW_API_HOST, 127.0.0.1; 0.0.0.0: every interface).",
+    ),
     port: int = typer.Option(None, "--port", show_default=False, help="Port (default: STREAMFLOW_API_PORT, 8000)."),
-    workers: int = typer.Option(None, "--workers", show_default=False, min=1,
-                                help="Worker processes (default: STREAMFLOW_API_WORKERS, 1)."),
+    workers: int = typer.Option(
+        None, "--workers", show_default=False, min=1, help="Worker processes (default: STREAMFLOW_API_WORKERS, 1)."
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs CPU per request)."),
-    example: bool = typer.Option(False, "--example",
-                                 help="Once ready, print a curl for /predict on an active subscriber and its answer."),
+    example: bool = typer.Option(
+        False, "--example", help="Once ready, print a curl for /predict on an active subscriber and its answer."
+    ),
 ) -> None:
     """Serve the prediction API: /predict, /predict/batch, /features/{user_id}, /events, /model, /health, /ready,
     /metrics; interactive docs at /docs. Ctrl-C stops it.
@@ -929,8 +1076,14 @@ def serve_cmd(
         print(command, flush=True)
         print(answer, flush=True)
 
-    serve(settings, host=host, port=port, workers=workers or settings.api_workers, access_log=access_log,
-          on_ready=show_example if example else None)
+    serve(
+        settings,
+        host=host,
+        port=port,
+        workers=workers or settings.api_workers,
+        access_log=access_log,
+        on_ready=show_example if example else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------

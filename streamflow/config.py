@@ -33,8 +33,7 @@ class Settings(BaseSettings):
     )
     home: Path = Field(
         default=PROJECT_ROOT / ".streamflow",
-        description="State directory of the embedded stack: database files, logs, secrets, "
-        "MLflow artifacts, reports.",
+        description="State directory of the embedded stack: database files, logs, secrets, MLflow artifacts, reports.",
     )
 
     # --- PostgreSQL ----------------------------------------------------------------------
@@ -70,10 +69,10 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the Feast SQL registry. Unset: a database of the warehouse server.",
     )
-    online_store: Literal["postgres", "redis"] = Field(
-        default="postgres", description="Feast online store type."
+    online_store: Literal["postgres", "redis"] = Field(default="postgres", description="Feast online store type.")
+    redis_url: str = Field(
+        default="localhost:6379", description="Redis connection string for Feast (host:port[,db=N])."
     )
-    redis_url: str = Field(default="localhost:6379", description="Redis connection string for Feast (host:port[,db=N]).")
 
     # --- MLflow --------------------------------------------------------------------------
     mlflow_tracking_uri: str | None = Field(

@@ -59,7 +59,9 @@ FILES: dict[str, FileSpec] = {
     "users": FileSpec(
         "users",
         "users.csv",
-        _cols("user_id:id", "signup_date:date", "gender:text", "senior_citizen:bool", "partner:bool", "dependents:bool"),
+        _cols(
+            "user_id:id", "signup_date:date", "gender:text", "senior_citizen:bool", "partner:bool", "dependents:bool"
+        ),
         ("user_id",),
     ),
     "subscriptions": FileSpec(

@@ -102,9 +102,11 @@ def warehouse_build(group_id: str, dbt_vars: dict[str, Any]):
         profile_config=profile,
         # a test with several parents (e.g. a mart checked against staging) runs as its own task once
         # all its parents are built, never with the first of them
-        execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL,
-                                         invocation_mode=InvocationMode.DBT_RUNNER,
-                                         test_indirect_selection=TestIndirectSelection.CAUTIOUS),
+        execution_config=ExecutionConfig(
+            execution_mode=ExecutionMode.LOCAL,
+            invocation_mode=InvocationMode.DBT_RUNNER,
+            test_indirect_selection=TestIndirectSelection.CAUTIOUS,
+        ),
         render_config=RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
             # the source tests are the quality gate, which ran before this group

@@ -59,10 +59,18 @@ def _month_state(settings: Settings, drops: list[Path]) -> dict[date, str]:
         has_log = conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is not None
         has_runs = conn.execute("select to_regclass('ops.pipeline_runs')").fetchone()[0] is not None
         loaded = dict(conn.execute("select as_of, manifest_sha256 from raw.load_log").fetchall()) if has_log else {}
-        succeeded = {r[0] for r in conn.execute(
-            "select as_of from ops.pipeline_runs where pipeline = %s and status = 'success' and as_of is not null",
-            (MONTHLY_DAG,),
-        )} if has_runs else set()
+        succeeded = (
+            {
+                r[0]
+                for r in conn.execute(
+                    "select as_of from ops.pipeline_runs "
+                    "where pipeline = %s and status = 'success' and as_of is not null",
+                    (MONTHLY_DAG,),
+                )
+            }
+            if has_runs
+            else set()
+        )
     state = {}
     for drop in drops:
         as_of = _as_of(drop)
@@ -146,13 +154,14 @@ def run_demo(
             summaries[as_of] = _month_summary(settings, as_of)
             continue
         t0 = time.perf_counter()
-        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                            console=console, transient=True)
+        progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
+        )
         finished: list[str] = []
         with progress:
             job = progress.add_task(f"{MONTHLY_DAG} {as_of}: starting", total=None)
 
-            def on_task(task_id: str, job=job, progress=progress, as_of=as_of) -> None:
+            def on_task(task_id: str, job=job, progress=progress, as_of=as_of, finished=finished) -> None:
                 finished.append(task_id)
                 progress.update(job, description=f"{MONTHLY_DAG} {as_of}: {len(finished)} tasks done, last {task_id}")
 
@@ -160,8 +169,9 @@ def run_demo(
         seconds = time.perf_counter() - t0
         if not result.ok:
             failed = [t.task_id for t in result.tasks if t.state == "failed"]
-            raise DemoError(f"{MONTHLY_DAG} failed for {as_of} at {', '.join(failed) or 'an unknown task'}; "
-                            f"log: {result.log_file}")
+            raise DemoError(
+                f"{MONTHLY_DAG} failed for {as_of} at {', '.join(failed) or 'an unknown task'}; log: {result.log_file}"
+            )
         states: dict[str, int] = {}
         for t in result.tasks:
             states[t.state] = states.get(t.state, 0) + 1
@@ -189,16 +199,21 @@ def run_demo(
     metrics = champion.get("metrics", {})
     console.print(
         f"[green]champion[/]  {settings.model_name} v{champion['version']}  "
-        + "  ".join(f"{k}={metrics[k]:.3f}" for k in ("roc_auc", "pr_auc", "log_loss", "brier", "f1", "threshold")
-                    if k in metrics)
+        + "  ".join(
+            f"{k}={metrics[k]:.3f}"
+            for k in ("roc_auc", "pr_auc", "log_loss", "brier", "f1", "threshold")
+            if k in metrics
+        )
     )
     try:
         from ml.evaluate import evaluate
 
         evaluation = evaluate(settings, max(summaries), oracle_dir=drops[0].parent).as_dict()
         for row in evaluation.get("periods", []):
-            console.print(f"          period {row['period']}: ROC-AUC {row['model_roc_auc']:.3f} vs oracle "
-                          f"{row['oracle_roc_auc']:.3f} (ratio {row['ratio']:.3f}, {row['role']})")
+            console.print(
+                f"          period {row['period']}: ROC-AUC {row['model_roc_auc']:.3f} vs oracle "
+                f"{row['oracle_roc_auc']:.3f} (ratio {row['ratio']:.3f}, {row['role']})"
+            )
     except Exception as exc:  # the comparison is informative only; never fail the demo on it
         console.print(f"[yellow]oracle comparison skipped: {exc}[/]")
 
@@ -215,8 +230,9 @@ def run_demo(
     answer = httpx.post(f"{api}/predict", json={"user_id": user}, timeout=30)
     timings.add("serve", time.perf_counter() - t0, "API up, first prediction")
     console.print("\n[bold]A prediction from the running API:[/]")
-    console.print(f"curl -s -X POST {api}/predict -H 'content-type: application/json' -d '{body}'",
-                  markup=False, highlight=False)
+    console.print(
+        f"curl -s -X POST {api}/predict -H 'content-type: application/json' -d '{body}'", markup=False, highlight=False
+    )
     console.print_json(answer.text)
     if answer.status_code != 200:
         raise DemoError(f"/predict answered {answer.status_code}; log: {services.log_file(settings, 'api')}")
@@ -239,11 +255,12 @@ def run_demo(
     uis.add_row("Airflow", local["airflow"].url + "  (no login on the local stack; starting takes a minute)")
     uis.add_row("MLflow", local["mlflow"].url)
     uis.add_row("dbt docs", local["docs"].url)
-    uis.add_row("warehouse", "eval \"$(.venv/bin/streamflow stack env)\" && psql")
+    uis.add_row("warehouse", 'eval "$(.venv/bin/streamflow stack env)" && psql')
     uis.add_row("logs", str(settings.home / "logs"))
     console.print(uis)
-    console.print("Stop everything: [bold]make stop[/] (or .venv/bin/streamflow stop). "
-                  "Run again: make demo reuses what exists.")
+    console.print(
+        "Stop everything: [bold]make stop[/] (or .venv/bin/streamflow stop). Run again: make demo reuses what exists."
+    )
 
 
 def _active_user(settings: Settings) -> str:

@@ -152,8 +152,14 @@ def read_drop(path: Path) -> Drop:
     if not isinstance(listed, dict):
         raise refuse('manifest has no "files" object', file=contract.MANIFEST)
     for key in sorted(set(listed) - set(contract.FILES)):
-        problems.append(Problem(name, f"manifest lists an unknown file {key!r}", file=contract.MANIFEST,
-                                detail=f"known files: {', '.join(contract.FILES)}"))
+        problems.append(
+            Problem(
+                name,
+                f"manifest lists an unknown file {key!r}",
+                file=contract.MANIFEST,
+                detail=f"known files: {', '.join(contract.FILES)}",
+            )
+        )
     files: dict[str, DropFile] = {}
     for table, spec in contract.FILES.items():
         entry = listed.get(table)
@@ -162,12 +168,18 @@ def read_drop(path: Path) -> Drop:
             continue
         rel, rows, sha = entry.get("path"), entry.get("rows"), entry.get("sha256")
         if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-            problems.append(Problem(name, f"files.{table}.path must be a file name inside the drop, got {rel!r}",
-                                    file=contract.MANIFEST))
+            problems.append(
+                Problem(
+                    name, f"files.{table}.path must be a file name inside the drop, got {rel!r}", file=contract.MANIFEST
+                )
+            )
             continue
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
-            problems.append(Problem(name, f"files.{table}.rows must be a non-negative integer, got {rows!r}",
-                                    file=contract.MANIFEST))
+            problems.append(
+                Problem(
+                    name, f"files.{table}.rows must be a non-negative integer, got {rows!r}", file=contract.MANIFEST
+                )
+            )
             continue
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
             problems.append(Problem(name, f"files.{table}.sha256 must be 64 hex digits", file=contract.MANIFEST))
@@ -180,8 +192,9 @@ def read_drop(path: Path) -> Drop:
         files[table] = DropFile(spec, fpath, rows, sha.lower())
     if problems:
         raise IngestError(problems)
-    return Drop(path=path.resolve(), name=name, as_of=as_of,
-                manifest_sha256=hashlib.sha256(raw).hexdigest(), files=files)
+    return Drop(
+        path=path.resolve(), name=name, as_of=as_of, manifest_sha256=hashlib.sha256(raw).hexdigest(), files=files
+    )
 
 
 def _check_file(drop: str, spec: contract.FileSpec, fpath: Path, rel: str, rows: int, sha: str) -> list[Problem]:
@@ -201,10 +214,14 @@ def _check_file(drop: str, spec: contract.FileSpec, fpath: Path, rel: str, rows:
                     decoder.decode(chunk)
                 except UnicodeDecodeError as exc:
                     bad_line = newlines + chunk[: exc.start].count(b"\n") + 1
-                    snippet = chunk[max(0, exc.start - 20): exc.start + 10]
-                    utf8_problem = Problem(drop, "file is not valid UTF-8", file=rel,
-                                           detail=f"invalid byte 0x{chunk[exc.start]:02x} at line {bad_line}",
-                                           lines=[(bad_line, snippet.decode("utf-8", "replace"))])
+                    snippet = chunk[max(0, exc.start - 20) : exc.start + 10]
+                    utf8_problem = Problem(
+                        drop,
+                        "file is not valid UTF-8",
+                        file=rel,
+                        detail=f"invalid byte 0x{chunk[exc.start]:02x} at line {bad_line}",
+                        lines=[(bad_line, snippet.decode("utf-8", "replace"))],
+                    )
             if not header_done:
                 cut = chunk.find(b"\n")
                 header += chunk if cut < 0 else chunk[:cut]
@@ -223,8 +240,9 @@ def _check_file(drop: str, spec: contract.FileSpec, fpath: Path, rel: str, rows:
     got_header = bytes(header).decode("utf-8", "replace").rstrip("\r").split(",")
     want = spec.header
     if not header and newlines == 0:
-        problems.append(Problem(drop, "file is empty: expected a header row", file=rel,
-                                detail=f"expected header: {','.join(want)}"))
+        problems.append(
+            Problem(drop, "file is empty: expected a header row", file=rel, detail=f"expected header: {','.join(want)}")
+        )
         return problems
     if got_header != want:
         missing = [c for c in want if c not in got_header]
@@ -236,20 +254,41 @@ def _check_file(drop: str, spec: contract.FileSpec, fpath: Path, rel: str, rows:
             parts.append(f"unexpected column(s): {', '.join(extra)}")
         if not parts:
             parts.append("columns are in the wrong order")
-        problems.append(Problem(drop, "header does not match the contract: " + "; ".join(parts), file=rel,
-                                detail=f"expected: {','.join(want)}\n    found:    {','.join(got_header)}"))
+        problems.append(
+            Problem(
+                drop,
+                "header does not match the contract: " + "; ".join(parts),
+                file=rel,
+                detail=f"expected: {','.join(want)}\n    found:    {','.join(got_header)}",
+            )
+        )
 
     data_rows = max(newlines - 1, 0)
     if last_byte and last_byte != b"\n":
-        problems.append(Problem(drop, "file is truncated: the last line has no line ending", file=rel,
-                                detail=f"the file ends in the middle of line {newlines + 1}"))
+        problems.append(
+            Problem(
+                drop,
+                "file is truncated: the last line has no line ending",
+                file=rel,
+                detail=f"the file ends in the middle of line {newlines + 1}",
+            )
+        )
     elif data_rows != rows:
-        problems.append(Problem(drop, "row count does not match the manifest", file=rel,
-                                detail=f"manifest says {rows} rows, the file has {data_rows}"))
+        problems.append(
+            Problem(
+                drop,
+                "row count does not match the manifest",
+                file=rel,
+                detail=f"manifest says {rows} rows, the file has {data_rows}",
+            )
+        )
     actual = digest.hexdigest()
     if actual != sha:
-        problems.append(Problem(drop, "sha256 does not match the manifest", file=rel,
-                                detail=f"manifest: {sha}\n    file:     {actual}"))
+        problems.append(
+            Problem(
+                drop, "sha256 does not match the manifest", file=rel, detail=f"manifest: {sha}\n    file:     {actual}"
+            )
+        )
     return problems
 
 
@@ -333,13 +372,22 @@ def scan_values(drop: str, f: DropFile, columns: Iterable[str] | None = None) ->
                     samples.append((line, value))
     problems = []
     if width_problem:
-        problems.append(Problem(drop, f"row does not have {len(f.spec.columns)} fields", file=f.path.name,
-                                lines=width_problem))
+        problems.append(
+            Problem(drop, f"row does not have {len(f.spec.columns)} fields", file=f.path.name, lines=width_problem)
+        )
     for col in specs:
         if col.name in bad:
             n = counts[col.name]
-            problems.append(Problem(drop, f"value {TYPE_RULES[col.type]}", file=f.path.name, column=col.name,
-                                    detail=f"{n} offending row{'s' if n != 1 else ''}; first:", lines=bad[col.name]))
+            problems.append(
+                Problem(
+                    drop,
+                    f"value {TYPE_RULES[col.type]}",
+                    file=f.path.name,
+                    column=col.name,
+                    detail=f"{n} offending row{'s' if n != 1 else ''}; first:",
+                    lines=bad[col.name],
+                )
+            )
     return problems
 
 
@@ -362,8 +410,10 @@ def raw_ddl() -> list[str]:
             loaded_at timestamptz not null default now()
         )"""
     )
-    stmts.append("comment on table raw.load_log is 'One row per loaded monthly drop: where it came from, "
-                 "its checksums and row counts, and when it was loaded.'")
+    stmts.append(
+        "comment on table raw.load_log is 'One row per loaded monthly drop: where it came from, "
+        "its checksums and row counts, and when it was loaded.'"
+    )
     return stmts
 
 
@@ -415,38 +465,39 @@ def ingest(
         seen[d.as_of] = d.name
 
     results: list[DropResult] = []
-    with connect(settings) as conn:
-        with conn.transaction():
-            conn.execute("select pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-            conn.execute("set local timezone = 'UTC'")
-            conn.execute("set local datestyle = 'ISO, YMD'")
-            ensure_raw_schema(conn)
-            loaded = {
-                r[0]: r[1] for r in conn.execute("select as_of, manifest_sha256 from raw.load_log")
-            }
-            if rebuild:
-                for as_of in sorted(loaded):
-                    _drop_month(conn, as_of)
-                conn.execute("delete from raw.load_log")
-                loaded = {}
-            for d in drops:
-                newest = max(loaded) if loaded else None
-                if loaded.get(d.as_of) == d.manifest_sha256:
-                    results.append(DropResult(d.name, d.as_of, "unchanged", {t: f.rows for t, f in d.files.items()}, 0))
-                    continue
-                if newest is not None and d.as_of < newest:
-                    what = "replaces already loaded" if d.as_of in loaded else "is older than"
-                    raise IngestError([Problem(
-                        d.name,
-                        f"as_of {d.as_of} {what} history: the newest loaded month is {newest}. History is "
-                        "append-only in business time; to reload older months use --rebuild with every drop "
-                        "that should be loaded",
-                    )])
-                start = time.perf_counter()
-                status = "replaced" if d.as_of in loaded else "loaded"
-                rows = _load_drop(conn, d, progress)
-                loaded[d.as_of] = d.manifest_sha256
-                results.append(DropResult(d.name, d.as_of, status, rows, time.perf_counter() - start))
+    with connect(settings) as conn, conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        conn.execute("set local timezone = 'UTC'")
+        conn.execute("set local datestyle = 'ISO, YMD'")
+        ensure_raw_schema(conn)
+        loaded = {r[0]: r[1] for r in conn.execute("select as_of, manifest_sha256 from raw.load_log")}
+        if rebuild:
+            for as_of in sorted(loaded):
+                _drop_month(conn, as_of)
+            conn.execute("delete from raw.load_log")
+            loaded = {}
+        for d in drops:
+            newest = max(loaded) if loaded else None
+            if loaded.get(d.as_of) == d.manifest_sha256:
+                results.append(DropResult(d.name, d.as_of, "unchanged", {t: f.rows for t, f in d.files.items()}, 0))
+                continue
+            if newest is not None and d.as_of < newest:
+                what = "replaces already loaded" if d.as_of in loaded else "is older than"
+                raise IngestError(
+                    [
+                        Problem(
+                            d.name,
+                            f"as_of {d.as_of} {what} history: the newest loaded month is {newest}. History is "
+                            "append-only in business time; to reload older months use --rebuild with every drop "
+                            "that should be loaded",
+                        )
+                    ]
+                )
+            start = time.perf_counter()
+            status = "replaced" if d.as_of in loaded else "loaded"
+            rows = _load_drop(conn, d, progress)
+            loaded[d.as_of] = d.manifest_sha256
+            results.append(DropResult(d.name, d.as_of, status, rows, time.perf_counter() - start))
     return results
 
 
@@ -468,32 +519,39 @@ def _load_drop(conn, d: Drop, progress: ProgressFn | None) -> dict[str, int]:
         # the fresh table checks its own month and the id format while COPY writes it (no second scan)
         id_checks = "".join(
             f", constraint \"{tmp}_{c.name}_format\" check ({c.name} ~ '{contract.ID_PATTERN}')"
-            for c in f.spec.columns if c.type == "id"
+            for c in f.spec.columns
+            if c.type == "id"
         )
         conn.execute(
             f'drop table if exists raw."{tmp}";'
             f'create table raw."{tmp}" (like raw.{table} including defaults, '
-            f'constraint "{tmp}_as_of" check (as_of = \'{day}\'){id_checks});'
-            f'alter table raw."{tmp}" alter column as_of set default \'{day}\''
+            f"constraint \"{tmp}_as_of\" check (as_of = '{day}'){id_checks});"
+            f"alter table raw.\"{tmp}\" alter column as_of set default '{day}'"
         )
         cols = ", ".join(f.spec.header)
         copy_sql = f'copy raw."{tmp}" ({cols}) from stdin with (format csv, header true)'
         try:
-            with conn.transaction():  # savepoint: a failed COPY is explained, then everything rolls back
-                with conn.cursor() as cur:
-                    with cur.copy(copy_sql) as copy, open(f.path, "rb") as fh:
-                        while chunk := fh.read(CHUNK):
-                            copy.write(chunk)
-                            if progress:
-                                progress(f"{d.name}/{f.path.name}", len(chunk))
-                    rows[table] = cur.rowcount
+            # a savepoint: a failed COPY is explained, then everything rolls back
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(copy_sql) as copy, open(f.path, "rb") as fh:
+                    while chunk := fh.read(CHUNK):
+                        copy.write(chunk)
+                        if progress:
+                            progress(f"{d.name}/{f.path.name}", len(chunk))
+                rows[table] = cur.rowcount
         except psycopg.Error as exc:
             problems.extend(_explain_copy_error(d, f, exc))
             continue
         if rows[table] != f.rows:
-            problems.append(Problem(d.name, "row count does not match the manifest", file=f.path.name,
-                                    detail=f"manifest says {f.rows} rows, PostgreSQL read {rows[table]} "
-                                           "(a quoted field may span lines)"))
+            problems.append(
+                Problem(
+                    d.name,
+                    "row count does not match the manifest",
+                    file=f.path.name,
+                    detail=f"manifest says {f.rows} rows, PostgreSQL read {rows[table]} "
+                    "(a quoted field may span lines)",
+                )
+            )
     if problems:
         raise IngestError(problems)
     swap = []
@@ -532,5 +590,6 @@ def _explain_copy_error(d: Drop, f: DropFile, exc) -> list[Problem]:
     if m:
         column = m.group(2)
         lines = [(int(m.group(1)), m.group(3) or "")]
-    return [Problem(d.name, f"PostgreSQL could not load the file: {primary}", file=f.path.name, column=column,
-                    lines=lines)]
+    return [
+        Problem(d.name, f"PostgreSQL could not load the file: {primary}", file=f.path.name, column=column, lines=lines)
+    ]

@@ -134,9 +134,12 @@ def labelled_periods(settings: Settings | None = None) -> list[date]:
     with connect(_settings(settings)) as conn:
         if conn.execute("select to_regclass('marts.labels')").fetchone()[0] is None:
             return []
-        return [r[0] for r in conn.execute(
-            "select distinct (period_start at time zone 'UTC')::date from marts.labels order by 1"
-        )]
+        return [
+            r[0]
+            for r in conn.execute(
+                "select distinct (period_start at time zone 'UTC')::date from marts.labels order by 1"
+            )
+        ]
 
 
 def train(as_of: str, settings: Settings | None = None) -> dict:
@@ -204,8 +207,14 @@ def materialize_newest(settings: Settings | None = None) -> dict:
     return materialize(None, settings)
 
 
-def record_run(pipeline: str, run_id: str, status: str, as_of: str | None = None,
-               detail: dict | None = None, settings: Settings | None = None) -> None:
+def record_run(
+    pipeline: str,
+    run_id: str,
+    status: str,
+    as_of: str | None = None,
+    detail: dict | None = None,
+    settings: Settings | None = None,
+) -> None:
     """Write the outcome of a pipeline run to ops.pipeline_runs (read by the API's /metrics)."""
     from streamflow.runlog import record_run as write
 

@@ -90,8 +90,15 @@ def record_drift(
                  drifted_share = excluded.drifted_share, drifted_features = excluded.drifted_features,
                  threshold = excluded.threshold, retrain = excluded.retrain,
                  report_path = excluded.report_path, created_at = excluded.created_at""",
-            (reference_as_of, current_as_of, drifted_share, json.dumps(drifted_features), threshold, retrain,
-             report_path),
+            (
+                reference_as_of,
+                current_as_of,
+                drifted_share,
+                json.dumps(drifted_features),
+                threshold,
+                retrain,
+                report_path,
+            ),
         )
 
 
@@ -117,8 +124,7 @@ def latest_state(conn) -> OpsState:
             pipelines[name] = (status, finished)
     if exists[1]:
         row = conn.execute(
-            "select drifted_share, retrain from ops.drift_reports order by current_as_of desc, created_at desc "
-            "limit 1"
+            "select drifted_share, retrain from ops.drift_reports order by current_as_of desc, created_at desc limit 1"
         ).fetchone()
         if row:
             share, retrain = row

@@ -29,14 +29,24 @@ class Service:
 def local_services(settings: Settings) -> dict[str, Service]:
     api = f"http://127.0.0.1:{settings.api_port}"
     return {
-        "api": Service("api", ("serve", "--host", "127.0.0.1", "--port", str(settings.api_port)),
-                       f"{api}/docs", f"{api}/health"),
-        "mlflow": Service("mlflow", ("mlflow",), f"http://127.0.0.1:{settings.mlflow_port}",
-                          f"http://127.0.0.1:{settings.mlflow_port}/health"),
-        "docs": Service("docs", ("docs",), f"http://127.0.0.1:{settings.docs_port}",
-                        f"http://127.0.0.1:{settings.docs_port}/"),
-        "airflow": Service("airflow", ("airflow",), f"http://127.0.0.1:{settings.airflow_port}",
-                           f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health"),
+        "api": Service(
+            "api", ("serve", "--host", "127.0.0.1", "--port", str(settings.api_port)), f"{api}/docs", f"{api}/health"
+        ),
+        "mlflow": Service(
+            "mlflow",
+            ("mlflow",),
+            f"http://127.0.0.1:{settings.mlflow_port}",
+            f"http://127.0.0.1:{settings.mlflow_port}/health",
+        ),
+        "docs": Service(
+            "docs", ("docs",), f"http://127.0.0.1:{settings.docs_port}", f"http://127.0.0.1:{settings.docs_port}/"
+        ),
+        "airflow": Service(
+            "airflow",
+            ("airflow",),
+            f"http://127.0.0.1:{settings.airflow_port}",
+            f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health",
+        ),
     }
 
 
@@ -77,8 +87,13 @@ def start(settings: Settings, service: Service, env: dict[str, str], wait: float
         streamflow = str(Path(sys.executable).with_name("streamflow"))
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [streamflow, *service.args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(settings.project_dir),
+                [streamflow, *service.args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(settings.project_dir),
             )
         _pid_file(settings, service.name).write_text(str(proc.pid))
     deadline = time.monotonic() + wait

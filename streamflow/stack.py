@@ -156,9 +156,7 @@ class EmbeddedPostgres:
         cmd = [str(_bin_dir() / tool), *args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C.UTF-8"
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/", **self._run_as()
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/", **self._run_as())
         if proc.returncode != 0:
             raise StackError(f"{tool} failed ({proc.returncode}):\n{proc.stderr.strip() or proc.stdout.strip()}")
         return proc
@@ -179,8 +177,10 @@ class EmbeddedPostgres:
         try:
             self._pg(
                 "initdb",
-                "-D", str(self.data_dir),
-                "-U", self.settings.pg_user,
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.settings.pg_user,
                 f"--pwfile={pwfile}",
                 "--auth-local=scram-sha-256",
                 "--auth-host=scram-sha-256",
@@ -210,8 +210,20 @@ class EmbeddedPostgres:
                 opts = " ".join(f"-c {k}={v!r}" if v == "" else f"-c {k}={v}" for k, v in SERVER_OPTIONS.items())
                 opts += f" -c listen_addresses={self.settings.pg_host} -p {self.settings.pg_port}"
                 try:
-                    self._pg("pg_ctl", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(self.log_file),
-                             "-o", opts, "start", timeout=90)
+                    self._pg(
+                        "pg_ctl",
+                        "-w",
+                        "-t",
+                        "60",
+                        "-D",
+                        str(self.data_dir),
+                        "-l",
+                        str(self.log_file),
+                        "-o",
+                        opts,
+                        "start",
+                        timeout=90,
+                    )
                 except StackError as exc:
                     tail = self._log_tail()
                     raise StackError(f"{exc}\n--- {self.log_file} ---\n{tail}") from None
@@ -311,9 +323,7 @@ def _probe(st: StackStatus, url: str) -> None:
     try:
         with psycopg.connect(url, connect_timeout=3) as conn:
             st.version = conn.execute("show server_version").fetchone()[0]
-            st.databases = sorted(
-                r[0] for r in conn.execute("select datname from pg_database where not datistemplate")
-            )
+            st.databases = sorted(r[0] for r in conn.execute("select datname from pg_database where not datistemplate"))
             st.running = True
             st.message = "healthy"
     except psycopg.Error as exc:

@@ -37,7 +37,7 @@ def make_settings(home: Path, **overrides) -> Settings:
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a `streamflow` subprocess needs to use exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
-    for name, field in Settings.model_fields.items():
+    for name in Settings.model_fields:
         value = getattr(settings, name)
         if value is None:
             continue
@@ -61,7 +61,8 @@ def run_cli(settings: Settings, *args: str, check: bool = True, timeout: float =
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"streamflow {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            f"streamflow {' '.join(args)} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
         )
     return proc
 

@@ -13,6 +13,7 @@ import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
 from airflow.task.trigger_rule import TriggerRule
+
 from streamflow import pipeline
 from streamflow.dag_support import (
     DATA_TASK_ARGS,
@@ -37,8 +38,11 @@ with DAG(
     params={
         "drop": Param(None, type=["null", "string"], description="Drop folder holding manifest.json."),
         "as_of": Param(None, type=["null", "string"], description="Month end (YYYY-MM-DD), for retrain mode."),
-        "mode": Param("monthly", enum=["monthly", "retrain"], description="monthly: the whole cycle; "
-                      "retrain: train, promote and score the given month only."),
+        "mode": Param(
+            "monthly",
+            enum=["monthly", "retrain"],
+            description="monthly: the whole cycle; retrain: train, promote and score the given month only.",
+        ),
     },
     tags=["streamflow"],
     doc_md=__doc__,

@@ -36,14 +36,21 @@ def run_month(settings, drop, check=True):
 
 def online_fingerprint(settings) -> str:
     with connect(settings) as conn:
-        tables = [r[0] for r in conn.execute(
-            "select format('%I.%I', schemaname, tablename) from pg_tables where schemaname = 'feast_online' order by 1"
-        )]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "select format('%I.%I', schemaname, tablename) from pg_tables "
+                "where schemaname = 'feast_online' order by 1"
+            )
+        ]
         assert tables, "no online tables"
         parts = []
         for t in tables:
-            parts.append(conn.execute(
-                f"select coalesce(md5(string_agg(x::text, ',' order by x::text)), '') from {t} x").fetchone()[0])
+            parts.append(
+                conn.execute(
+                    f"select coalesce(md5(string_agg(x::text, ',' order by x::text)), '') from {t} x"
+                ).fetchone()[0]
+            )
         return "|".join(parts)
 
 
@@ -58,18 +65,32 @@ def test_two_months_through_airflow_end_with_a_champion_and_online_features(stac
     _, second = run_month(settings, drops[1])
     tasks = second["tasks"]
     assert second["state"] == "success"
-    for task in ("ingest", "quality_gate.raw_sessions", "record_warehouse_month", "feast_apply", "materialize",
-                 "train", "promote", "batch_score", "drift", "report_success"):
+    for task in (
+        "ingest",
+        "quality_gate.raw_sessions",
+        "record_warehouse_month",
+        "feast_apply",
+        "materialize",
+        "train",
+        "promote",
+        "batch_score",
+        "drift",
+        "report_success",
+    ):
         assert tasks[task] == "success", (task, second)
-    assert all(state == "success" for t, state in tasks.items() if t.startswith(("dbt.", "quality_gate."))
-               and not t.endswith("at_as_of_model_build")), tasks
+    assert all(
+        state == "success"
+        for t, state in tasks.items()
+        if t.startswith(("dbt.", "quality_gate.")) and not t.endswith("at_as_of_model_build")
+    ), tasks
 
     model = json.loads(run_cli(settings, "model", "show", "--json").stdout)
     assert model["champion"]["version"]
     with connect(settings) as conn:
-        user = conn.execute("select user_id from marts.subscriptions_profile where as_of = "
-                            "(select max(as_of) from marts.subscriptions_profile) order by user_id limit 1"
-                            ).fetchone()[0]
+        user = conn.execute(
+            "select user_id from marts.subscriptions_profile where as_of = "
+            "(select max(as_of) from marts.subscriptions_profile) order by user_id limit 1"
+        ).fetchone()[0]
         scored = conn.execute("select count(*) from ml.churn_scores").fetchone()[0]
         runs = conn.execute("select status from ops.pipeline_runs where pipeline = 'streamflow_monthly'").fetchall()
     assert scored > 0
@@ -99,13 +120,23 @@ def test_a_bad_drop_stops_at_the_gate_and_changes_nothing_downstream(stack, tmp_
     assert tasks["quality_gate.raw_sessions"] == "failed"
     assert tasks["report_failure"] == "success"
     for task, outcome in tasks.items():
-        if task.startswith("dbt.") or task in ("record_warehouse_month", "feast_apply", "materialize", "train",
-                                                "promote", "batch_score", "drift", "report_success"):
+        if task.startswith("dbt.") or task in (
+            "record_warehouse_month",
+            "feast_apply",
+            "materialize",
+            "train",
+            "promote",
+            "batch_score",
+            "drift",
+            "report_success",
+        ):
             assert outcome in ("upstream_failed", "skipped"), (task, outcome)
     with connect(settings) as conn:
         assert warehouse_digests(conn) == marts_before
-        last = conn.execute("select status from ops.pipeline_runs where pipeline = 'streamflow_monthly' "
-                            "order by started_at desc limit 1").fetchone()[0]
+        last = conn.execute(
+            "select status from ops.pipeline_runs where pipeline = 'streamflow_monthly' "
+            "order by started_at desc limit 1"
+        ).fetchone()[0]
     assert last == "failed"
     assert online_fingerprint(settings) == online_before
     assert json.loads(run_cli(settings, "model", "show", "--json").stdout)["champion"]["version"] == champion_before

@@ -50,16 +50,27 @@ def rendered(compose_env) -> dict:
 def compose_postgres(tmp_path_factory, rendered):
     """A fresh PostgreSQL whose only role is the superuser `postgres`, initialised by the compose init
     script with the compose postgres service's environment."""
-    settings = make_settings(tmp_path_factory.mktemp("pg"), pg_user="postgres", warehouse_db="postgres",
-                             mlflow_db="postgres", airflow_db="postgres", feast_registry_db="postgres")
+    settings = make_settings(
+        tmp_path_factory.mktemp("pg"),
+        pg_user="postgres",
+        warehouse_db="postgres",
+        mlflow_db="postgres",
+        airflow_db="postgres",
+        feast_registry_db="postgres",
+    )
     server = EmbeddedPostgres(settings)
     server.up()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(environment(rendered["postgres"]))
-    env.update(PATH=f"{_bin_dir()}:{env['PATH']}", PGHOST=settings.pg_host, PGPORT=str(settings.pg_port),
-               PGPASSWORD=server.password())
-    proc = subprocess.run(["bash", str(ROOT / "ops/postgres/init-databases.sh")], env=env, capture_output=True,
-                          text=True, timeout=120)
+    env.update(
+        PATH=f"{_bin_dir()}:{env['PATH']}",
+        PGHOST=settings.pg_host,
+        PGPORT=str(settings.pg_port),
+        PGPASSWORD=server.password(),
+    )
+    proc = subprocess.run(
+        ["bash", str(ROOT / "ops/postgres/init-databases.sh")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     yield settings, server, proc
     server.down()
@@ -80,13 +91,13 @@ def _compose_urls(rendered) -> dict[str, str]:
         "warehouse": api["STREAMFLOW_DATABASE_URL"],
         "feast": api["STREAMFLOW_FEAST_REGISTRY_URL"].replace("+psycopg", ""),
         "airflow": environment(rendered["airflow-scheduler"])["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
-            "+psycopg", ""),
+            "+psycopg", ""
+        ),
         "mlflow": environment(rendered["mlflow"])["MLFLOW_BACKEND_STORE_URI"].replace("+psycopg2", ""),
     }
 
 
-def test_init_script_gives_each_database_its_own_owner_role_reachable_with_the_compose_urls(compose_postgres,
-                                                                                            rendered):
+def test_init_script_gives_each_database_its_own_owner_role_reachable_with_the_compose_urls(compose_postgres, rendered):
     settings, server, proc = compose_postgres
     assert "password" not in proc.stdout.lower()  # passwords never echoed
     for db, url in _compose_urls(rendered).items():
@@ -94,10 +105,12 @@ def test_init_script_gives_each_database_its_own_owner_role_reachable_with_the_c
             user, current_db = conn.execute("select current_user, current_database()").fetchone()
             assert (current_db, user) == (db, ROLES[db])
             owner = conn.execute(
-                "select pg_get_userbyid(datdba) from pg_database where datname = current_database()").fetchone()[0]
+                "select pg_get_userbyid(datdba) from pg_database where datname = current_database()"
+            ).fetchone()[0]
             assert owner == ROLES[db]
             flags = conn.execute(
-                "select rolsuper, rolcreatedb, rolcreaterole from pg_roles where rolname = current_user").fetchone()
+                "select rolsuper, rolcreatedb, rolcreaterole from pg_roles where rolname = current_user"
+            ).fetchone()
             assert flags == (False, False, False)
             conn.execute("create table t (x int)")  # the owner can build its schema (migrations, dbt)
             conn.execute("insert into t values (1)")
@@ -142,7 +155,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 def _swap(argv: list[str], option: str, value: str) -> list[str]:
     i = argv.index(option)
-    return [*argv[: i + 1], value, *argv[i + 2:]]
+    return [*argv[: i + 1], value, *argv[i + 2 :]]
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +174,9 @@ def mlflow_server(compose_postgres, rendered, tmp_path_factory):
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     log = tmp_path_factory.mktemp("logs") / "mlflow.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=artifacts,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=artifacts, start_new_session=True
+        )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
         yield port, artifacts, proc
@@ -181,8 +195,9 @@ def test_mlflow_server_answers_other_containers_and_the_published_port_only(mlfl
     assert httpx.get(url, headers={"Host": "attacker.example"}, timeout=10).status_code == 403
 
 
-def test_mlflow_keeps_runs_in_its_database_and_artifacts_on_the_artifact_volume(mlflow_server, compose_postgres,
-                                                                                rendered):
+def test_mlflow_keeps_runs_in_its_database_and_artifacts_on_the_artifact_volume(
+    mlflow_server, compose_postgres, rendered
+):
     port, artifacts, _ = mlflow_server
     settings, _, _ = compose_postgres
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Host": "mlflow:5000"}, timeout=30)
@@ -226,9 +241,23 @@ def compose_redis(tmp_path_factory):
     binary = shutil.which("redis-server")
     assert binary, "redis-server is needed (installed by `make sysdeps`)"
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path_factory.mktemp("redis"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("redis")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(host="127.0.0.1", port=port)
     deadline = time.monotonic() + 20
     while True:
@@ -252,8 +281,12 @@ def _swapped(env: dict[str, str], settings, redis_port: int, mlflow_port: int, h
         out[key] = value
     assert out["STREAMFLOW_REDIS_URL"] == "redis:6379" and out["STREAMFLOW_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert out["STREAMFLOW_ONLINE_STORE"] == "redis"
-    out.update(STREAMFLOW_REDIS_URL=f"127.0.0.1:{redis_port}", STREAMFLOW_MLFLOW_TRACKING_URI=f"http://127.0.0.1:"
-               f"{mlflow_port}", STREAMFLOW_PROJECT_DIR=str(ROOT), STREAMFLOW_HOME=str(home))
+    out.update(
+        STREAMFLOW_REDIS_URL=f"127.0.0.1:{redis_port}",
+        STREAMFLOW_MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_port}",
+        STREAMFLOW_PROJECT_DIR=str(ROOT),
+        STREAMFLOW_HOME=str(home),
+    )
     return out
 
 

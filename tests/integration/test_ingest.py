@@ -46,7 +46,8 @@ def raw_fingerprint(settings) -> dict[str, str]:
                 f"select coalesce(md5(string_agg(x::text, E'\\n' order by x::text)), 'empty') from raw.{t} x"
             ).fetchone()[0]
         out["partitions"] = ",".join(
-            r[0] for r in conn.execute(
+            r[0]
+            for r in conn.execute(
                 "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
                 "join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'raw' order by 1"
             )
@@ -163,8 +164,9 @@ def edit_manifest(fn):
 
 def drop_column(table: str, column: str):
     idx = contract.FILES[table].header.index(column)
-    return lambda lines: [b",".join(f for i, f in enumerate(ln.rstrip(b"\n").split(b",")) if i != idx) + b"\n"
-                          for ln in lines]
+    return lambda lines: [
+        b",".join(f for i, f in enumerate(ln.rstrip(b"\n").split(b",")) if i != idx) + b"\n" for ln in lines
+    ]
 
 
 def add_column(lines):
@@ -173,37 +175,60 @@ def add_column(lines):
 
 DEFECTS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     "missing_manifest": (lambda d: (d / "manifest.json").unlink(), ["manifest.json is missing"]),
-    "broken_json": (lambda d: (d / "manifest.json").write_text('{"format_version": 1, "as_of": '),
-                    ["manifest is not valid JSON", "line 1"]),
-    "unknown_format_version": (edit_manifest(lambda m: m.update(format_version=99)),
-                               ["unknown format_version 99"]),
-    "as_of_not_month_end": (edit_manifest(lambda m: m.update(as_of="2024-03-15")),
-                            ["as_of 2024-03-15 is not a month end", "2024-03-31"]),
-    "checksum_mismatch": (lambda d: rewrite(d, "payments", set_field("payments", "amount", b"1.00"),
-                                            fix_manifest=False),
-                          ["payments.csv", "sha256 does not match the manifest"]),
-    "truncated_file": (lambda d: rewrite(d, "sessions", lambda ls: [*ls[:-1], ls[-1][:5]], fix_manifest=False),
-                       ["sessions.csv", "file is truncated"]),
-    "row_count_mismatch": (edit_manifest(lambda m: m["files"]["tickets"].update(rows=m["files"]["tickets"]["rows"]
-                                                                                 + 3)),
-                           ["tickets.csv", "row count does not match the manifest", "manifest says"]),
-    "missing_column": (lambda d: rewrite(d, "subscriptions", drop_column("subscriptions", "monthly_fee")),
-                       ["subscriptions.csv", "missing column(s): monthly_fee"]),
+    "broken_json": (
+        lambda d: (d / "manifest.json").write_text('{"format_version": 1, "as_of": '),
+        ["manifest is not valid JSON", "line 1"],
+    ),
+    "unknown_format_version": (edit_manifest(lambda m: m.update(format_version=99)), ["unknown format_version 99"]),
+    "as_of_not_month_end": (
+        edit_manifest(lambda m: m.update(as_of="2024-03-15")),
+        ["as_of 2024-03-15 is not a month end", "2024-03-31"],
+    ),
+    "checksum_mismatch": (
+        lambda d: rewrite(d, "payments", set_field("payments", "amount", b"1.00"), fix_manifest=False),
+        ["payments.csv", "sha256 does not match the manifest"],
+    ),
+    "truncated_file": (
+        lambda d: rewrite(d, "sessions", lambda ls: [*ls[:-1], ls[-1][:5]], fix_manifest=False),
+        ["sessions.csv", "file is truncated"],
+    ),
+    "row_count_mismatch": (
+        edit_manifest(lambda m: m["files"]["tickets"].update(rows=m["files"]["tickets"]["rows"] + 3)),
+        ["tickets.csv", "row count does not match the manifest", "manifest says"],
+    ),
+    "missing_column": (
+        lambda d: rewrite(d, "subscriptions", drop_column("subscriptions", "monthly_fee")),
+        ["subscriptions.csv", "missing column(s): monthly_fee"],
+    ),
     "extra_column": (lambda d: rewrite(d, "users", add_column), ["users.csv", "unexpected column(s): note"]),
-    "non_utf8": (lambda d: rewrite(d, "tickets", set_field("tickets", "category", b"bill\xe9ng")),
-                 ["tickets.csv", "not valid UTF-8", "line 3"]),
-    "bad_integer": (lambda d: rewrite(d, "sessions", set_field("sessions", "skips", b"two")),
-                    ["sessions.csv", "column skips", "must be an integer", "line 3: 'two'"]),
-    "bad_decimal": (lambda d: rewrite(d, "subscriptions", set_field("subscriptions", "monthly_fee", b"12.5x")),
-                    ["subscriptions.csv", "column monthly_fee", "decimal", "line 3"]),
-    "bad_date": (lambda d: rewrite(d, "users", set_field("users", "signup_date", b"2024-02-30")),
-                 ["users.csv", "column signup_date", "must be a date", "line 3: '2024-02-30'"]),
-    "bad_timestamp": (lambda d: rewrite(d, "payments", set_field("payments", "attempted_at", b"yesterday noon")),
-                      ["payments.csv", "column attempted_at", "ISO 8601", "line 3: 'yesterday noon'"]),
-    "bad_boolean": (lambda d: rewrite(d, "users", set_field("users", "partner", b"maybe")),
-                    ["users.csv", "column partner", "must be true or false", "line 3: 'maybe'"]),
-    "malformed_id": (lambda d: rewrite(d, "sessions", set_field("sessions", "user_id", b"7590-vhveg")),
-                     ["sessions.csv", "column user_id", "must be an id like 7590-VHVEG", "line 3: '7590-vhveg'"]),
+    "non_utf8": (
+        lambda d: rewrite(d, "tickets", set_field("tickets", "category", b"bill\xe9ng")),
+        ["tickets.csv", "not valid UTF-8", "line 3"],
+    ),
+    "bad_integer": (
+        lambda d: rewrite(d, "sessions", set_field("sessions", "skips", b"two")),
+        ["sessions.csv", "column skips", "must be an integer", "line 3: 'two'"],
+    ),
+    "bad_decimal": (
+        lambda d: rewrite(d, "subscriptions", set_field("subscriptions", "monthly_fee", b"12.5x")),
+        ["subscriptions.csv", "column monthly_fee", "decimal", "line 3"],
+    ),
+    "bad_date": (
+        lambda d: rewrite(d, "users", set_field("users", "signup_date", b"2024-02-30")),
+        ["users.csv", "column signup_date", "must be a date", "line 3: '2024-02-30'"],
+    ),
+    "bad_timestamp": (
+        lambda d: rewrite(d, "payments", set_field("payments", "attempted_at", b"yesterday noon")),
+        ["payments.csv", "column attempted_at", "ISO 8601", "line 3: 'yesterday noon'"],
+    ),
+    "bad_boolean": (
+        lambda d: rewrite(d, "users", set_field("users", "partner", b"maybe")),
+        ["users.csv", "column partner", "must be true or false", "line 3: 'maybe'"],
+    ),
+    "malformed_id": (
+        lambda d: rewrite(d, "sessions", set_field("sessions", "user_id", b"7590-vhveg")),
+        ["sessions.csv", "column user_id", "must be an id like 7590-VHVEG", "line 3: '7590-vhveg'"],
+    ),
 }
 
 

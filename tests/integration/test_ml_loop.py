@@ -264,9 +264,11 @@ def test_drift_between_months_2_and_3_says_retrain_and_between_1_and_2_it_does_n
     from streamflow.warehouse import connect
 
     with connect(s) as conn:
-        stored = dict(conn.execute(
-            "select current_as_of, retrain from ops.drift_reports where reference_as_of in (%s, %s)", (m[1], m[2])
-        ).fetchall())
+        stored = dict(
+            conn.execute(
+                "select current_as_of, retrain from ops.drift_reports where reference_as_of in (%s, %s)", (m[1], m[2])
+            ).fetchall()
+        )
         latest = latest_state(conn)
     assert stored == {m[2]: False, m[3]: True}
     assert latest.drift_retrain is True and latest.drift_share == pytest.approx(drifted["drifted_share"])

@@ -171,8 +171,13 @@ def test_the_stack_runs_the_project_commands_it_is_meant_to():
 @pytest.mark.parametrize("argv", _streamflow_commands(), ids=lambda a: " ".join(a))
 def test_every_project_command_the_stack_runs_exists_in_the_cli(argv):
     sub = _subcommand(argv)
-    proc = subprocess.run([str(BIN / "streamflow"), *sub, "--help"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
+    proc = subprocess.run(
+        [str(BIN / "streamflow"), *sub, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200", "TERM": "dumb"},
+    )
     assert proc.returncode == 0, f"`streamflow {' '.join(sub)}` does not exist:\n{proc.stderr}"
     options = [a.split("=")[0] for a in argv if a.startswith("--")]
     missing = [o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", proc.stdout)]
@@ -205,8 +210,9 @@ def test_every_airflow_command_the_stack_runs_parses_with_the_installed_airflow(
         """
     )
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(argvs)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(argvs)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"airflow rejects a command of the compose file:\n{proc.stderr[-3000:]}"
 
 
@@ -231,10 +237,19 @@ def test_project_containers_load_settings_that_point_at_the_compose_services(ser
     assert not settings.embedded
     warehouse = urlsplit(settings.database_url)
     assert (warehouse.scheme, warehouse.hostname, warehouse.port, warehouse.path, warehouse.username) == (
-        "postgresql", "postgres", 5432, "/warehouse", "streamflow")
+        "postgresql",
+        "postgres",
+        5432,
+        "/warehouse",
+        "streamflow",
+    )
     registry = urlsplit(settings.feast_registry_url)
     assert (registry.scheme, registry.hostname, registry.path, registry.username) == (
-        "postgresql+psycopg", "postgres", "/feast", "feast")
+        "postgresql+psycopg",
+        "postgres",
+        "/feast",
+        "feast",
+    )
     assert settings.online_store == "redis" and settings.redis_url == "redis:6379"
     assert settings.mlflow_tracking_uri == "http://mlflow:5000"
     assert settings.project_dir == Path("/app") and settings.home == Path("/data/streamflow")
@@ -266,8 +281,12 @@ def test_tools_in_the_containers_get_every_variable_their_config_files_read(rend
         needed = set(re.findall(r"env_var\(\s*'(\w+)'\s*\)", text))  # dbt, no default
         needed |= {name for name, op, _ in variables_in(text) if op is None}  # Feast's ${VAR}
         assert needed - set(env) == set(), f"{path.name} reads variables nothing sets"
-    assert (env["STREAMFLOW_PG_HOST"], env["STREAMFLOW_PG_PORT"], env["STREAMFLOW_PG_USER"],
-            env["STREAMFLOW_PG_DATABASE"]) == ("postgres", "5432", "streamflow", "warehouse")
+    assert (
+        env["STREAMFLOW_PG_HOST"],
+        env["STREAMFLOW_PG_PORT"],
+        env["STREAMFLOW_PG_USER"],
+        env["STREAMFLOW_PG_DATABASE"],
+    ) == ("postgres", "5432", "streamflow", "warehouse")
 
 
 def _listening_port(name: str, svc: dict) -> int:
@@ -328,12 +347,18 @@ def test_airflow_is_configured_as_the_platform_expects(rendered):
     assert env["AIRFLOW__COSMOS__ENABLE_TELEMETRY"] == "False"
     for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"):
         url = urlsplit(env[key])
-        assert (url.scheme, url.username, url.hostname, url.path) == ("postgresql+psycopg", "airflow", "postgres",
-                                                                        "/airflow")
+        assert (url.scheme, url.username, url.hostname, url.path) == (
+            "postgresql+psycopg",
+            "airflow",
+            "postgres",
+            "/airflow",
+        )
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:8080/")
     # components that sign or verify JWTs share one secret
-    secrets_ = {environment(rendered["services"][s])["AIRFLOW__API_AUTH__JWT_SECRET"]
-                for s in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor")}
+    secrets_ = {
+        environment(rendered["services"][s])["AIRFLOW__API_AUTH__JWT_SECRET"]
+        for s in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor")
+    }
     assert len(secrets_) == 1
 
 
@@ -494,8 +519,15 @@ def test_only_the_uis_and_the_api_gateway_publish_ports_and_the_ports_are_config
 
 def test_official_images_are_pinned_and_every_project_service_runs_the_one_project_image():
     projects = project_services()
-    assert set(projects) == {"mlflow", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                             "airflow-dag-processor", "api", "job"}
+    assert set(projects) == {
+        "mlflow",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "api",
+        "job",
+    }
     assert len({json.dumps([s["image"], s["build"]], sort_keys=True) for s in projects.values()}) == 1
     for name, svc in services().items():
         if name in projects:
@@ -510,8 +542,10 @@ def test_postgres_gets_exactly_the_passwords_its_init_script_requires():
     required = set(re.findall(r'"\$\{([A-Z_]+):\?', script))
     env = environment(services()["postgres"])
     assert required == {k for k in env if k.endswith("_DB_PASSWORD")}
-    assert "./ops/postgres/init-databases.sh:/docker-entrypoint-initdb.d/10-streamflow.sh:ro" in (
-        services()["postgres"]["volumes"])
+    assert (
+        "./ops/postgres/init-databases.sh:/docker-entrypoint-initdb.d/10-streamflow.sh:ro"
+        in (services()["postgres"]["volumes"])
+    )
 
 
 def test_gateway_forwards_to_every_api_replica_and_keeps_metrics_internal():
@@ -574,8 +608,12 @@ def test_the_image_is_multi_stage_runs_as_an_unprivileged_user_with_the_venv_on_
 def test_entrypoint_writes_the_airflow_login_from_the_environment_then_runs_the_command(tmp_path):
     entrypoint = str(ROOT / "ops/docker/entrypoint.sh")
     passwords = tmp_path / "auth" / "passwords.json"
-    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "AIRFLOW_ADMIN_USER": "ops",
-           "AIRFLOW_ADMIN_PASSWORD": "pw-from-env", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords)}
+    env = {
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "AIRFLOW_ADMIN_USER": "ops",
+        "AIRFLOW_ADMIN_PASSWORD": "pw-from-env",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+    }
     proc = subprocess.run([entrypoint, "sh", "-c", "echo ran $0", "x"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ran x"
     assert json.loads(passwords.read_text()) == {"ops": "pw-from-env"}
@@ -599,8 +637,14 @@ def test_only_the_airflow_api_server_receives_the_airflow_login(rendered):
 def test_ci_workflow_runs_make_test_and_a_month_on_the_compose_stack():
     ci = yaml.safe_load(CI_WORKFLOW.read_text())
     steps = "\n".join(step.get("run", "") for step in ci["jobs"]["compose"]["steps"])
-    order = ["ops/scripts/init-env.sh", "docker compose up -d --wait", "job streamflow generate",
-             "docker compose run --rm job streamflow run --drop", "/predict", "docker compose down -v"]
+    order = [
+        "ops/scripts/init-env.sh",
+        "docker compose up -d --wait",
+        "job streamflow generate",
+        "docker compose run --rm job streamflow run --drop",
+        "/predict",
+        "docker compose down -v",
+    ]
     positions = [steps.find(s) for s in order]
     assert -1 not in positions and positions == sorted(positions), dict(zip(order, positions, strict=True))
     assert ci["jobs"]["compose"]["needs"] == "test"

@@ -22,7 +22,7 @@ PROBE = textwrap.dedent(
     from airflow.dag_processing.dagbag import DagBag
     bag = DagBag(dag_folder=sys.argv[1])
     out = {"errors": {k: str(v) for k, v in bag.import_errors.items()},
-           "heavy": [m for m in %r if m in sys.modules], "dags": {}}
+           "heavy": [m for m in __HEAVY__ if m in sys.modules], "dags": {}}
     for dag_id, dag in bag.dags.items():
         tasks = {}
         for t in dag.tasks:
@@ -36,8 +36,7 @@ PROBE = textwrap.dedent(
         out["dags"][dag_id] = {"tasks": tasks, "schedule": str(getattr(dag.timetable, "expression", ""))}
     print("RESULT" + json.dumps(out))
     """
-    % (HEAVY,)
-)
+).replace("__HEAVY__", repr(HEAVY))
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +45,12 @@ def parsed(tmp_path_factory):
     settings = make_settings(home, dbt_target_path=home / "dbt_target")
     dbt.parse(settings)  # the manifest the DAGs are built from (no database needed)
     env = _offline_environment(settings)
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(settings.dags_dir)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(settings.dags_dir)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def _offline_environment(settings):
@@ -58,15 +58,17 @@ def _offline_environment(settings):
     import os
 
     env = dict(os.environ)
-    env.update({
-        "AIRFLOW_HOME": str(settings.home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_dir),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
-        "STREAMFLOW_HOME": str(settings.home),
-        "STREAMFLOW_DBT_TARGET_PATH": str(settings.dbt_target_path),
-        "STREAMFLOW_PG_PORT": str(settings.pg_port),
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(settings.home / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_dir),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+            "STREAMFLOW_HOME": str(settings.home),
+            "STREAMFLOW_DBT_TARGET_PATH": str(settings.dbt_target_path),
+            "STREAMFLOW_PG_PORT": str(settings.pg_port),
+        }
+    )
     env.pop("STREAMFLOW_DATABASE_URL", None)
     return env
 
@@ -83,8 +85,12 @@ def test_parsing_the_dags_imports_neither_dbt_nor_feast_nor_mlflow(parsed):
 def test_every_task_has_a_timeout_and_service_tasks_retry(parsed):
     for dag_id, dag in parsed["dags"].items():
         for task_id, task in dag["tasks"].items():
-            if task["kind"] in ("EmptyOperator", "_BranchPythonDecoratedOperator", "_ShortCircuitDecoratedOperator",
-                                "TriggerDagRunOperator"):
+            if task["kind"] in (
+                "EmptyOperator",
+                "_BranchPythonDecoratedOperator",
+                "_ShortCircuitDecoratedOperator",
+                "TriggerDagRunOperator",
+            ):
                 continue
             assert task["timeout"], f"{dag_id}.{task_id} has no timeout"
     monthly = parsed["dags"][MONTHLY_DAG]["tasks"]
@@ -109,14 +115,26 @@ def _ancestors(tasks: dict, task_id: str) -> set[str]:
 def test_the_quality_gate_runs_before_any_snapshot_or_mart_and_the_cycle_is_in_order(parsed):
     tasks = parsed["dags"][MONTHLY_DAG]["tasks"]
     gate = {t for t in tasks if t.startswith("quality_gate.")}
-    assert {f"quality_gate.raw_{t}" for t in ("users", "subscriptions", "sessions", "payments", "tickets",
-                                              "labels", "load_log")} == gate
+    assert {
+        f"quality_gate.raw_{t}"
+        for t in ("users", "subscriptions", "sessions", "payments", "tickets", "labels", "load_log")
+    } == gate
     dbt_nodes = [t for t in tasks if t.startswith("dbt.")]
     assert any("snap_subscriptions" in t for t in dbt_nodes) and any("usage_agg_30d" in t for t in dbt_nodes)
     for t in dbt_nodes:
         assert gate <= _ancestors(tasks, t), f"{t} may run before the whole gate passed"
-    order = ["ingest", "prepare_warehouse", "record_warehouse_month", "feast_apply", "materialize", "train",
-             "promote", "batch_score", "drift", "report_success"]
+    order = [
+        "ingest",
+        "prepare_warehouse",
+        "record_warehouse_month",
+        "feast_apply",
+        "materialize",
+        "train",
+        "promote",
+        "batch_score",
+        "drift",
+        "report_success",
+    ]
     for earlier, later in zip(order, order[1:], strict=False):
         assert earlier in _ancestors(tasks, later), f"{earlier} must run before {later}"
     assert tasks["report_failure"]["trigger_rule"].endswith("one_failed")

@@ -25,15 +25,34 @@ RULE_TESTS = sorted(PROMETHEUS_DIR.glob("alerts*_test.yml"))
 PROMETHEUS_SYNTHETIC = {"up"}
 PIPELINES = ("streamflow_monthly", "streamflow_materialize")
 ALERTS = {
-    "StreamflowApiLatencyHigh", "StreamflowApi5xxRateHigh", "StreamflowApiNotReady", "StreamflowApiDown",
-    "StreamflowOnlineFeaturesStale", "StreamflowMonthlyRunFailed", "StreamflowMaterializationFailed",
-    "StreamflowDriftDetected", "StreamflowChampionTooOld",
+    "StreamflowApiLatencyHigh",
+    "StreamflowApi5xxRateHigh",
+    "StreamflowApiNotReady",
+    "StreamflowApiDown",
+    "StreamflowOnlineFeaturesStale",
+    "StreamflowMonthlyRunFailed",
+    "StreamflowMaterializationFailed",
+    "StreamflowDriftDetected",
+    "StreamflowChampionTooOld",
 }
 # Grafana's query variables, replaced by a duration before a query is checked as PromQL.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "6h", "$__interval": "15s"}
 
-PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-                   "offset", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess:
@@ -91,10 +110,17 @@ def live_scrape() -> str:
     features = MemoryFeatures()
     features.add("1111-AAAAA", user_values(0))
     registry = LocalModels({"1": serving_model("1"), "2": serving_model("2", "logistic_regression")}, alias="1")
-    ops = OpsState({"streamflow_monthly": ("success", datetime(2024, 4, 1, tzinfo=UTC)),
-                    "streamflow_materialize": ("failed", datetime(2024, 4, 2, tzinfo=UTC))}, 0.25, False)
-    app = create_app(Settings(_env_file=None, api_token="t"), features, ModelHolder(registry, 3600),
-                     ops_state=lambda: ops)
+    ops = OpsState(
+        {
+            "streamflow_monthly": ("success", datetime(2024, 4, 1, tzinfo=UTC)),
+            "streamflow_materialize": ("failed", datetime(2024, 4, 2, tzinfo=UTC)),
+        },
+        0.25,
+        False,
+    )
+    app = create_app(
+        Settings(_env_file=None, api_token="t"), features, ModelHolder(registry, 3600), ops_state=lambda: ops
+    )
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as api:
         assert api.post("/predict", json={"user_id": "1111-AAAAA"}).status_code == 200
         registry.version = "2"
@@ -176,21 +202,31 @@ def test_every_dashboard_query_is_valid_promql(tmp_path):
 # metric names: one contract between the API, the rules and the dashboards
 # ---------------------------------------------------------------------------------------------
 def test_metric_name_extraction_ignores_functions_keywords_labels_and_durations():
-    expr = ('histogram_quantile(0.95, sum by (le, route) (rate(a_bucket{route!="/metrics", x=~"b|c"}[5m])))'
-            ' / on () group_left max without (instance) (b_total offset 1h) > 2 and c or absent(up{job="x"})')
+    expr = (
+        'histogram_quantile(0.95, sum by (le, route) (rate(a_bucket{route!="/metrics", x=~"b|c"}[5m])))'
+        ' / on () group_left max without (instance) (b_total offset 1h) > 2 and c or absent(up{job="x"})'
+    )
     assert metric_names(expr) == {"a_bucket", "b_total", "c", "up"}
 
 
 def test_the_api_exports_every_contract_metric_with_prometheus_suffixes():
     names = exported_series_names()
-    assert {"streamflow_http_requests_total", "streamflow_http_request_duration_seconds_bucket",
-            "streamflow_prediction_probability_count", "streamflow_model_reloads_total",
-            "streamflow_online_feature_age_seconds", "streamflow_ready"} <= names
+    assert {
+        "streamflow_http_requests_total",
+        "streamflow_http_request_duration_seconds_bucket",
+        "streamflow_prediction_probability_count",
+        "streamflow_model_reloads_total",
+        "streamflow_online_feature_age_seconds",
+        "streamflow_ready",
+    } <= names
 
 
 def test_the_live_scrape_labels_requests_by_route_template_and_numeric_status_and_counts_store_errors():
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(live_scrape()) for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(live_scrape())
+        for s in f.samples
+    }
 
     def value(name, **labels):
         return samples.get((name, tuple(sorted(labels.items()))))
@@ -208,8 +244,11 @@ def test_the_live_scrape_labels_requests_by_route_template_and_numeric_status_an
 
 @pytest.mark.parametrize("source", ["alert rules", "dashboards"])
 def test_every_metric_in_rules_and_dashboards_is_one_the_api_exports(source):
-    exprs = ([rule["expr"] for rule in alert_rules()] if source == "alert rules"
-             else [expr for _, _, expr in dashboard_queries()])
+    exprs = (
+        [rule["expr"] for rule in alert_rules()]
+        if source == "alert rules"
+        else [expr for _, _, expr in dashboard_queries()]
+    )
     used = set().union(*(metric_names(e) for e in exprs))
     assert len(used) >= 5
     assert used - exported_series_names() - PROMETHEUS_SYNTHETIC == set()
@@ -240,8 +279,7 @@ def test_prometheus_scrapes_every_api_replica_on_the_port_the_api_listens_on():
 
 
 def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard_folder():
-    (datasource,) = yaml.safe_load(
-        (GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    (datasource,) = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text())["datasources"]
     assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
     (provider,) = yaml.safe_load((GRAFANA_DIR / "provisioning/dashboards/streamflow.yml").read_text())["providers"]
     mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services()["grafana"]["volumes"] if v.startswith("."))
@@ -271,6 +309,12 @@ def test_dashboards_are_well_formed_grafana_json():
 
 def test_dashboards_show_traffic_latency_errors_predictions_feature_age_and_model_version():
     titles = " | ".join(title.lower() for _, title, _ in dashboard_queries())
-    for topic in ("api traffic", "latency percentiles", "errors", "prediction distribution",
-                  "online feature age", "model version over time"):
+    for topic in (
+        "api traffic",
+        "latency percentiles",
+        "errors",
+        "prediction distribution",
+        "online feature age",
+        "model version over time",
+    ):
         assert topic in titles, topic
