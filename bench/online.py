@@ -46,6 +46,7 @@ import httpx
 import psutil
 
 from streamflow.config import PROJECT_ROOT, Settings
+from streamflow.env import settings_environment
 from streamflow.stack import EmbeddedPostgres
 
 ALL_SERVERS: list[Server] = []  # every server started, so a step waits for all of them to be idle
@@ -62,13 +63,7 @@ def free_port() -> int:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"STREAMFLOW_{name.upper()}"] = str(value)
+    env.update(settings_environment(settings))
     env["OMP_NUM_THREADS"] = "1"
     return env
 

@@ -6,6 +6,20 @@ from streamflow.config import Settings
 from streamflow.warehouse import connection_parts, database_url
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Every setting as the STREAMFLOW_* variable that reproduces it in another process (unset ones
+    are left out), so child processes (Airflow tasks, servers, the CLI) build exactly these settings."""
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"STREAMFLOW_{name.upper()}"] = str(value)
+    return env
+
+
 def tool_environment(settings: Settings) -> dict[str, str]:
     """The variables `dbt`, `feast` and `psql` need to reach the platform's databases."""
     wh = connection_parts(settings)

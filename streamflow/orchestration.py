@@ -39,11 +39,12 @@ def airflow_bin() -> str:
 def airflow_environment(settings: Settings) -> dict[str, str]:
     """The environment Airflow processes (and the tasks they run) need: the caller's environment,
     the platform's settings, and Airflow's configuration for this stack."""
-    from streamflow.env import tool_environment
+    from streamflow.env import settings_environment, tool_environment
     from streamflow.warehouse import database_url
 
     env = dict(os.environ)
-    env.update(tool_environment(settings))  # dbt's profile and Feast's yaml read these
+    derived = tool_environment(settings)  # dbt's profile and Feast's yaml read these
+    env.update(derived)
     home = airflow_home(settings)
     env.update(
         {
@@ -69,13 +70,10 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
             }
         )
     # tasks build their own Settings from STREAMFLOW_* variables: hand them exactly ours
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        key = f"STREAMFLOW_{name.upper()}"
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    for key in [k for k in env if k.startswith("STREAMFLOW_")]:
+        if key not in derived:
+            del env[key]
+    env.update(settings_environment(settings))
     return env
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from streamflow.config import Settings
+from streamflow.env import settings_environment
 from streamflow.stack import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,13 +38,7 @@ def make_settings(home: Path, **overrides) -> Settings:
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a `streamflow` subprocess needs to use exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"STREAMFLOW_{name.upper()}"] = str(value)
+    env.update(settings_environment(settings))
     env.update(extra)
     return env
 
