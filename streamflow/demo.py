@@ -236,6 +236,14 @@ def run_demo(
     console.print_json(answer.text)
     if answer.status_code != 200:
         raise DemoError(f"/predict answered {answer.status_code}; log: {services.log_file(settings, 'api')}")
+    online = httpx.get(f"{api}/features/{user}", timeout=30)
+    if online.status_code == 200:
+        features = Table(title=f"online features of {user} (customer_360, GET /features/{user})")
+        for column in ("feature", "value", "feature view", "as_of"):
+            features.add_column(column)
+        for name, item in online.json().get("features", {}).items():
+            features.add_row(name, str(item.get("value")), str(item.get("feature_view")), str(item.get("as_of")))
+        console.print(features)
 
     # ---- the other UIs (background, not waited for long) ------------------------------
     with console.status("starting the MLflow UI, dbt docs and the Airflow UI in the background ..."):
