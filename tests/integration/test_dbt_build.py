@@ -82,6 +82,33 @@ def test_a_new_month_is_built_alone_and_earlier_months_keep_their_rows(session_d
     _assert_marts_match(settings, session_drops[: WAREHOUSE_MONTHS + 1])
 
 
+def test_every_mart_and_snapshot_has_fresh_planner_statistics_after_a_build(session_drops, warehouse_copy):
+    # The point-in-time joins that read the marts right after a build are planned from these
+    # statistics; a month planned on last month's picks nested loops and runs for minutes.
+    settings = warehouse_copy("dbt_statistics")
+    ingest(settings, [session_drops[WAREHOUSE_MONTHS]])
+    with connect(settings) as conn:
+        started = conn.execute("select now()").fetchone()[0]
+    build(settings)
+    with connect(settings) as conn:
+        rows = conn.execute(
+            "select s.schemaname || '.' || s.relname, s.last_analyze, c.reltuples, s.n_live_tup "
+            "from pg_stat_user_tables s join pg_class c on c.oid = s.relid "
+            "where s.schemaname in ('marts', 'snapshots')"
+        ).fetchall()
+        analyzed = {name: (last, reltuples) for name, last, reltuples, _n in rows}
+        counts = {name: conn.execute(f"select count(*) from {name}").fetchone()[0] for name in analyzed}
+    expected = {f"marts.{m}" for m in [*FEATURE_MARTS, "labels"]} | {
+        "snapshots.snap_users",
+        "snapshots.snap_subscriptions",
+    }
+    assert expected <= set(analyzed)
+    for name in expected:
+        last, reltuples = analyzed[name]
+        assert last is not None and last >= started, f"{name} was not analyzed by the build"
+        assert reltuples == counts[name], f"{name}: planner sees {reltuples} rows, table has {counts[name]}"
+
+
 def test_a_reingested_month_rebuilds_snapshots_and_marts_from_the_raw_history(session_drops, warehouse_copy, tmp_path):
     settings = warehouse_copy("dbt_reingest")
     newest = session_drops[WAREHOUSE_MONTHS - 1]
