@@ -476,10 +476,13 @@ def active_users(settings: Settings, as_of: date) -> list[str]:
 
 
 def built_months(settings: Settings) -> list[date]:
+    """Months present in the marts, oldest first (none before the first build)."""
     from streamflow.warehouse import connect
 
     relation = _relation(settings, "subscriptions_profile")
     with _errors(settings, "reading the marts"), connect(settings) as conn:
+        if _missing_relations(conn, [relation]):
+            return []
         rows = conn.execute(
             f"select distinct ({fc.TIMESTAMP_COLUMN} at time zone 'UTC')::date from {relation} order by 1"
         ).fetchall()

@@ -123,7 +123,15 @@ def materialize(as_of: str | None = None, settings: Settings | None = None) -> d
     """Load month ``as_of`` (default: the newest built) into the online store (idempotent)."""
     from streamflow import features
 
-    result = features.materialize(_settings(settings), _date(as_of) if as_of else None)
+    settings = _settings(settings)
+    if as_of:
+        month = _date(as_of)
+    else:
+        months = features.built_months(settings)
+        if not months:
+            raise NothingToDo("no month is built yet: nothing to materialize")
+        month = months[-1]
+    result = features.materialize(settings, month)
     return _jsonable(result.as_dict())
 
 

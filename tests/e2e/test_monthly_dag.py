@@ -9,6 +9,7 @@ import json
 import pytest
 
 from streamflow.generate import generate
+from streamflow.orchestration import MATERIALIZE_DAG, run_dag
 from streamflow.stack import EmbeddedPostgres
 from streamflow.warehouse import connect
 from tests.conftest import make_settings, run_cli, server_home
@@ -97,6 +98,19 @@ def test_two_months_through_airflow_end_with_a_champion_and_online_features(stac
     assert sorted(r[0] for r in runs) == ["success", "success"]
     online = run_cli(settings, "features", "get", user)
     assert user in online.stdout and "2024-02-29" in online.stdout
+
+
+def test_the_scheduled_materialization_dag_keeps_the_newest_month_online(stack):
+    settings, _ = stack
+    before = online_fingerprint(settings)
+    result = run_dag(settings, MATERIALIZE_DAG, {})
+    states = {t.task_id: t.state for t in result.tasks}
+    assert result.state == "success", (states, result.log_file)
+    assert states == {"materialize": "success", "report_success": "success", "report_failure": "skipped"}
+    assert online_fingerprint(settings) == before  # the newest month is online already: a no-op
+    with connect(settings) as conn:
+        runs = conn.execute("select status from ops.pipeline_runs where pipeline = %s", (MATERIALIZE_DAG,)).fetchall()
+    assert [r[0] for r in runs] == ["success"]
 
 
 def test_a_bad_drop_stops_at_the_gate_and_changes_nothing_downstream(stack, tmp_path):

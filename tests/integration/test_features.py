@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from streamflow import feature_contract as fc
-from streamflow import features
+from streamflow import features, pipeline
 from streamflow.env import tool_environment
 from streamflow.stack import EmbeddedPostgres
 from streamflow.warehouse import connect
@@ -488,6 +488,29 @@ def test_materialize_before_apply_is_a_clear_error(base_settings):
     with pytest.raises(features.FeaturesError, match="run `streamflow features apply` first"):
         features.materialize(settings, JAN)
     assert features.business_clock(settings) is None
+
+
+def test_the_scheduled_materialization_loads_the_newest_built_month_once(base_settings, people):
+    # streamflow_materialize (every 30 minutes) calls this with no month.
+    settings = project(base_settings, "features_newest")
+    features.apply(settings)
+    first = pipeline.materialize_newest(settings)
+    assert first["as_of"] == MAR.isoformat() and first["skipped"] == []
+    active = len([u for u, m in people["months"].items() if MAR in m])
+    assert {first["online_users"][mart] for mart in fc.MARTS} == {active}
+    assert features.online_features(settings, people["stayers"][0]).as_of["usage_agg_30d"] == ts(MAR)
+    again = pipeline.materialize_newest(settings)
+    assert sorted(again["skipped"]) == sorted(fc.MARTS) and set(again["removed"].values()) == {0}
+
+
+def test_the_scheduled_materialization_skips_while_nothing_is_built(base_settings):
+    empty = base_settings.model_copy(update={"warehouse_db": "features_unbuilt", "feast_project": "features_unbuilt"})
+    with psycopg.connect(EmbeddedPostgres(base_settings).url("postgres"), autocommit=True) as conn:
+        conn.execute('drop database if exists "features_unbuilt" with (force)')
+        conn.execute('create database "features_unbuilt"')
+    assert features.built_months(empty) == []
+    with pytest.raises(pipeline.NothingToDo, match="no month is built yet"):
+        pipeline.materialize_newest(empty)
 
 
 def test_apply_before_the_marts_exist_is_a_clear_error(base_settings):
