@@ -202,10 +202,13 @@ def monthly_drift(as_of: str, mode: str = "monthly", settings: Settings | None =
 
 
 def drift_of_latest_months(settings: Settings | None = None) -> dict:
-    """The monitor's check: drift between the two newest loaded months, with its decision."""
-    months = loaded_months(settings)
+    """The monitor's check: drift between the two newest built months, with its decision. A month
+    loaded but stopped at the quality gate has no features, so it is not compared."""
+    from streamflow import features
+
+    months = features.built_months(_settings(settings))
     if len(months) < 2:
-        raise NothingToDo("fewer than two months are loaded: nothing to compare")
+        raise NothingToDo("fewer than two months are built: nothing to compare")
     result = drift(months[-1].isoformat(), months[-2].isoformat(), settings=settings)
     return {**result, "reference": months[-2].isoformat(), "current": months[-1].isoformat()}
 

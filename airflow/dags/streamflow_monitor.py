@@ -1,6 +1,7 @@
 """streamflow_monitor: data drift between the last two months; over the threshold, retrain.
 
-Compares the model's features at the two newest loaded months with Evidently. When the share of
+Compares the model's features at the two newest built months with Evidently (a month stopped at
+the quality gate is not compared). When the share of
 drifted features reaches the threshold (STREAMFLOW_DRIFT_SHARE_THRESHOLD), it triggers
 streamflow_monthly in retrain mode for the newest month.
 """

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from streamflow.generate import generate
-from streamflow.orchestration import MATERIALIZE_DAG, run_dag
+from streamflow.orchestration import MATERIALIZE_DAG, MONITOR_DAG, run_dag
 from streamflow.stack import EmbeddedPostgres
 from streamflow.warehouse import connect
 from tests.conftest import make_settings, run_cli, server_home
@@ -154,3 +154,24 @@ def test_a_bad_drop_stops_at_the_gate_and_changes_nothing_downstream(stack, tmp_
     assert last == "failed"
     assert online_fingerprint(settings) == online_before
     assert json.loads(run_cli(settings, "model", "show", "--json").stdout)["champion"]["version"] == champion_before
+
+
+def test_the_monitor_dag_compares_the_two_newest_built_months(stack):
+    # Runs after the bad drop: its month is loaded but was stopped at the gate, so it has no
+    # features; the monitor compares the two newest months that were built.
+    settings, _ = stack
+    with connect(settings) as conn:
+        started = conn.execute("select now()").fetchone()[0]
+    result = run_dag(settings, MONITOR_DAG, {})
+    states = {t.task_id: t.state for t in result.tasks}
+    assert result.state == "success", (states, result.log_file)
+    assert states["check_drift"] == "success" and states["needs_retraining"] == "success"
+    with connect(settings) as conn:
+        compared = conn.execute(
+            "select reference_as_of, current_as_of, retrain from ops.drift_reports where created_at >= %s",
+            (started,),
+        ).fetchall()
+    assert len(compared) == 1, compared
+    reference, current, retrain = compared[0]
+    assert (reference.isoformat(), current.isoformat()) == ("2024-01-31", "2024-02-29")
+    assert states["trigger_retraining"] == ("success" if retrain else "skipped")
