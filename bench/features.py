@@ -27,14 +27,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streamflow import feature_contract as fc
 from streamflow import features
-from streamflow.config import Settings
+from streamflow.core.db import connect
+from streamflow.core.settings import Settings
+from streamflow.core.stack import EmbeddedPostgres
 from streamflow.dbt import build
+from streamflow.drops.ingest import ingest
+from streamflow.features import contract as fc
+from streamflow.features import offline, online_store, store
 from streamflow.generate import generate
-from streamflow.ingest import ingest
-from streamflow.stack import EmbeddedPostgres
-from streamflow.warehouse import connect
 
 RATIOS = {
     "fee_per_active_month": "sp.monthly_fee / greatest(sp.months_active, 1)",
@@ -111,12 +112,12 @@ def entity_table(settings: Settings, rows: int, months: list[date]) -> str:
 
 
 def bench_retrieval(settings: Settings, sizes: list[int], months: list[date], repeat: int) -> list[dict]:
-    names = features.model_features(settings)
+    names = store.model_features(settings)
     out = []
     for rows in sizes:
         table = entity_table(settings, rows, months)
         entities = f"select user_id, event_timestamp from {table}"
-        t_feast, frame = best(lambda e=entities: features.historical_features(settings, e), repeat)
+        t_feast, frame = best(lambda e=entities: offline.historical_features(settings, e), repeat)
         t_sql, ref = best(lambda e=entities: run_sql(settings, as_of_join_sql(settings, e, names)), repeat)
         assert len(frame) == len(ref) == rows, (len(frame), len(ref), rows)
         # same content: compare one numeric column's sum and the null count of every feature
@@ -127,12 +128,12 @@ def bench_retrieval(settings: Settings, sizes: list[int], months: list[date], re
 
 
 def bench_materialize(settings: Settings, as_of: date) -> dict:
-    store = features.feature_store(settings)
+    feast_store = store.feature_store(settings)
     t0 = time.perf_counter()
     result = features.materialize(settings, as_of)
     total = time.perf_counter() - t0
     users_x_views = sum(result.written.values())
-    n_features = sum(len(store.get_feature_view(m).features) for m in fc.MARTS)
+    n_features = sum(len(feast_store.get_feature_view(m).features) for m in fc.MARTS)
 
     ts = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
     manifest = fc.load_manifest(fc.ensure_manifest(settings))
@@ -141,7 +142,7 @@ def bench_materialize(settings: Settings, as_of: date) -> dict:
         conn.execute("create schema bench_online")
         statements = []
         for mart in fc.MARTS:
-            source = features.online_table(settings, mart)
+            source = online_store.online_table(settings, mart)
             target = f"bench_online.{mart}"
             conn.execute(f"create table {target} (like {source} including all)")
             cols = [c for c, _t in fc.mart_contract(manifest, mart).features]
@@ -209,7 +210,7 @@ def main() -> None:
 
             print(
                 "\n(a) point-in-time retrieval, churn_model_v1 "
-                f"({len(features.model_features(settings))} features), best of {args.repeat}"
+                f"({len(store.model_features(settings))} features), best of {args.repeat}"
             )
             print(f"{'entity rows':>12} {'Feast s':>9} {'SQL s':>8} {'Feast/SQL':>10}")
             for r in bench_retrieval(settings, args.entity_rows, months, args.repeat):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streamflow import contract
+from streamflow.drops import contract
 from streamflow.generate import ORACLE_DIR, as_of, drop_name, generate, oracle_name
 
 USAGE = [

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import psycopg
 
-from streamflow import contract
-from streamflow.config import Settings
+from streamflow.core.db import connect
+from streamflow.core.settings import Settings
+from streamflow.core.stack import EmbeddedPostgres
+from streamflow.drops import contract
+from streamflow.drops.ingest import ensure_raw_schema, ingest
 from streamflow.generate import generate
-from streamflow.ingest import ensure_raw_schema, ingest
-from streamflow.stack import EmbeddedPostgres
-from streamflow.warehouse import connect
 
 
 def plain_copy(settings: Settings, drops: list[Path]) -> int:

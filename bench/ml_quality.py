@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psycopg
 
-from streamflow.config import Settings
-from streamflow.stack import EmbeddedPostgres
+from streamflow.core.settings import Settings
+from streamflow.core.stack import EmbeddedPostgres
 
 
 def _free_port() -> int:
@@ -44,8 +44,8 @@ def main() -> None:
     from ml.promote import promote
     from ml.train import train
     from streamflow import dbt, features
+    from streamflow.drops.ingest import ingest
     from streamflow.generate import as_of, generate
-    from streamflow.ingest import ingest
 
     figures: dict = {"users": args.users, "months": args.months, "seed": args.seed, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:

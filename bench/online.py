@@ -45,9 +45,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-from streamflow.config import PROJECT_ROOT, Settings
-from streamflow.env import settings_environment
-from streamflow.stack import EmbeddedPostgres
+from streamflow.core.env import settings_environment
+from streamflow.core.settings import PROJECT_ROOT, Settings
+from streamflow.core.stack import EmbeddedPostgres
 
 ALL_SERVERS: list[Server] = []  # every server started, so a step waits for all of them to be idle
 PER_PROCESS_RATE = 20.0  # requests per second of one hey process (one connection)
@@ -76,8 +76,9 @@ def build_stack(home: Path, users: int, months: int) -> tuple[Settings, list[str
     from ml.promote import promote
     from ml.train import train
     from streamflow import dbt, features
+    from streamflow.drops.ingest import ingest
+    from streamflow.features import materialize
     from streamflow.generate import as_of, generate
-    from streamflow.ingest import ingest
 
     settings = Settings(
         _env_file=None,
@@ -101,7 +102,7 @@ def build_stack(home: Path, users: int, months: int) -> tuple[Settings, list[str
     decision = promote(settings)
     if not decision.decision.promote:
         raise SystemExit(f"the first model was not promoted: {decision.decision.reasons}")
-    active = features.active_users(settings, ends[-1])
+    active = materialize.active_users(settings, ends[-1])
     print(
         f"stack ready in {time.perf_counter() - started:.0f} s: {users} users, {months} months, "
         f"{len(active)} active at {ends[-1]}",
@@ -184,7 +185,7 @@ def start_ours(settings: Settings, workers: int, logs: Path, *, fast: bool = Tru
 
 
 def start_feast(settings: Settings, workers: int, logs: Path) -> Server:
-    from streamflow.env import tool_environment
+    from streamflow.core.env import tool_environment
 
     port = free_port()
     log = logs / "feast.log"

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import psycopg
 
-from streamflow.config import Settings
+from streamflow.core.settings import Settings
+from streamflow.core.stack import EmbeddedPostgres
+from streamflow.drops.ingest import ingest
 from streamflow.generate import generate
-from streamflow.ingest import ingest
-from streamflow.stack import EmbeddedPostgres
 
 STREAMFLOW = str(Path(sys.executable).with_name("streamflow"))
 

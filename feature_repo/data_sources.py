@@ -7,7 +7,7 @@ its business timestamp `as_of` (00:00 UTC of the month-end date).
 from feast import PushSource
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 
-from streamflow.feature_contract import (
+from streamflow.features.contract import (
     TIMESTAMP_COLUMN,
     USAGE_EVENT_SCHEMA,
     USAGE_EVENT_TABLE,

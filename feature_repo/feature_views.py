@@ -19,7 +19,7 @@ from data_sources import (
 from entities import user
 from feast import FeatureView
 
-from streamflow.feature_contract import mart_fields, usage_event_fields
+from streamflow.features.contract import mart_fields, usage_event_fields
 
 MONTH_END_TTL = timedelta(days=31 + 4)
 REALTIME_TTL = timedelta(days=1)

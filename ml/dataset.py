@@ -20,7 +20,7 @@ from ml.errors import MLError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 MARTS_SCHEMA = "marts"
 LABELS_TABLE = "labels"
@@ -161,7 +161,7 @@ class FeastSource:
     def label_periods(self) -> list[date]:
         import psycopg
 
-        from streamflow.warehouse import connect
+        from streamflow.core.db import connect
 
         try:
             with connect(self.settings) as conn:
@@ -183,28 +183,28 @@ class FeastSource:
         return [r[0] for r in rows]
 
     def training_frame(self, periods: list[date]) -> pd.DataFrame:
-        from streamflow import features
+        from streamflow.features import offline
 
         with _feature_errors():
-            return features.training_frame(self.settings, periods, service=self.service)
+            return offline.training_frame(self.settings, periods, service=self.service)
 
     def feature_frame(self, as_of: date) -> pd.DataFrame:
-        from streamflow import features
+        from streamflow.features import offline
 
         with _feature_errors():
-            return features.feature_frame(self.settings, as_of, service=self.service)
+            return offline.feature_frame(self.settings, as_of, service=self.service)
 
     def model_features(self) -> list[str]:
-        from streamflow import features
+        from streamflow.features import store
 
         with _feature_errors():
-            return [name for _view, name in features.service_features(self.settings, self.service)]
+            return [name for _view, name in store.service_features(self.settings, self.service)]
 
 
 @contextlib.contextmanager
 def _feature_errors() -> Iterator[None]:
     """The feature store's user-facing errors, as this package's."""
-    from streamflow.features import FeaturesError
+    from streamflow.features.store import FeaturesError
 
     try:
         yield

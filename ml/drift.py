@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ml.dataset import FeatureSource
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def drift(
         step("logging to MLflow")
         result.run_id = _log(settings, result)
     # the decision also goes to the warehouse, where the API exports it for alerting
-    from streamflow.runlog import record_drift
+    from streamflow.core.runlog import record_drift
 
     record_drift(
         settings,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ml.dataset import FeatureSource
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 # metric -> True when larger is better; the order is the display order
 METRICS = {

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ml.errors import MLError
 
 if TYPE_CHECKING:
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 PROMOTE = "promote"
 KEEP = "keep"

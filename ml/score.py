@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ml.dataset import FeatureSource
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 SCHEMA = "ml"
 TABLE = "churn_scores"
@@ -79,7 +79,7 @@ def score_frame(frame: pd.DataFrame, model, as_of: date, scored_at: datetime) ->
 
 def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
     """Replace the rows of ``as_of`` in ml.churn_scores with ``rows``; returns how many were replaced."""
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
 
     with connect(settings) as conn, conn.transaction():
         conn.execute(DDL)
@@ -136,7 +136,7 @@ def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:
     """The stored scores of ``as_of`` (empty when the month was not scored)."""
     import pandas as pd
 
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
 
     with connect(settings) as conn:
         exists = conn.execute("select to_regclass(%s)", (f"{SCHEMA}.{TABLE}",)).fetchone()[0]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -41,7 +41,7 @@ def tracking_uri(settings: Settings) -> str:
     """The configured MLflow server, else the embedded PostgreSQL's ``mlflow`` database."""
     if settings.mlflow_tracking_uri:
         return settings.mlflow_tracking_uri
-    from streamflow.warehouse import database_url
+    from streamflow.core.db import database_url
 
     return database_url(settings, settings.mlflow_db, "psycopg2")
 
@@ -85,7 +85,7 @@ def _check_reachable(settings: Settings) -> None:
         return
     import psycopg
 
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
 
     try:
         with connect(settings, settings.mlflow_db, connect_timeout=5):

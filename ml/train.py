@@ -27,7 +27,7 @@ from ml.errors import MLError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,13 +35,13 @@ from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, Validatio
 
 from serving import schemas
 from serving.metrics import ApiMetrics, build_metrics
-from streamflow.contract import ID_PATTERN
+from streamflow.drops.contract import ID_PATTERN
 
 if TYPE_CHECKING:
     from serving.features import FeastOnlineFeatures, UserRow
     from serving.model import ModelHolder, ServingModel
-    from streamflow.config import Settings
-    from streamflow.runlog import OpsState
+    from streamflow.core.runlog import OpsState
+    from streamflow.core.settings import Settings
 
 log = logging.getLogger("streamflow.serving")
 
@@ -351,8 +351,8 @@ class _Telemetry:
 
 def warehouse_ops_state(settings: Settings) -> OpsState:
     """The latest pipeline runs and drift decision from the warehouse's ``ops`` schema."""
-    from streamflow.runlog import latest_state
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
+    from streamflow.core.runlog import latest_state
 
     with connect(settings, connect_timeout=2) as conn:
         return latest_state(conn)
@@ -807,7 +807,7 @@ def app_from_settings() -> FastAPI:
 
     from serving.features import FeastOnlineFeatures
     from serving.model import MlflowModelSource, ModelHolder
-    from streamflow.config import get_settings
+    from streamflow.core.settings import get_settings
 
     threadpool_limits(limits=1)
     settings = get_settings()
@@ -866,7 +866,7 @@ def example_request(settings: Settings, base: str) -> tuple[str, str]:
     """A ready-to-paste curl for /predict on an active subscriber, and the API's answer to it."""
     import httpx
 
-    from streamflow.features import active_users
+    from streamflow.features.materialize import active_users
 
     clock = httpx.get(f"{base}/ready", timeout=10).json().get("business_clock")
     users = active_users(settings, datetime.fromisoformat(clock.replace("Z", "+00:00")).date()) if clock else []

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from streamflow.features import ALL_SERVICE, ENTITY, MART_VIEWS, MODEL_SERVICE
+from streamflow.features.store import ALL_SERVICE, ENTITY, MART_VIEWS, MODEL_SERVICE
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 log = logging.getLogger("streamflow.serving.features")
 
@@ -314,7 +314,7 @@ class FeastOnlineFeatures:
         """The platform's Feast configuration, tuned for serving: the registry cache never expires by itself
         (the background thread refreshes it), views being materialized keep serving their last values, and the
         online store gets timeouts."""
-        from streamflow.features import repo_config
+        from streamflow.features.store import repo_config
 
         config = repo_config(self.settings)
         registry = dict(config.registry_config)
@@ -339,7 +339,7 @@ class FeastOnlineFeatures:
             if self._store is None:
                 from feast import FeatureStore
 
-                from streamflow.features import _quiet_feast
+                from streamflow.features.store import _quiet_feast
 
                 _quiet_feast()
                 try:
@@ -556,7 +556,8 @@ class FeastOnlineFeatures:
         self, user_id: str, *, watch_minutes_today: float, last_session_at: datetime, event_time: datetime | None
     ) -> PushOutcome:
         """Push one real-time usage event (online at once, and recorded offline) through the PushSource."""
-        from streamflow.features import FeaturesError, feature_store, push_usage_event
+        from streamflow.features.push import push_usage_event
+        from streamflow.features.store import FeaturesError, feature_store
 
         with self._push_lock:  # the push path shares one connection: one push at a time
             try:

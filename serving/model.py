@@ -26,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 log = logging.getLogger("streamflow.serving.model")
 

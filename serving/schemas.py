@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from streamflow.contract import ID_PATTERN
+from streamflow.drops.contract import ID_PATTERN
 
 EXAMPLE_USER = "7590-VHVEG"
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # event times the stores can hold (epoch seconds, pandas timestamps)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streamflow.config import get_settings
+from streamflow.core.settings import get_settings
 
 app = typer.Typer(
     help="StreamFlow: churn prediction from monthly data drops (dbt, Feast, MLflow, FastAPI, Airflow).",
@@ -64,7 +64,7 @@ def _print_status(st) -> None:
 @stack_app.command("up")
 def stack_up() -> None:
     """Start the embedded PostgreSQL (no-op when it is already up) and create the project's databases."""
-    from streamflow.stack import StackError, get_stack
+    from streamflow.core.stack import StackError, get_stack
 
     try:
         with console.status("starting PostgreSQL ..."):
@@ -77,7 +77,7 @@ def stack_up() -> None:
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop the embedded PostgreSQL. Data stays under .streamflow/."""
-    from streamflow.stack import StackError, get_stack
+    from streamflow.core.stack import StackError, get_stack
 
     settings = get_settings()
     try:
@@ -93,7 +93,7 @@ def stack_down() -> None:
 @stack_app.command("status")
 def stack_status(as_json: bool = typer.Option(False, "--json", help="One machine-readable object.")) -> None:
     """Print the server's connection URL and health. Exit status 1 when it is not reachable."""
-    from streamflow.stack import get_stack
+    from streamflow.core.stack import get_stack
 
     st = get_stack(get_settings()).status()
     if as_json:
@@ -119,7 +119,7 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="One machine
 @stack_app.command("env")
 def stack_env() -> None:
     """Print `export` lines for plain dbt/psql use: `eval "$(streamflow stack env)"`."""
-    from streamflow.env import tool_environment
+    from streamflow.core.env import tool_environment
 
     for key, value in tool_environment(get_settings()).items():
         print(f"export {key}='{value}'")
@@ -212,8 +212,8 @@ def ingest_cmd(
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from streamflow.ingest import IngestError, ingest
-    from streamflow.stack import StackError
+    from streamflow.core.stack import StackError
+    from streamflow.drops.ingest import IngestError, ingest
 
     settings = get_settings()
     total = sum(p.stat().st_size for d in drops if d.is_dir() for p in d.glob("*.csv"))
@@ -287,8 +287,8 @@ def build_cmd(
     """
     from rich.text import Text
 
+    from streamflow.core.stack import StackError
     from streamflow.dbt import DbtError, GateFailed, build, mart_row_counts
-    from streamflow.stack import StackError
 
     settings = get_settings()
     try:
@@ -330,8 +330,8 @@ def dbt_cmd(ctx: typer.Context) -> None:
     dbt runs in this process with the platform's connection and paths (`streamflow stack env` prints
     the same environment for plain `dbt`). `streamflow dbt parse` writes target/manifest.json.
     """
+    from streamflow.core.stack import StackError
     from streamflow.dbt import DbtError, run
-    from streamflow.stack import StackError
 
     try:
         code = run(get_settings(), ctx.args)
@@ -351,8 +351,8 @@ def docs_cmd(
 
     Open http://127.0.0.1:8081 (or --port); Ctrl-C stops the server.
     """
+    from streamflow.core.stack import StackError
     from streamflow.dbt import DbtError, generate_docs, serve_docs
-    from streamflow.stack import StackError
 
     settings = get_settings()
     try:
@@ -388,7 +388,7 @@ def _month(value: str | None):
 def _ml_call(fn, *args, status: str = "working ...", **kwargs):
     """Run an ml.* entry point with a progress line; user-facing errors become a clear message."""
     from ml.errors import MLError
-    from streamflow.stack import StackError
+    from streamflow.core.stack import StackError
 
     try:
         with err_console.status(status) as live:
@@ -668,8 +668,8 @@ app.add_typer(features_app, name="features")
 
 def _features_call(fn, *args, status: str = "working ...", **kwargs):
     """Run a streamflow.features entry point with a status line; user-facing errors become a clear message."""
-    from streamflow.features import FeaturesError
-    from streamflow.stack import StackError
+    from streamflow.core.stack import StackError
+    from streamflow.features.store import FeaturesError
 
     try:
         with err_console.status(status) as live:
@@ -688,7 +688,7 @@ def features_apply_cmd(
     Feature names and types come from the dbt contracts of the marts (target/manifest.json); run
     `streamflow build` first.
     """
-    from streamflow.features import apply
+    from streamflow.features.apply import apply
 
     result = _features_call(apply, get_settings(), status="applying the feature repo ...")
     if as_json:
@@ -741,8 +741,9 @@ def features_materialize_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from streamflow.features import FeaturesError, built_months, materialize
-    from streamflow.stack import StackError
+    from streamflow.core.stack import StackError
+    from streamflow.features.materialize import built_months, materialize
+    from streamflow.features.store import FeaturesError
 
     settings = get_settings()
     progress = Progress(
@@ -817,8 +818,9 @@ def features_get_cmd(
     Exit status 1 when the user has no current features (not an active subscriber at the newest
     materialized month, or an unknown id).
     """
-    from streamflow.contract import ID_RE
-    from streamflow.features import business_clock, online_features
+    from streamflow.drops.contract import ID_RE
+    from streamflow.features.online import online_features
+    from streamflow.features.store import business_clock
 
     if not ID_RE.match(user_id):
         _fail(f"{user_id!r} is not a user id (4 digits, a dash, 5 capitals, e.g. 7590-VHVEG)")
@@ -888,7 +890,7 @@ def dataset_cmd(
     """Write the training frame of label periods to Parquet: one row per user with a label for period P,
     the features as of P joined point-in-time by Feast, and churn_label. What training uses.
     """
-    from streamflow.features import training_frame
+    from streamflow.features.offline import training_frame
 
     parsed = []
     for text in periods.split(","):
@@ -940,8 +942,8 @@ def prepare_orchestration(settings) -> None:
     """What a DAG run needs before Airflow parses the DAGs: the database up, Airflow's metadata
     database migrated, dbt packages installed and the manifest the DAGs are built from."""
     from streamflow import dbt
+    from streamflow.core.stack import get_stack
     from streamflow.orchestration import ensure_metadata_db
-    from streamflow.stack import get_stack
 
     get_stack(settings).up()
     dbt.parse(settings)
@@ -964,8 +966,8 @@ def run_cmd(
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from streamflow.core.stack import StackError
     from streamflow.orchestration import MONTHLY_DAG, OrchestrationError, run_dag
-    from streamflow.stack import StackError
 
     if (drop is None) == (as_of is None):
         _fail("give exactly one of --drop DIR (a monthly run) or --as-of YYYY-MM-DD (retrain mode)")
@@ -1016,8 +1018,8 @@ def airflow_cmd() -> None:
     """
     import subprocess
 
+    from streamflow.core.stack import StackError
     from streamflow.orchestration import OrchestrationError, airflow_bin, airflow_environment
-    from streamflow.stack import StackError
 
     settings = get_settings()
     try:
@@ -1101,9 +1103,9 @@ def demo_cmd(
 
     Rerunnable: drops, months already run and running services are reused. `streamflow stop` ends it all.
     """
+    from streamflow.core.stack import StackError
     from streamflow.demo import DemoError, run_demo
     from streamflow.orchestration import OrchestrationError
-    from streamflow.stack import StackError
 
     try:
         run_demo(get_settings(), console, months=months, users=users, seed=seed, install_seconds=install_seconds)
@@ -1115,8 +1117,8 @@ def demo_cmd(
 def stop_cmd() -> None:
     """Stop everything running locally: the API, the MLflow and Airflow UIs, dbt docs, and the embedded
     PostgreSQL (its data stays under .streamflow/)."""
-    from streamflow.services import stop_all
-    from streamflow.stack import StackError, get_stack
+    from streamflow.core.services import stop_all
+    from streamflow.core.stack import StackError, get_stack
 
     settings = get_settings()
     stopped = stop_all(settings)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from streamflow.config import get_settings
+from streamflow.core.settings import get_settings
 
 # Tasks that talk to services retry with backoff; every task has a timeout.
 SERVICE_TASK_ARGS: dict[str, Any] = {
@@ -63,7 +63,7 @@ def quality_gate(group_id: str, dbt_vars: dict[str, Any]):
     from cosmos.constants import InvocationMode
     from cosmos.operators.local import DbtTestLocalOperator
 
-    from streamflow.contract import FILES
+    from streamflow.drops.contract import FILES
 
     settings = get_settings()
     _, profile = _dbt_project_profile()

@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamflow.config import Settings
+from streamflow.core.settings import Settings
 
 if TYPE_CHECKING:
     from dbt.cli.main import dbtRunnerResult
@@ -73,7 +73,7 @@ def dbt_vars(settings: Settings, as_of: date | None = None) -> dict[str, Any]:
 @contextlib.contextmanager
 def _environment(settings: Settings) -> Iterator[None]:
     """os.environ as the dbt profile and CLI expect it, for the duration of one dbt call."""
-    from streamflow.env import tool_environment
+    from streamflow.core.env import tool_environment
 
     wanted = tool_environment(settings)
     saved = {k: os.environ.get(k) for k in wanted}
@@ -301,7 +301,7 @@ def _tested_columns(node) -> list[str]:
 def _sample_columns(all_columns: list[str], table: str, tested: list[str]) -> list[int]:
     """Which columns of a failing row to show: the drop file's key, the tested columns and what the
     test added (n_records, problem, ...). Aggregate results are shown whole."""
-    from streamflow import contract
+    from streamflow.drops import contract
 
     spec = contract.FILES.get(table.split(".")[-1])
     if spec is None or not set(spec.header) <= set(all_columns):
@@ -744,7 +744,7 @@ def _warehouse(settings: Settings, **kwargs) -> Iterator:
     """A warehouse connection, or a DbtError that says the database cannot be reached."""
     import psycopg
 
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
 
     try:
         conn = connect(settings, **kwargs)

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from streamflow.config import Settings
+from streamflow.core.settings import Settings
 
 
 class DemoError(RuntimeError):
@@ -52,8 +52,8 @@ def _month_state(settings: Settings, drops: list[Path]) -> dict[date, str]:
     'foreign' (another drop with the same as_of is loaded: the warehouse holds other data)."""
     import hashlib
 
+    from streamflow.core.db import connect
     from streamflow.orchestration import MONTHLY_DAG
-    from streamflow.warehouse import connect
 
     with connect(settings) as conn:
         has_log = conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is not None
@@ -90,8 +90,8 @@ def _as_of(drop: Path) -> date:
 
 def _month_summary(settings: Settings, as_of: date) -> dict[str, int]:
     """Rows the drop brought and rows each mart holds for the month."""
+    from streamflow.core.db import connect
     from streamflow.dbt import mart_row_counts
-    from streamflow.warehouse import connect
 
     with connect(settings) as conn:
         files = conn.execute("select files from raw.load_log where as_of = %s", (as_of,)).fetchone()[0]
@@ -113,10 +113,10 @@ def run_demo(
     import httpx
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from streamflow import services
     from streamflow.cli import prepare_orchestration
+    from streamflow.core import services
+    from streamflow.core.stack import get_stack
     from streamflow.orchestration import MONTHLY_DAG, airflow_environment, run_dag
-    from streamflow.stack import get_stack
 
     timings = Timings()
     if install_seconds is not None:
@@ -273,7 +273,7 @@ def run_demo(
 
 def _active_user(settings: Settings) -> str:
     """A subscriber active at the newest month (served online)."""
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
 
     with connect(settings) as conn:
         row = conn.execute(

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamflow import contract
+from streamflow.drops import contract
 
 FIRST_AS_OF = date(2024, 1, 31)
 MAX_MONTHS = 1000  # folder names have three digits

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamflow.config import Settings
+from streamflow.core.settings import Settings
 
 MONTHLY_DAG = "streamflow_monthly"
 MATERIALIZE_DAG = "streamflow_materialize"
@@ -39,8 +39,8 @@ def airflow_bin() -> str:
 def airflow_environment(settings: Settings) -> dict[str, str]:
     """The environment Airflow processes (and the tasks they run) need: the caller's environment,
     the platform's settings, and Airflow's configuration for this stack."""
-    from streamflow.env import settings_environment, tool_environment
-    from streamflow.warehouse import database_url
+    from streamflow.core.db import database_url
+    from streamflow.core.env import settings_environment, tool_environment
 
     env = dict(os.environ)
     derived = tool_environment(settings)  # dbt's profile and Feast's yaml read these

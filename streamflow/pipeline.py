@@ -12,7 +12,7 @@ import json
 from datetime import date
 from pathlib import Path
 
-from streamflow.config import Settings, get_settings
+from streamflow.core.settings import Settings, get_settings
 
 
 class NothingToDo(Exception):
@@ -57,7 +57,7 @@ def resolve_month(drop: str | None = None, as_of: str | None = None) -> dict:
 
 def loaded_months(settings: Settings | None = None) -> list[date]:
     """Every month in raw.load_log, oldest first."""
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
 
     with connect(_settings(settings)) as conn:
         if conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is None:
@@ -76,7 +76,7 @@ def previous_month(as_of: str | date, settings: Settings | None = None) -> date 
 # ---------------------------------------------------------------------------------------
 def ingest_drop(drop: str, settings: Settings | None = None) -> dict:
     """Check and load one drop into raw.* (idempotent)."""
-    from streamflow.ingest import IngestError, ingest
+    from streamflow.drops.ingest import IngestError, ingest
 
     try:
         (result,) = ingest(_settings(settings), [Path(drop)])
@@ -122,12 +122,13 @@ def apply_features(settings: Settings | None = None) -> dict:
 def materialize(as_of: str | None = None, settings: Settings | None = None) -> dict:
     """Load month ``as_of`` (default: the newest built) into the online store (idempotent)."""
     from streamflow import features
+    from streamflow.features import materialize
 
     settings = _settings(settings)
     if as_of:
         month = _date(as_of)
     else:
-        months = features.built_months(settings)
+        months = materialize.built_months(settings)
         if not months:
             raise NothingToDo("no month is built yet: nothing to materialize")
         month = months[-1]
@@ -137,7 +138,7 @@ def materialize(as_of: str | None = None, settings: Settings | None = None) -> d
 
 def labelled_periods(settings: Settings | None = None) -> list[date]:
     """Label periods present in the warehouse (marts.labels)."""
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
 
     with connect(_settings(settings)) as conn:
         if conn.execute("select to_regclass('marts.labels')").fetchone()[0] is None:
@@ -204,9 +205,9 @@ def monthly_drift(as_of: str, mode: str = "monthly", settings: Settings | None =
 def drift_of_latest_months(settings: Settings | None = None) -> dict:
     """The monitor's check: drift between the two newest built months, with its decision. A month
     loaded but stopped at the quality gate has no features, so it is not compared."""
-    from streamflow import features
+    from streamflow.features import materialize
 
-    months = features.built_months(_settings(settings))
+    months = materialize.built_months(_settings(settings))
     if len(months) < 2:
         raise NothingToDo("fewer than two months are built: nothing to compare")
     result = drift(months[-1].isoformat(), months[-2].isoformat(), settings=settings)
@@ -227,6 +228,6 @@ def record_run(
     settings: Settings | None = None,
 ) -> None:
     """Write the outcome of a pipeline run to ops.pipeline_runs (read by the API's /metrics)."""
-    from streamflow.runlog import record_run as write
+    from streamflow.core.runlog import record_run as write
 
     write(_settings(settings), pipeline, run_id, status, _date(as_of) if as_of else None, detail)

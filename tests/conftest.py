@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from streamflow.config import Settings
-from streamflow.env import settings_environment
-from streamflow.stack import EmbeddedPostgres
+from streamflow.core.env import settings_environment
+from streamflow.core.settings import Settings
+from streamflow.core.stack import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMFLOW = str(Path(sys.executable).with_name("streamflow"))
@@ -155,7 +155,7 @@ def built_warehouse(pg_settings, session_drops, tmp_path_factory) -> Settings:
     (gate, snapshots, marts), in the database `dbt_warehouse`. Read-only for tests: use
     `warehouse_copy(name)` for a private copy to change."""
     from streamflow.dbt import build
-    from streamflow.ingest import ingest
+    from streamflow.drops.ingest import ingest
 
     settings = fresh_database(pg_settings, "dbt_warehouse").model_copy(
         update={"dbt_target_path": tmp_path_factory.mktemp("dbt_warehouse") / "target"}

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from streamflow.config import Settings
-from streamflow.stack import EmbeddedPostgres, _bin_dir
-from streamflow.warehouse import connect, connection_parts
+from streamflow.core.db import connect, connection_parts
+from streamflow.core.settings import Settings
+from streamflow.core.stack import EmbeddedPostgres, _bin_dir
 from tests.conftest import free_port, make_settings, settings_env
 
 JAN, FEB, MAR = date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 31)
@@ -123,7 +123,7 @@ def build_world(home: Path, warehouse: Settings, tmp: Path) -> Settings:
     March materialized, and version 1 (trained at March) promoted to champion."""
     from ml.promote import promote
     from ml.train import train
-    from streamflow import features
+    from streamflow.features import apply, materialize
 
     settings = make_settings(
         home,
@@ -136,9 +136,9 @@ def build_world(home: Path, warehouse: Settings, tmp: Path) -> Settings:
     )
     EmbeddedPostgres(settings).up()
     copy_warehouse(warehouse, "dbt_warehouse_template", settings, tmp / "warehouse.dump")
-    features.apply(settings)
+    apply.apply(settings)
     for month in (JAN, FEB, MAR):
-        features.materialize(settings, month)
+        materialize.materialize(settings, month)
     train(settings, MAR)
     result = promote(settings)
     assert result.champion_after == "1", result.as_dict()
@@ -162,8 +162,8 @@ def users_by_history(settings: Settings) -> tuple[list[str], list[str]]:
 def write_old_values(settings: Settings, user: str, month: date) -> None:
     """Put a user's values of ``month`` into the online store through Feast (as a write that was never
     followed by newer ones would leave them)."""
-    from streamflow import feature_contract as fc
-    from streamflow.features import MART_VIEWS, feature_store
+    from streamflow.features import contract as fc
+    from streamflow.features.store import MART_VIEWS, feature_store
 
     store = feature_store(settings)
     stamp = datetime(month.year, month.month, month.day, tzinfo=UTC)

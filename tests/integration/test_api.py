@@ -19,8 +19,8 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from ml.tracking import CHALLENGER, configure, load_model_alias, load_version
-from streamflow import features
-from streamflow.stack import EmbeddedPostgres
+from streamflow.core.stack import EmbeddedPostgres
+from streamflow.features import online
 from tests.conftest import server_home
 from tests.serving_support import serve_in_thread
 from tests.serving_world import (
@@ -87,9 +87,9 @@ def test_a_known_user_gets_the_champions_own_probability_on_the_same_features(wo
     assert body["churn_probability"] == pytest.approx(expected, abs=1e-12)
     assert body["churn"] == (expected >= champion.threshold) and body["threshold"] == champion.threshold
     # the features used are the online store's, each with its view and as_of
-    online = features.online_features(world.settings, user, "churn_model_v1")
+    served = online.online_features(world.settings, user, "churn_model_v1")
     assert list(body["features"]) == champion.features
-    assert {k: v["value"] for k, v in body["features"].items()} == pytest.approx(online.values)
+    assert {k: v["value"] for k, v in body["features"].items()} == pytest.approx(served.values)
     assert {v["as_of"] for v in body["features"].values()} == {"2024-03-31T00:00:00Z"}
     assert body["features"]["monthly_fee"]["feature_view"] == "subscriptions_profile"
     assert body["features"]["fee_per_active_month"]["feature_view"] == "derived_ratios"

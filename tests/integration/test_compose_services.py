@@ -17,7 +17,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from streamflow.stack import EmbeddedPostgres, _bin_dir
+from streamflow.core.stack import EmbeddedPostgres, _bin_dir
 from tests.compose_model import (
     ROOT,
     command_argv,
@@ -291,7 +291,7 @@ def _swapped(env: dict[str, str], settings, redis_port: int, mlflow_port: int, h
 
 
 def _settings_of(env: dict[str, str], **overrides):
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
     values = {k.removeprefix("STREAMFLOW_").lower(): v for k, v in env.items() if k.startswith("STREAMFLOW_")}
     return Settings(_env_file=None, **{**values, **overrides})
@@ -307,7 +307,7 @@ def test_the_api_serves_a_prediction_through_postgres_redis_and_the_mlflow_serve
     from ml.promote import promote
     from ml.tracking import load_model_alias
     from ml.train import train
-    from streamflow import features
+    from streamflow.features import apply, materialize, online
     from tests.serving_world import MAR, api_server, copy_warehouse
 
     settings, _, _ = compose_postgres
@@ -322,11 +322,11 @@ def test_the_api_serves_a_prediction_through_postgres_redis_and_the_mlflow_serve
 
     # the monthly job, as the `job` container runs it: warehouse (a copy of the built one), Feast, MLflow
     copy_warehouse(built_warehouse, "dbt_warehouse_template", job, tmp / "warehouse.dump")
-    features.apply(job)
-    features.materialize(job, MAR)
+    apply.apply(job)
+    materialize.materialize(job, MAR)
     train(job, MAR)
     assert promote(job).champion_after == "1"
-    active = features.active_users(job, MAR)
+    active = materialize.active_users(job, MAR)
 
     # the api container: `streamflow serve` with the api service's command and environment
     argv = command_argv(rendered["api"]["command"])
@@ -343,7 +343,7 @@ def test_the_api_serves_a_prediction_through_postgres_redis_and_the_mlflow_serve
         assert body["model_version"] == "1"
         assert body["churn_probability"] == pytest.approx(float(champion.predict_proba(frame)[0]), abs=1e-12)
         served = {k: v["value"] for k, v in body["features"].items()}
-        assert served == pytest.approx(features.online_features(job, active[0], "churn_model_v1").values)  # Redis
+        assert served == pytest.approx(online.online_features(job, active[0], "churn_model_v1").values)  # Redis
         token = {"Authorization": f"Bearer {api_env['STREAMFLOW_API_TOKEN']}"}
         event = {"user_id": active[0], "watch_minutes_today": 33.0, "last_session_at": "2024-04-03T19:00:00Z"}
         assert api.post("/events", json=event).status_code == 401

@@ -9,9 +9,9 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
+from streamflow.core.db import connect
 from streamflow.dbt import GateFailed, build
-from streamflow.ingest import ingest
-from streamflow.warehouse import connect
+from streamflow.drops.ingest import ingest
 from tests.conftest import WAREHOUSE_MONTHS, run_cli
 from tests.integration.dbt_reference import copy_drop, warehouse_digests
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from streamflow.warehouse import connect
+from streamflow.core.db import connect
 from tests.conftest import WAREHOUSE_MONTHS
 from tests.integration.dbt_reference import (
     PLAN_COLUMNS,

@@ -20,11 +20,13 @@ import pandas as pd
 import psycopg
 import pytest
 
-from streamflow import feature_contract as fc
-from streamflow import features, pipeline
-from streamflow.env import tool_environment
-from streamflow.stack import EmbeddedPostgres
-from streamflow.warehouse import connect
+from streamflow import pipeline
+from streamflow.core.db import connect
+from streamflow.core.env import tool_environment
+from streamflow.core.stack import EmbeddedPostgres
+from streamflow.features import apply, materialize, offline, online_store, push, store
+from streamflow.features import contract as fc
+from streamflow.features import online as online_reads
 from tests.conftest import free_port, run_cli, settings_env
 
 pytestmark = pytest.mark.integration
@@ -63,7 +65,7 @@ def project(base, name: str, **overrides):
 def applied(base_settings):
     """Project `features`: applied, nothing materialized (offline retrieval)."""
     settings = project(base_settings, "features")
-    features.apply(settings)
+    apply.apply(settings)
     return settings
 
 
@@ -71,9 +73,9 @@ def applied(base_settings):
 def online(base_settings):
     """Project `features_online`: applied, January then February materialized."""
     settings = project(base_settings, "features_online")
-    features.apply(settings)
-    features.materialize(settings, JAN)
-    result = features.materialize(settings, FEB)
+    apply.apply(settings)
+    materialize.materialize(settings, JAN)
+    result = materialize.materialize(settings, FEB)
     return settings, result
 
 
@@ -204,9 +206,9 @@ def labels_sql(periods: list[date]) -> str:
 # dbt contracts and Feast agree
 # ---------------------------------------------------------------------------------------
 def test_feature_views_agree_with_the_dbt_contracts_and_the_warehouse(applied):
-    store = features.feature_store(applied)
+    feast_store = store.feature_store(applied)
     manifest = fc.load_manifest(fc.ensure_manifest(applied))
-    views = store.list_feature_views()
+    views = feast_store.list_feature_views()
     assert fc.disagreements(views, manifest) == []
     # the contracts are enforced: the live tables carry the same names and types
     with connect(applied) as conn:
@@ -222,13 +224,13 @@ def test_feature_views_agree_with_the_dbt_contracts_and_the_warehouse(applied):
 
 
 def test_a_contract_change_is_reported_as_a_disagreement(applied):
-    store = features.feature_store(applied)
+    feast_store = store.feature_store(applied)
     manifest = copy.deepcopy(fc.load_manifest(fc.ensure_manifest(applied)))
     nodes = manifest["nodes"]
     nodes["model.streamflow.usage_agg_30d"]["columns"]["watch_hours_30d"]["data_type"] = "bigint"
     del nodes["model.streamflow.usage_agg_30d"]["columns"]["skips_7d"]
     nodes["model.streamflow.payments_agg_90d"]["columns"]["payments_attempted_90d"] = {"data_type": "bigint"}
-    problems = fc.disagreements(store.list_feature_views(), manifest)
+    problems = fc.disagreements(feast_store.list_feature_views(), manifest)
     assert len(problems) == 3, problems
     assert any("usage_agg_30d.watch_hours_30d: Feast type Float64, dbt contract Int64" in p for p in problems)
     assert any("usage_agg_30d.skips_7d: in the feature view, not in the dbt contract" in p for p in problems)
@@ -252,7 +254,7 @@ def test_feature_store_yaml_and_the_python_configuration_agree(applied):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    ours = features.repo_config(applied)
+    ours = store.repo_config(applied)
     assert yaml_config.project == ours.project == "features"
     assert yaml_config.registry.path == ours.registry.path
     assert yaml_config.registry.registry_type == ours.registry.registry_type == "sql"
@@ -276,7 +278,7 @@ def test_the_feast_cli_sees_the_applied_repo_unchanged(applied):
 # offline: point-in-time correctness
 # ---------------------------------------------------------------------------------------
 def test_model_features_are_churn_model_v1_in_contract_order(applied):
-    names = features.model_features(applied)
+    names = store.model_features(applied)
     marts = _contract_columns(applied)
     expected = (
         [c for c in marts["subscriptions_profile"] if c != "gender"]
@@ -286,14 +288,14 @@ def test_model_features_are_churn_model_v1_in_contract_order(applied):
         + ["fee_per_active_month", "watch_hours_per_device", "tickets_per_active_month"]
     )
     assert names == expected
-    everything = [n for _v, n in features.service_features(applied, "customer_360")]
+    everything = [n for _v, n in store.service_features(applied, "customer_360")]
     assert len(everything) == len(set(everything)), "plain feature names are unique across views"
     assert set(names) < set(everything) and {"gender", "watch_minutes_today", "last_session_at"} <= set(everything)
 
 
 def test_training_frame_equals_a_hand_written_as_of_join_row_for_row(applied, people):
-    frame = features.training_frame(applied, [JAN, FEB])
-    reference = sql_as_of_join(applied, labels_sql([JAN, FEB]), features.model_features(applied))
+    frame = offline.training_frame(applied, [JAN, FEB])
+    reference = sql_as_of_join(applied, labels_sql([JAN, FEB]), store.model_features(applied))
     assert differences(frame, reference) == []
     # one row per labelled user and period, labels as booleans, as_of = the period at 00:00 UTC
     assert str(frame["as_of"].dt.tz) == "UTC" and frame["churn_label"].dtype == bool
@@ -304,12 +306,12 @@ def test_training_frame_equals_a_hand_written_as_of_join_row_for_row(applied, pe
     assert set(frame.loc[frame.user_id == joiner, "as_of"]) == {pd.Timestamp(ts(FEB))}
     assert set(frame.loc[frame.user_id == leaver, "as_of"]) == {pd.Timestamp(ts(JAN))}
     assert frame.loc[frame.user_id == leaver, "churn_label"].item() is True
-    assert frame[features.model_features(applied)].notna().all().all()
+    assert frame[store.model_features(applied)].notna().all().all()
 
 
 def test_a_leaky_join_with_next_months_features_differs(applied):
-    frame = features.training_frame(applied, [JAN, FEB])
-    leaky = sql_as_of_join(applied, labels_sql([JAN, FEB]), features.model_features(applied), leaky=True)
+    frame = offline.training_frame(applied, [JAN, FEB])
+    leaky = sql_as_of_join(applied, labels_sql([JAN, FEB]), store.model_features(applied), leaky=True)
     rows = {d.split(" ")[1] for d in differences(frame, leaky)}
     assert len(rows) > len(frame) / 2, f"only {len(rows)} of {len(frame)} rows differ"
 
@@ -332,8 +334,8 @@ def test_point_in_time_join_handles_absence_late_joiners_and_the_ttl_edge(applie
     values_sql = " union all ".join(
         f"select '{u}'::text as user_id, '{t.isoformat()}'::timestamptz as event_timestamp" for u, t in rows
     )
-    names = features.model_features(applied)
-    raw = features.historical_features(applied, entities).rename(columns={"event_timestamp": "as_of"})
+    names = store.model_features(applied)
+    raw = offline.historical_features(applied, entities).rename(columns={"event_timestamp": "as_of"})
     raw["as_of"] = pd.to_datetime(raw["as_of"], utc=True)
     frame = raw[["user_id", "as_of", *names]].sort_values(["as_of", "user_id"], kind="mergesort").reset_index(drop=True)
     reference = sql_as_of_join(applied, values_sql, names)
@@ -361,28 +363,28 @@ def test_point_in_time_join_handles_absence_late_joiners_and_the_ttl_edge(applie
 
 
 def test_feature_frame_holds_every_active_user_with_the_model_features(applied, people):
-    frame = features.feature_frame(applied, MAR)
-    assert list(frame.columns) == ["user_id", "as_of"] + features.model_features(applied)
+    frame = offline.feature_frame(applied, MAR)
+    assert list(frame.columns) == ["user_id", "as_of"] + store.model_features(applied)
     active = sorted(u for u, m in people["months"].items() if MAR in m)
     assert frame["user_id"].tolist() == active
     assert (frame["as_of"] == pd.Timestamp(ts(MAR))).all()
     entities = f"select user_id, as_of as event_timestamp from marts.subscriptions_profile where as_of = '{ts(MAR)}'"
-    assert differences(frame, sql_as_of_join(applied, entities, features.model_features(applied))) == []
+    assert differences(frame, sql_as_of_join(applied, entities, store.model_features(applied))) == []
 
 
 def test_unknown_periods_and_services_are_clear_errors(applied):
     with pytest.raises(
-        features.FeaturesError,
+        store.FeaturesError,
         match=r"no labels for period\(s\) 2024-03-31; labelled periods: "
         r"2024-01-31, 2024-02-29",
     ):
-        features.training_frame(applied, [MAR])
+        offline.training_frame(applied, [MAR])
     with pytest.raises(
-        features.FeaturesError, match="unknown feature service 'nope'; known: churn_model_v1, customer_360"
+        store.FeaturesError, match="unknown feature service 'nope'; known: churn_model_v1, customer_360"
     ):
-        features.feature_frame(applied, FEB, service="nope")
-    with pytest.raises(features.FeaturesError, match="the marts hold no month 2024-04-30"):
-        features.feature_frame(applied, date(2024, 4, 30))
+        offline.feature_frame(applied, FEB, service="nope")
+    with pytest.raises(store.FeaturesError, match="the marts hold no month 2024-04-30"):
+        offline.feature_frame(applied, date(2024, 4, 30))
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,9 +399,9 @@ def _mart_row(settings, mart: str, user: str, day: date) -> dict:
 
 def test_after_materializing_a_month_active_users_get_that_months_values(online, people):
     settings, result = online
-    assert result.business_clock == ts(FEB) == features.business_clock(settings)
+    assert result.business_clock == ts(FEB) == store.business_clock(settings)
     for user in people["stayers"][:3] + people["joiners"][:2]:
-        got = features.online_features(settings, user)
+        got = online_reads.online_features(settings, user)
         assert got.found
         for mart in fc.MARTS:
             assert got.as_of[mart] == ts(FEB)
@@ -418,14 +420,14 @@ def test_the_online_store_holds_exactly_the_users_active_at_the_month(online, pe
     settings, result = online
     active = {u for u, m in people["months"].items() if FEB in m}
     for mart in fc.MARTS:
-        assert features.online_entities(settings, mart) == active, mart
+        assert online_store.online_entities(settings, mart) == active, mart
         assert result.online_users[mart] == len(active)
         assert result.removed[mart] == len([u for u, m in people["months"].items() if JAN in m and FEB not in m])
 
 
 def test_a_user_who_cancelled_is_not_served_as_current(online, people):
     settings, _ = online
-    got = features.online_features(settings, people["leavers"][0])
+    got = online_reads.online_features(settings, people["leavers"][0])
     assert not got.found
     assert all(v is None for v in got.values.values())
 
@@ -433,8 +435,8 @@ def test_a_user_who_cancelled_is_not_served_as_current(online, people):
 def _online_snapshot(settings) -> dict:
     out = {}
     with connect(settings) as conn:
-        for view in (*fc.MARTS, features.PUSH_VIEW):
-            table = features.online_table(settings, view)
+        for view in (*fc.MARTS, store.PUSH_VIEW):
+            table = online_store.online_table(settings, view)
             out[view] = conn.execute(
                 f"select entity_key, feature_name, value, event_ts, created_ts from {table} order by 1, 2"
             ).fetchall()
@@ -442,18 +444,18 @@ def _online_snapshot(settings) -> dict:
 
 
 def _registry_snapshot(settings) -> dict:
-    store = features.feature_store(settings)
-    store.refresh_registry()
+    feast_store = store.feature_store(settings)
+    feast_store.refresh_registry()
     out = {}
-    for fv in store.list_feature_views():
+    for fv in feast_store.list_feature_views():
         out[f"fv:{fv.name}"] = (
             fv.to_proto().spec.SerializeToString(),
             fv.last_updated_timestamp,
             [(i[0], i[1]) for i in fv.materialization_intervals],
         )
-    for fs in store.list_feature_services():
+    for fs in feast_store.list_feature_services():
         out[f"fs:{fs.name}"] = (fs.to_proto().spec.SerializeToString(), fs.last_updated_timestamp)
-    for odfv in store.list_on_demand_feature_views():
+    for odfv in feast_store.list_on_demand_feature_views():
         spec = odfv.to_proto().spec
         spec.feature_transformation.user_defined_function.ClearField("body")  # dill bytes of the function
         out[f"odfv:{odfv.name}"] = spec.SerializeToString()
@@ -463,8 +465,8 @@ def _registry_snapshot(settings) -> dict:
 def test_rerunning_apply_and_materialize_changes_nothing(online):
     settings, _ = online
     online_before, registry_before = _online_snapshot(settings), _registry_snapshot(settings)
-    assert features.apply(settings).unchanged
-    again = features.materialize(settings, FEB)
+    assert apply.apply(settings).unchanged
+    again = materialize.materialize(settings, FEB)
     assert sorted(again.skipped) == sorted(fc.MARTS)
     assert set(again.removed.values()) == {0}
     assert _online_snapshot(settings) == online_before
@@ -473,32 +475,32 @@ def test_rerunning_apply_and_materialize_changes_nothing(online):
 
 def test_materializing_an_older_or_unbuilt_month_is_refused(online):
     settings, _ = online
-    with pytest.raises(features.FeaturesError, match="already serves 2024-02-29; materializing the older month"):
-        features.materialize(settings, JAN)
+    with pytest.raises(store.FeaturesError, match="already serves 2024-02-29; materializing the older month"):
+        materialize.materialize(settings, JAN)
     with pytest.raises(
-        features.FeaturesError,
+        store.FeaturesError,
         match=r"no month 2024-04-30 \(built months: 2024-01-31, "
         r"2024-02-29, 2024-03-31\)",
     ):
-        features.materialize(settings, date(2024, 4, 30))
+        materialize.materialize(settings, date(2024, 4, 30))
 
 
 def test_materialize_before_apply_is_a_clear_error(base_settings):
     settings = project(base_settings, "features_unapplied")
-    with pytest.raises(features.FeaturesError, match="run `streamflow features apply` first"):
-        features.materialize(settings, JAN)
-    assert features.business_clock(settings) is None
+    with pytest.raises(store.FeaturesError, match="run `streamflow features apply` first"):
+        materialize.materialize(settings, JAN)
+    assert store.business_clock(settings) is None
 
 
 def test_the_scheduled_materialization_loads_the_newest_built_month_once(base_settings, people):
     # streamflow_materialize (every 30 minutes) calls this with no month.
     settings = project(base_settings, "features_newest")
-    features.apply(settings)
+    apply.apply(settings)
     first = pipeline.materialize_newest(settings)
     assert first["as_of"] == MAR.isoformat() and first["skipped"] == []
     active = len([u for u, m in people["months"].items() if MAR in m])
     assert {first["online_users"][mart] for mart in fc.MARTS} == {active}
-    assert features.online_features(settings, people["stayers"][0]).as_of["usage_agg_30d"] == ts(MAR)
+    assert online_reads.online_features(settings, people["stayers"][0]).as_of["usage_agg_30d"] == ts(MAR)
     again = pipeline.materialize_newest(settings)
     assert sorted(again["skipped"]) == sorted(fc.MARTS) and set(again["removed"].values()) == {0}
 
@@ -508,7 +510,7 @@ def test_the_scheduled_materialization_skips_while_nothing_is_built(base_setting
     with psycopg.connect(EmbeddedPostgres(base_settings).url("postgres"), autocommit=True) as conn:
         conn.execute('drop database if exists "features_unbuilt" with (force)')
         conn.execute('create database "features_unbuilt"')
-    assert features.built_months(empty) == []
+    assert materialize.built_months(empty) == []
     with pytest.raises(pipeline.NothingToDo, match="no month is built yet"):
         pipeline.materialize_newest(empty)
 
@@ -519,27 +521,27 @@ def test_apply_before_the_marts_exist_is_a_clear_error(base_settings):
         conn.execute('drop database if exists "features_empty" with (force)')
         conn.execute('create database "features_empty"')
     with pytest.raises(
-        features.FeaturesError, match="do not exist yet: run `streamflow ingest` and `streamflow build`"
+        store.FeaturesError, match="do not exist yet: run `streamflow ingest` and `streamflow build`"
     ):
-        features.apply(empty)
+        apply.apply(empty)
 
 
 def test_force_rewrites_a_month_that_is_already_online(base_settings, people):
     settings = project(base_settings, "features_force")
-    features.apply(settings)
-    features.materialize(settings, JAN)
+    apply.apply(settings)
+    materialize.materialize(settings, JAN)
     user = people["stayers"][0]
-    table = features.online_table(settings, "subscriptions_profile")
+    table = online_store.online_table(settings, "subscriptions_profile")
     with connect(settings) as conn:  # the month was rebuilt: what is online is no longer the mart's value
-        conn.execute(f"delete from {table} where entity_key = %s", (features.entity_key_bytes(user),))
+        conn.execute(f"delete from {table} where entity_key = %s", (online_store.entity_key_bytes(user),))
         conn.commit()
-    assert not features.online_features(settings, user).as_of["subscriptions_profile"]
-    assert features.materialize(settings, JAN).skipped == list(fc.MARTS)
-    result = features.materialize(settings, JAN, force=True)
+    assert not online_reads.online_features(settings, user).as_of["subscriptions_profile"]
+    assert materialize.materialize(settings, JAN).skipped == list(fc.MARTS)
+    result = materialize.materialize(settings, JAN, force=True)
     assert result.skipped == [] and result.online_users["subscriptions_profile"] == len(
         [u for u, m in people["months"].items() if JAN in m]
     )
-    assert features.online_features(settings, user).as_of["subscriptions_profile"] == ts(JAN)
+    assert online_reads.online_features(settings, user).as_of["subscriptions_profile"] == ts(JAN)
 
 
 # ---------------------------------------------------------------------------------------
@@ -547,21 +549,21 @@ def test_force_rewrites_a_month_that_is_already_online(base_settings, people):
 # ---------------------------------------------------------------------------------------
 def test_a_push_is_served_at_once_and_survives_the_next_materialization(base_settings, people):
     settings = project(base_settings, "features_push")
-    features.apply(settings)
-    features.materialize(settings, JAN)
+    apply.apply(settings)
+    materialize.materialize(settings, JAN)
     stayer, leaver = people["stayers"][1], people["leavers"][1]
     at = ts(FEB, days=-19, hours=20)  # 2024-02-10 20:00
-    pushed = features.push_usage_event(settings, stayer, watch_minutes_today=42.5, last_session_at=at)
+    pushed = push.push_usage_event(settings, stayer, watch_minutes_today=42.5, last_session_at=at)
     assert pushed.online and pushed.event_time == at
-    got = features.online_features(settings, stayer)
-    assert got.values["watch_minutes_today"] == 42.5 and got.as_of[features.PUSH_VIEW] == at
+    got = online_reads.online_features(settings, stayer)
+    assert got.values["watch_minutes_today"] == 42.5 and got.as_of[store.PUSH_VIEW] == at
     assert got.values["last_session_at"] == at
     assert got.as_of["subscriptions_profile"] == ts(JAN), "the monthly views are untouched by a push"
     # an older event is history, not the current value
-    older = features.push_usage_event(settings, stayer, watch_minutes_today=5.0, last_session_at=at - timedelta(days=1))
+    older = push.push_usage_event(settings, stayer, watch_minutes_today=5.0, last_session_at=at - timedelta(days=1))
     assert not older.online
-    assert features.online_features(settings, stayer).values["watch_minutes_today"] == 42.5
-    features.push_usage_event(settings, leaver, watch_minutes_today=3.0, last_session_at=ts(JAN, days=2))
+    assert online_reads.online_features(settings, stayer).values["watch_minutes_today"] == 42.5
+    push.push_usage_event(settings, leaver, watch_minutes_today=3.0, last_session_at=ts(JAN, days=2))
     with connect(settings) as conn:
         logged = conn.execute(
             "select user_id, watch_minutes_today from feast_push.usage_events where user_id = any(%s) "
@@ -570,25 +572,25 @@ def test_a_push_is_served_at_once_and_survives_the_next_materialization(base_set
         ).fetchall()
     assert logged == [(leaver, 3.0), (stayer, 5.0), (stayer, 42.5)]
 
-    result = features.materialize(settings, FEB)
-    got = features.online_features(settings, stayer)
-    assert got.values["watch_minutes_today"] == 42.5 and got.as_of[features.PUSH_VIEW] == at
+    result = materialize.materialize(settings, FEB)
+    got = online_reads.online_features(settings, stayer)
+    assert got.values["watch_minutes_today"] == 42.5 and got.as_of[store.PUSH_VIEW] == at
     assert got.as_of["subscriptions_profile"] == ts(FEB)
-    assert not features.online_features(settings, leaver).found, "a user who left loses pushed values too"
-    assert result.removed[features.PUSH_VIEW] == 1
-    assert features.online_entities(settings, features.PUSH_VIEW) == {stayer}
+    assert not online_reads.online_features(settings, leaver).found, "a user who left loses pushed values too"
+    assert result.removed[store.PUSH_VIEW] == 1
+    assert online_store.online_entities(settings, store.PUSH_VIEW) == {stayer}
     # the offline history serves point-in-time too (customer_360 includes the pushed view)
-    hist = features.historical_features(
+    hist = offline.historical_features(
         settings, pd.DataFrame({"user_id": [stayer], "event_timestamp": [at + timedelta(hours=1)]}), "customer_360"
     )
     assert hist["watch_minutes_today"].tolist() == [42.5]
 
 
 def test_a_bad_push_is_refused_with_a_clear_message(applied):
-    with pytest.raises(features.FeaturesError, match="not a user id"):
-        features.push_usage_event(applied, "nobody", watch_minutes_today=1, last_session_at=ts(FEB))
-    with pytest.raises(features.FeaturesError, match="between 0 and 1440"):
-        features.push_usage_event(applied, "0001-ABCDE", watch_minutes_today=-3, last_session_at=ts(FEB))
+    with pytest.raises(store.FeaturesError, match="not a user id"):
+        push.push_usage_event(applied, "nobody", watch_minutes_today=1, last_session_at=ts(FEB))
+    with pytest.raises(store.FeaturesError, match="between 0 and 1440"):
+        push.push_usage_event(applied, "0001-ABCDE", watch_minutes_today=-3, last_session_at=ts(FEB))
 
 
 # ---------------------------------------------------------------------------------------
@@ -604,31 +606,31 @@ def _redis_snapshot(redis_url: str) -> dict:
 
 def test_redis_online_store_round_trip(base_settings, people, redis_url):
     settings = project(base_settings, "features_redis", online_store="redis", redis_url=redis_url)
-    features.apply(settings)
-    assert features.feature_store(settings).config.online_store.type == "redis"
-    features.materialize(settings, JAN)
+    apply.apply(settings)
+    assert store.feature_store(settings).config.online_store.type == "redis"
+    materialize.materialize(settings, JAN)
     stayer, leaver, joiner = people["stayers"][2], people["leavers"][2], people["joiners"][2]
     at = ts(FEB, days=-5)
-    assert features.push_usage_event(settings, stayer, watch_minutes_today=12.0, last_session_at=at).online
-    features.push_usage_event(settings, leaver, watch_minutes_today=7.0, last_session_at=ts(JAN, days=3))
-    result = features.materialize(settings, FEB)
+    assert push.push_usage_event(settings, stayer, watch_minutes_today=12.0, last_session_at=at).online
+    push.push_usage_event(settings, leaver, watch_minutes_today=7.0, last_session_at=ts(JAN, days=3))
+    result = materialize.materialize(settings, FEB)
 
     active = {u for u, m in people["months"].items() if FEB in m}
     for mart in fc.MARTS:
-        assert features.online_entities(settings, mart) == active, mart
-    assert features.online_entities(settings, features.PUSH_VIEW) == {stayer}
+        assert online_store.online_entities(settings, mart) == active, mart
+    assert online_store.online_entities(settings, store.PUSH_VIEW) == {stayer}
     assert result.business_clock == ts(FEB)
     for user in (stayer, joiner):
-        got = features.online_features(settings, user)
+        got = online_reads.online_features(settings, user)
         assert {got.as_of[m] for m in fc.MARTS} == {ts(FEB)}
         expected = _mart_row(settings, "usage_agg_30d", user, FEB)
         assert got.values["watch_hours_30d"] == expected["watch_hours_30d"]
         assert got.values["unique_devices_30d"] == expected["unique_devices_30d"]
-    assert features.online_features(settings, stayer).values["watch_minutes_today"] == 12.0
-    assert not features.online_features(settings, leaver).found
+    assert online_reads.online_features(settings, stayer).values["watch_minutes_today"] == 12.0
+    assert not online_reads.online_features(settings, leaver).found
 
     before = _redis_snapshot(redis_url)
-    again = features.materialize(settings, FEB)
+    again = materialize.materialize(settings, FEB)
     assert sorted(again.skipped) == sorted(fc.MARTS) and set(again.removed.values()) == {0}
     assert _redis_snapshot(redis_url) == before
 
@@ -662,6 +664,6 @@ def test_cli_dataset_writes_the_training_frame(applied, tmp_path):
     proc = run_cli(applied, "dataset", "--periods", "2024-01-31,2024-02-29", "--out", str(out))
     assert "2024-01-31" in proc.stdout and "2024-02-29" in proc.stdout
     written = pd.read_parquet(out)
-    assert differences(written, features.training_frame(applied, [JAN, FEB])) == []
+    assert differences(written, offline.training_frame(applied, [JAN, FEB])) == []
     bad = run_cli(applied, "dataset", "--periods", "2024-03-31", "--out", str(tmp_path / "x.parquet"), check=False)
     assert bad.returncode == 1 and "no labels for period(s) 2024-03-31" in flat(bad.stderr)

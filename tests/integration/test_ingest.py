@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from streamflow import contract
+from streamflow.core.db import connect
+from streamflow.drops import contract
+from streamflow.drops.ingest import IngestError, ingest
 from streamflow.generate import generate
-from streamflow.ingest import IngestError, ingest
-from streamflow.warehouse import connect
 from tests.conftest import fresh_database, run_cli
 
 pytestmark = pytest.mark.integration

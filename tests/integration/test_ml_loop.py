@@ -25,7 +25,7 @@ from ml.promote import promote
 from ml.score import read_scores, score
 from ml.tracking import configure, load_model_alias, version_by_alias
 from ml.train import train
-from streamflow.config import Settings
+from streamflow.core.settings import Settings
 from tests.conftest import fresh_database, run_cli
 
 pytestmark = pytest.mark.integration
@@ -43,9 +43,10 @@ class World:
 @pytest.fixture(scope="module")
 def world(mlflow_settings, tmp_path_factory) -> World:
     """Four drops generated, ingested, built by dbt and registered in Feast, in databases of its own."""
-    from streamflow import dbt, features
+    from streamflow import dbt
+    from streamflow.drops.ingest import ingest
+    from streamflow.features import apply
     from streamflow.generate import as_of, generate
-    from streamflow.ingest import ingest
 
     drops = tmp_path_factory.mktemp("ml_drops")
     generate(drops, MONTHS, USERS, SEED, drift_at=DRIFT_AT, progress=False)
@@ -53,7 +54,7 @@ def world(mlflow_settings, tmp_path_factory) -> World:
     settings = fresh_database(mlflow_settings, "ml_warehouse").model_copy(update={"feast_registry_db": "ml_feast"})
     ingest(settings, sorted(drops.glob("month_*")))
     dbt.build(settings)
-    features.apply(settings)
+    apply.apply(settings)
     return World(settings, drops, [as_of(m) for m in range(MONTHS)])
 
 
@@ -202,12 +203,12 @@ def test_model_show_prints_champion_and_challenger_as_one_json_object(world, cha
 
 
 def test_batch_scores_cover_every_active_user_and_agree_with_the_champion(world, champion):
-    from streamflow import features
+    from streamflow.features import materialize
 
     s, month = world.settings, world.months[3]
     result = score(s, month)
     stored = read_scores(s, month)
-    active = features.active_users(s, month)
+    active = materialize.active_users(s, month)
     assert result.rows == len(stored) == len(active)
     assert sorted(stored["user_id"]) == sorted(active)
     assert set(stored["model_version"]) == {int(champion.result.model_version)}
@@ -221,7 +222,7 @@ def test_batch_scores_cover_every_active_user_and_agree_with_the_champion(world,
 
 def test_scoring_a_month_again_replaces_its_rows_and_the_dbt_mart_shows_them(world, champion):
     from streamflow import dbt
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
 
     s, month = world.settings, world.months[3]
     first = score(s, month)
@@ -260,8 +261,8 @@ def test_drift_between_months_2_and_3_says_retrain_and_between_1_and_2_it_does_n
     logged = {a.path for a in configure(s).list_artifacts(drifted["run_id"], "reports")}
     assert logged == {f"reports/{html.name}", f"reports/{report.name}"}
     # both decisions are in the warehouse, where the API exports the latest for alerting
-    from streamflow.runlog import latest_state
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
+    from streamflow.core.runlog import latest_state
 
     with connect(s) as conn:
         stored = dict(

@@ -9,7 +9,7 @@ import stat
 import psycopg
 import pytest
 
-from streamflow.stack import EmbeddedPostgres, StackError, get_stack
+from streamflow.core.stack import EmbeddedPostgres, StackError, get_stack
 from tests.conftest import make_settings, run_cli
 
 

@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
-from streamflow.config import Settings
+from streamflow.core.settings import Settings
 from tests.compose_model import (
     ENV_EXAMPLE,
     ROOT,
@@ -270,7 +270,7 @@ def _settings_of(service: dict, monkeypatch) -> Settings:
 def test_tools_in_the_containers_get_every_variable_their_config_files_read(rendered, monkeypatch):
     """dbt's profile and Feast's feature_store.yaml read variables that the container's environment sets or
     the code derives from the settings (`streamflow stack env`)."""
-    from streamflow.env import tool_environment
+    from streamflow.core.env import tool_environment
 
     service = rendered["services"]["airflow-scheduler"]
     env = {**environment(service), **tool_environment(_settings_of(service, monkeypatch))}

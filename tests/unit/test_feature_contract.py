@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from streamflow import feature_contract as fc
-from streamflow.config import Settings
-from streamflow.env import tool_environment
+from streamflow.core.env import tool_environment
+from streamflow.core.settings import Settings
+from streamflow.features import contract as fc
 
 ROOT = Path(__file__).resolve().parents[2]
 

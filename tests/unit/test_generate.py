@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamflow import contract
 from streamflow import generate as gen
+from streamflow.drops import contract
 from tests.conftest import make_settings, run_cli
 
 MONTHS = 4

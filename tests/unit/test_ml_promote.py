@@ -66,7 +66,7 @@ def test_margin_and_tolerance_come_from_the_policy():
 
 
 def test_policy_reads_the_settings_fields():
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
     settings = Settings(
         _env_file=None, promotion_min_roc_auc=0.6, promotion_margin=0.02, promotion_logloss_tolerance=0.1

@@ -103,8 +103,8 @@ def live_scrape() -> str:
 
     from serving.app import create_app
     from serving.model import ModelHolder
-    from streamflow.config import Settings
-    from streamflow.runlog import OpsState
+    from streamflow.core.runlog import OpsState
+    from streamflow.core.settings import Settings
     from tests.serving_support import LocalModels, MemoryFeatures, serve_in_thread, serving_model, user_values
 
     features = MemoryFeatures()

@@ -14,8 +14,8 @@ import pytest
 
 from serving.app import create_app
 from serving.model import ModelHolder
-from streamflow.config import Settings
-from streamflow.runlog import OpsState
+from streamflow.core.runlog import OpsState
+from streamflow.core.settings import Settings
 from tests.serving_support import (
     CLOCK,
     MODEL_FEATURES,

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamflow.config import Settings
+from streamflow.core.settings import Settings
 
 # importing the PostgreSQL wheel makes platformdirs warn when XDG_RUNTIME_DIR is unset
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from streamflow.config import Settings
-from streamflow.stack import get_stack
+from streamflow.core.settings import Settings
+from streamflow.core.stack import get_stack
 
 if TYPE_CHECKING:
     import psycopg
@@ -35,3 +35,10 @@ def connection_parts(settings: Settings, database: str | None = None) -> dict[st
         "password": unquote(parts.password or ""),
         "dbname": parts.path.lstrip("/"),
     }
+
+
+def registry_url(settings: Settings) -> str:
+    """SQLAlchemy URL of the SQL registry (psycopg 3 driver)."""
+    if settings.feast_registry_url:
+        return settings.feast_registry_url
+    return database_url(settings, settings.feast_registry_db, driver="psycopg")

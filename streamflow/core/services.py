@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamflow.config import Settings
+from streamflow.core.settings import Settings
 
 
 @dataclass(frozen=True)

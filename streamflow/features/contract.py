@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from feast import Field
 
-    from streamflow.config import Settings
+    from streamflow.core.settings import Settings
 
 MARTS = ("subscriptions_profile", "usage_agg_30d", "payments_agg_90d", "support_agg_90d")
 ENTITY_COLUMN = "user_id"
@@ -187,7 +187,7 @@ def manifest_of(settings: Settings) -> Iterator[Path]:
 def _active_manifest() -> dict[str, Any]:
     path = _manifest_path.get()
     if path is None:  # imported by the `feast` CLI: the settings of the environment
-        from streamflow.config import get_settings
+        from streamflow.core.settings import get_settings
 
         path = ensure_manifest(get_settings())
     return load_manifest(path)

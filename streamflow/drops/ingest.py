@@ -25,8 +25,8 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from streamflow import contract
-from streamflow.config import Settings
+from streamflow.core.settings import Settings
+from streamflow.drops import contract
 
 CHUNK = 1 << 20
 MAX_SAMPLES = 5
@@ -444,7 +444,7 @@ def ingest(
     progress: ProgressFn | None = None,
 ) -> list[DropResult]:
     """Check and load drops in as_of order, all in one transaction. Raises IngestError."""
-    from streamflow.warehouse import connect
+    from streamflow.core.db import connect
 
     drops: list[Drop] = []
     problems: list[Problem] = []

@@ -1,0 +1,257 @@
+"""The feature store: Feast on the dbt marts, in business time.
+
+- :func:`feature_store` builds Feast's configuration from the platform's settings: SQL registry in
+  PostgreSQL, PostgreSQL offline store (the marts), PostgreSQL online store by default or Redis.
+- :func:`apply` registers ``feature_repo/`` (the same definitions the ``feast`` CLI reads).
+- :func:`materialize` loads one month into the online store, incrementally, and then removes the
+  users who are no longer active, so the online store holds exactly the users active at that month.
+- :func:`training_frame` and :func:`feature_frame` join features point-in-time with Feast.
+- :func:`online_read` is the low-latency read path (values and the as_of of every view).
+- :func:`push_usage_event` updates real-time usage online at once and records it offline.
+
+All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
+newest month materialized is the :func:`business_clock` staleness is measured against.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from streamflow.core.settings import Settings
+from streamflow.features import contract as fc
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+from streamflow.features.apply import _missing_relations, _relation
+from streamflow.features.online_store import (
+    _pg_table,
+    _redis,
+    _redis_fields,
+    _redis_rows,
+    entity_key_bytes,
+    online_entities,
+)
+from streamflow.features.store import (
+    ENTITY,
+    MART_VIEWS,
+    PUSH_VIEW,
+    FeaturesError,
+    Progress,
+    _errors,
+    _require_applied,
+    _silenced,
+    business_clock,
+    business_timestamp,
+    feature_store,
+)
+
+
+# ---------------------------------------------------------------------------------------
+# materialization
+# ---------------------------------------------------------------------------------------
+@dataclass
+class MaterializeResult:
+    as_of: date
+    written: dict[str, int]  # view -> users written to the online store (0: already materialized)
+    skipped: list[str]  # views already materialized through as_of
+    removed: dict[str, int]  # view -> users removed (not active at as_of)
+    online_users: dict[str, int]  # view -> users the online store holds afterwards
+    seconds: float
+    feast_seconds: float
+    business_clock: datetime | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        rows = sum(self.written.values())
+        return rows / self.feast_seconds if self.feast_seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "written": self.written,
+            "skipped": self.skipped,
+            "removed": self.removed,
+            "online_users": self.online_users,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "business_clock": self.business_clock.isoformat() if self.business_clock else None,
+        }
+
+
+def active_users(settings: Settings, as_of: date) -> list[str]:
+    """Every user with a mart row at as_of: the subscribers active at that month end."""
+    from streamflow.core.db import connect
+
+    relation = _relation(settings, "subscriptions_profile")
+    with _errors(settings, "reading the marts"), connect(settings) as conn:
+        rows = conn.execute(
+            f"select {ENTITY} from {relation} where {fc.TIMESTAMP_COLUMN} = %s order by 1", (business_timestamp(as_of),)
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def built_months(settings: Settings) -> list[date]:
+    """Months present in the marts, oldest first (none before the first build)."""
+    from streamflow.core.db import connect
+
+    relation = _relation(settings, "subscriptions_profile")
+    with _errors(settings, "reading the marts"), connect(settings) as conn:
+        if _missing_relations(conn, [relation]):
+            return []
+        rows = conn.execute(
+            f"select distinct ({fc.TIMESTAMP_COLUMN} at time zone 'UTC')::date from {relation} order by 1"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _month_rows(settings: Settings, mart: str, start: datetime, end: datetime) -> int:
+    """Users with a row of ``mart`` in [start, end] (Feast's window includes both ends): the users one
+    materialization writes."""
+    from streamflow.core.db import connect
+
+    relation = _relation(settings, mart)
+    with connect(settings) as conn:
+        return conn.execute(
+            f"select count(distinct {ENTITY}) from {relation} where {fc.TIMESTAMP_COLUMN} between %s and %s",
+            (start, end),
+        ).fetchone()[0]
+
+
+def materialize(
+    settings: Settings,
+    as_of: date,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> MaterializeResult:
+    """Load month ``as_of`` into the online store; afterwards it holds exactly the users active then.
+
+    Incremental: each mart view is materialized from where its last run ended up to as_of 00:00 UTC
+    (the mart rows' timestamp; Feast's window includes its end). A view never materialized starts at
+    as_of minus its TTL (business time, never the wall clock). A view already materialized through
+    as_of is skipped, so a rerun changes nothing; ``force`` rewrites the month (after it was rebuilt).
+    Then every user not active at as_of is removed from the online store (Feast has no delete).
+    The pushed real-time view is never materialized here: pushes are newer than any month end.
+    """
+    started = time.perf_counter()
+    report = progress or (lambda _what, _done, _total: None)
+    store = feature_store(settings)
+    with _errors(settings, "materializing"):
+        _require_applied(store)
+        end = business_timestamp(as_of)
+        users = active_users(settings, as_of)
+        if not users:
+            months = ", ".join(d.isoformat() for d in built_months(settings)) or "none"
+            raise FeaturesError(
+                f"the marts hold no month {as_of} (built months: {months}): ingest and `streamflow build` it first"
+            )
+        clock = business_clock(settings, refresh=True)
+        if clock is not None and clock > end:
+            raise FeaturesError(
+                f"the online store already serves {clock.date()}; materializing the older month "
+                f"{as_of} would serve stale features as current"
+            )
+        views = {v.name: v for v in store.list_feature_views(allow_cache=False)}
+        total = len(MART_VIEWS) + 1
+        written: dict[str, int] = {}
+        skipped: list[str] = []
+        feast_seconds = 0.0
+        for i, name in enumerate(MART_VIEWS):
+            report(f"materializing {name}", i, total)
+            view = views[name]
+            last = view.most_recent_end_time
+            if last is not None and last.tzinfo is None:
+                last = last.replace(tzinfo=UTC)
+            if force:
+                _clear_view(settings, store, view)
+                last = None
+            elif last is not None and last >= end:
+                skipped.append(name)
+                written[name] = 0
+                continue
+            start = last if last is not None else end - view.ttl
+            written[name] = _month_rows(settings, name, start, end)
+            t0 = time.perf_counter()
+            with _silenced():
+                if last is None:
+                    store.materialize(start_date=start, end_date=end, feature_views=[name])
+                else:
+                    store.materialize_incremental(end_date=end, feature_views=[name])
+            feast_seconds += time.perf_counter() - t0
+        report("removing users who left", len(MART_VIEWS), total)
+        removed = remove_departed(settings, as_of, users)
+        report("done", total, total)
+        online = {name: len(online_entities(settings, name)) for name in (*MART_VIEWS, PUSH_VIEW)}
+        clock = business_clock(settings, refresh=True)
+    return MaterializeResult(
+        as_of=as_of,
+        written=written,
+        skipped=skipped,
+        removed=removed,
+        online_users=online,
+        seconds=time.perf_counter() - started,
+        feast_seconds=feast_seconds,
+        business_clock=clock,
+    )
+
+
+def remove_departed(settings: Settings, as_of: date, active: list[str] | None = None) -> dict[str, int]:
+    """Remove from the online store every user not active at ``as_of``; returns users removed per view.
+
+    Mart views: all their values. The pushed view: values pushed before the end of as_of (a push after
+    it is newer than the month's data and stays). Works for the PostgreSQL and the Redis online store.
+    """
+    store = feature_store(settings)
+    keep = set(active if active is not None else active_users(settings, as_of))
+    cutoff = business_timestamp(as_of) + timedelta(days=1)
+    removed: dict[str, int] = {}
+    with _errors(settings, "removing departed users from the online store"):
+        for name in (*MART_VIEWS, PUSH_VIEW):
+            view = store.get_feature_view(name)
+            before = cutoff if name == PUSH_VIEW else None
+            removed[name] = _delete_online(settings, store, view, keep, before)
+    return removed
+
+
+def _clear_view(settings: Settings, store: FeatureStore, view) -> int:
+    """Remove every value of a view from the online store (before rewriting a month)."""
+    return _delete_online(settings, store, view, keep=set(), before=None)
+
+
+def _delete_online(settings: Settings, store: FeatureStore, view, keep: set[str], before: datetime | None) -> int:
+    """Delete the values of ``view`` of every user not in ``keep`` (only those older than ``before``
+    when given); returns how many users lost values."""
+    if settings.online_store == "redis":
+        client = _redis(store)
+        doomed = [
+            key
+            for key, user, ts in _redis_rows(store, client, view)
+            if user not in keep and (before is None or ts < before)
+        ]
+        fields = _redis_fields(view)
+        with client.pipeline(transaction=False) as pipe:
+            for key in doomed:
+                pipe.hdel(key, *fields)  # Redis drops a hash left empty
+            pipe.execute()
+        return len(doomed)
+    from streamflow.core.db import connect
+
+    table = _pg_table(store, view)
+    with connect(settings) as conn:
+        if _missing_relations(conn, [table]):
+            return 0
+        conn.execute("create temporary table _streamflow_keep (entity_key bytea primary key) on commit drop")
+        with conn.cursor().copy("copy _streamflow_keep (entity_key) from stdin") as copy:
+            for user in keep:
+                copy.write_row((entity_key_bytes(user),))
+        age = " and o.event_ts < %s" if before is not None else ""
+        n = conn.execute(
+            f"with gone as (delete from {table} o where not exists (select 1 from _streamflow_keep k "
+            f"where k.entity_key = o.entity_key){age} returning o.entity_key) "
+            "select count(distinct entity_key) from gone",
+            (before,) if before is not None else None,
+        ).fetchone()[0]
+        conn.commit()
+    return n

@@ -1,0 +1,107 @@
+"""The feature store: Feast on the dbt marts, in business time.
+
+- :func:`feature_store` builds Feast's configuration from the platform's settings: SQL registry in
+  PostgreSQL, PostgreSQL offline store (the marts), PostgreSQL online store by default or Redis.
+- :func:`apply` registers ``feature_repo/`` (the same definitions the ``feast`` CLI reads).
+- :func:`materialize` loads one month into the online store, incrementally, and then removes the
+  users who are no longer active, so the online store holds exactly the users active at that month.
+- :func:`training_frame` and :func:`feature_frame` join features point-in-time with Feast.
+- :func:`online_read` is the low-latency read path (values and the as_of of every view).
+- :func:`push_usage_event` updates real-time usage online at once and records it offline.
+
+All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
+newest month materialized is the :func:`business_clock` staleness is measured against.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from streamflow.core.settings import Settings
+from streamflow.features import contract as fc
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+from streamflow.features.store import ENTITY, PUSH_SOURCE, PUSH_VIEW, FeaturesError, _errors, feature_store
+
+
+# ---------------------------------------------------------------------------------------
+# push: real-time usage
+# ---------------------------------------------------------------------------------------
+@dataclass
+class PushResult:
+    user_id: str
+    event_time: datetime
+    online: bool  # False: a newer event is already online (the offline history still records it)
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise FeaturesError(f"{what} must be a datetime, got {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def push_usage_event(
+    settings: Settings,
+    user_id: str,
+    *,
+    watch_minutes_today: float,
+    last_session_at: datetime,
+    event_time: datetime | None = None,
+) -> PushResult:
+    """Push one user's real-time usage: online at once (usage_realtime), and into its offline table.
+
+    ``event_time`` defaults to ``last_session_at`` (the event's own business time, not the wall clock).
+    Pushes are ONLINE_AND_OFFLINE in effect: Feast's PostgreSQL offline store cannot write, so the row
+    goes to the push source's table here, in the same transaction as the online write. An event older
+    than the one online is recorded offline only.
+    """
+    import pandas as pd
+    from feast.data_source import PushMode
+
+    from streamflow.core.db import connect
+    from streamflow.drops.contract import ID_RE
+
+    if not isinstance(user_id, str) or not ID_RE.match(user_id):
+        raise FeaturesError(f"{user_id!r} is not a user id (4 digits, a dash, 5 capitals: 7590-VHVEG)")
+    try:
+        minutes = float(watch_minutes_today)
+    except (TypeError, ValueError):
+        raise FeaturesError(f"watch_minutes_today must be a number, got {watch_minutes_today!r}") from None
+    if not math.isfinite(minutes) or not 0 <= minutes <= 24 * 60:
+        raise FeaturesError(f"watch_minutes_today must be between 0 and 1440, got {watch_minutes_today!r}")
+    session = _utc(last_session_at, "last_session_at")
+    when = _utc(event_time, "event_time") if event_time is not None else session
+    row = {ENTITY: user_id, fc.USAGE_EVENT_TIMESTAMP: when, "watch_minutes_today": minutes, "last_session_at": session}
+    store = feature_store(settings)
+    table = f"{fc.USAGE_EVENT_SCHEMA}.{fc.USAGE_EVENT_TABLE}"
+    columns = [c for c, _t in fc.USAGE_EVENT_COLUMNS]
+    with _errors(settings, "pushing a usage event"), connect(settings) as conn:
+        conn.execute(
+            f"insert into {table} ({', '.join(columns)}) values ({', '.join(['%s'] * len(columns))})",
+            [row[c] for c in columns],
+        )
+        current = _online_event_time(store, user_id)
+        online = current is None or when >= current
+        if online:
+            frame = pd.DataFrame([row])
+            for col in (fc.USAGE_EVENT_TIMESTAMP, "last_session_at"):
+                frame[col] = pd.to_datetime(frame[col], utc=True)
+            store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
+        conn.commit()
+    return PushResult(user_id=user_id, event_time=when, online=online)
+
+
+def _online_event_time(store: FeatureStore, user_id: str) -> datetime | None:
+    """Event time of the user's pushed usage online, None when there is none."""
+    from feast.online_response import TIMESTAMP_POSTFIX
+
+    view = store.get_feature_view(PUSH_VIEW)
+    ref = f"{PUSH_VIEW}:{view.features[0].name}"
+    data = store.get_online_features(features=[ref], entity_rows=[{ENTITY: user_id}]).to_dict(
+        include_event_timestamps=True
+    )
+    seconds = data[view.features[0].name + TIMESTAMP_POSTFIX][0]
+    return datetime.fromtimestamp(seconds, tz=UTC) if seconds else None

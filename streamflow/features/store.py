@@ -1,0 +1,290 @@
+"""The feature store: Feast on the dbt marts, in business time.
+
+- :func:`feature_store` builds Feast's configuration from the platform's settings: SQL registry in
+  PostgreSQL, PostgreSQL offline store (the marts), PostgreSQL online store by default or Redis.
+- :func:`apply` registers ``feature_repo/`` (the same definitions the ``feast`` CLI reads).
+- :func:`materialize` loads one month into the online store, incrementally, and then removes the
+  users who are no longer active, so the online store holds exactly the users active at that month.
+- :func:`training_frame` and :func:`feature_frame` join features point-in-time with Feast.
+- :func:`online_read` is the low-latency read path (values and the as_of of every view).
+- :func:`push_usage_event` updates real-time usage online at once and records it offline.
+
+All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
+newest month materialized is the :func:`business_clock` staleness is measured against.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from streamflow.core.settings import Settings
+from streamflow.features import contract as fc
+
+if TYPE_CHECKING:
+    from feast import FeatureService, FeatureStore
+    from feast.repo_config import RepoConfig
+from streamflow.core.db import registry_url
+
+MART_VIEWS = fc.MARTS
+PUSH_SOURCE = "usage_events"
+PUSH_VIEW = "usage_realtime"
+MODEL_SERVICE = "churn_model_v1"
+ALL_SERVICE = "customer_360"
+ONLINE_SCHEMA = "feast_online"  # PostgreSQL online store: tables <project>_<view> in this schema
+ENTITY = fc.ENTITY_COLUMN
+ENTITY_TS = "event_timestamp"  # the entity frame's timestamp column, as Feast expects it
+KEY_SERIALIZATION = 3
+REGISTRY_CACHE_SECONDS = 60
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+class FeaturesError(RuntimeError):
+    """A problem the user can act on (not applied yet, month not built, unknown service ...)."""
+
+
+# ---------------------------------------------------------------------------------------
+# business time
+# ---------------------------------------------------------------------------------------
+def business_timestamp(as_of: date) -> datetime:
+    """The timestamp of a month's mart rows: 00:00 UTC of its as_of date."""
+    return datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
+
+
+def _sql_ts(ts: datetime) -> str:
+    """A timestamptz literal for SQL that Feast embeds as text (built from datetimes only)."""
+    return f"'{ts.astimezone(UTC).isoformat()}'::timestamptz"
+
+
+# ---------------------------------------------------------------------------------------
+# configuration and the store
+# ---------------------------------------------------------------------------------------
+def _postgres_options(settings: Settings) -> dict[str, Any]:
+    from streamflow.core.db import connection_parts
+
+    wh = connection_parts(settings)
+    return {
+        "host": wh["host"],
+        "port": int(wh["port"]),
+        "database": wh["dbname"],
+        "user": wh["user"],
+        "password": wh["password"],
+        "sslmode": "prefer",
+    }
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    """Feast's configuration from the settings (what feature_repo/feature_store.yaml says with ${VAR}s,
+    plus the online store type of ``settings.online_store``)."""
+    from feast.repo_config import RepoConfig
+
+    pg = _postgres_options(settings)
+    if settings.online_store == "redis":
+        online: dict[str, Any] = {"type": "redis", "connection_string": settings.redis_url}
+    else:
+        online = {"type": "postgres", **pg, "db_schema": ONLINE_SCHEMA}
+    return RepoConfig(
+        project=settings.feast_project,
+        provider="local",
+        registry={
+            "registry_type": "sql",
+            "path": registry_url(settings),
+            "cache_ttl_seconds": REGISTRY_CACHE_SECONDS,
+            "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
+        },
+        offline_store={"type": "postgres", **pg, "db_schema": "public", "entity_select_mode": "embed_query"},
+        online_store=online,
+        entity_key_serialization_version=KEY_SERIALIZATION,
+        repo_path=settings.feature_repo_dir,
+    )
+
+
+_stores: dict[tuple, FeatureStore] = {}
+_stores_lock = threading.Lock()
+
+
+def _store_key(settings: Settings) -> tuple:
+    from streamflow.core.db import database_url
+
+    redis = settings.redis_url if settings.online_store == "redis" else None
+    return (
+        settings.feast_project,
+        registry_url(settings),
+        database_url(settings),
+        settings.online_store,
+        redis,
+        str(settings.feature_repo_dir),
+    )
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    """The Feast FeatureStore of these settings, built once per configuration and cached."""
+    key = _store_key(settings)
+    with _stores_lock:
+        store = _stores.get(key)
+    if store is not None:
+        return store
+    _quiet_feast()
+    from feast import FeatureStore
+
+    with _errors(settings, "opening the feature store"):
+        built = FeatureStore(config=repo_config(settings))
+    with _stores_lock:
+        return _stores.setdefault(key, built)
+
+
+def _quiet_feast() -> None:
+    """Feast logs a warning per contrib store and per retrieval; keep the console for our own output."""
+    import logging
+    import warnings
+
+    logging.getLogger("feast").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"feast(\..*)?")
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Swallow what Feast prints (materialization banners, tqdm bars) while it works for us."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+@contextlib.contextmanager
+def _errors(settings: Settings, doing: str) -> Iterator[None]:
+    """Turn the failures a user can fix into FeaturesError with a hint; let real bugs through."""
+    try:
+        yield
+    except FeaturesError:
+        raise
+    except fc.ContractError as exc:
+        raise FeaturesError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - classified below, re-raised when unknown
+        hint = _hint(settings, exc)
+        if hint is None:
+            raise
+        raise FeaturesError(f"{doing}: {hint}") from None
+
+
+def _hint(settings: Settings, exc: BaseException) -> str | None:
+    import psycopg
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return f"a table is missing ({first}): run `streamflow build`, then `streamflow features apply`"
+    if isinstance(exc, psycopg.OperationalError):
+        return f"the database is not reachable ({first}); start it with `streamflow stack up`"
+    try:
+        import sqlalchemy.exc
+
+        if isinstance(exc, sqlalchemy.exc.OperationalError):
+            return f"the Feast registry database is not reachable ({first}); start it with `streamflow stack up`"
+    except ImportError:  # pragma: no cover - SQLAlchemy ships with the platform
+        pass
+    try:
+        import redis.exceptions
+
+        if isinstance(exc, redis.exceptions.ConnectionError):
+            return f"Redis at {settings.redis_url} is not reachable ({first}); check STREAMFLOW_REDIS_URL"
+    except ImportError:  # pragma: no cover - redis ships with feast[redis]
+        pass
+    from feast import errors as fe
+
+    if isinstance(exc, fe.FeatureServiceNotFoundException):
+        return f"{first}; known services: {MODEL_SERVICE}, {ALL_SERVICE}"
+    not_applied = (fe.FeatureViewNotFoundException, fe.ProjectNotFoundException, fe.ProjectObjectNotFoundException)
+    if isinstance(exc, not_applied):
+        return f"{first}; run `streamflow features apply` first"
+    return None
+
+
+def _registered_views(store: FeatureStore) -> list:
+    from feast import errors as fe
+
+    try:
+        return store.list_feature_views(allow_cache=False)
+    except (fe.ProjectNotFoundException, fe.ProjectObjectNotFoundException):
+        return []
+
+
+def _kind(object_type) -> str:
+    return str(getattr(object_type, "value", object_type)).replace("_", " ").lower()
+
+
+# ---------------------------------------------------------------------------------------
+# registry look-ups
+# ---------------------------------------------------------------------------------------
+def _require_applied(store: FeatureStore) -> None:
+    from feast import errors as fe
+
+    try:
+        names = {v.name for v in store.list_feature_views(allow_cache=False)}
+    except (fe.ProjectNotFoundException, fe.ProjectObjectNotFoundException):
+        names = set()
+    missing = [v for v in (*MART_VIEWS, PUSH_VIEW) if v not in names]
+    if missing:
+        raise FeaturesError(
+            f"the feature store is not applied (missing views: {', '.join(missing)}): "
+            "run `streamflow features apply` first"
+        )
+
+
+def _service(store: FeatureStore, name: str, *, cached: bool = False) -> FeatureService:
+    from feast import errors as fe
+
+    try:
+        return store.get_feature_service(name, allow_cache=cached)
+    except fe.FeatureServiceNotFoundException:
+        known = sorted(s.name for s in store.list_feature_services())
+        if not known:
+            raise FeaturesError("the feature store is not applied: run `streamflow features apply` first") from None
+        raise FeaturesError(f"unknown feature service {name!r}; known: {', '.join(known)}") from None
+
+
+def service_features(settings: Settings, service: str = MODEL_SERVICE) -> list[tuple[str, str]]:
+    """(view, feature) of every feature of a service, in the service's order."""
+    store = feature_store(settings)
+    with _errors(settings, "reading the registry"):
+        fs = _service(store, service)
+    return [(p.name_to_use(), f.name) for p in fs.feature_view_projections for f in p.features]
+
+
+def model_features(settings: Settings) -> list[str]:
+    """The churn model's inputs: the features of churn_model_v1, in order, without view prefixes."""
+    return [name for _view, name in service_features(settings, MODEL_SERVICE)]
+
+
+def view_ttls(settings: Settings) -> dict[str, timedelta]:
+    """TTL of every feature view: how long past its as_of a value may be served as current."""
+    store = feature_store(settings)
+    with _errors(settings, "reading the registry"):
+        return {v.name: v.ttl for v in store.list_feature_views(allow_cache=True)}
+
+
+def business_clock(settings: Settings, *, refresh: bool = False) -> datetime | None:
+    """The newest as_of materialized to the online store (UTC), None before the first materialization.
+
+    Read from the registry's materialization intervals of the mart views (cached for up to
+    REGISTRY_CACHE_SECONDS; ``refresh=True`` reads it afresh).
+    """
+    from feast import errors as fe
+
+    store = feature_store(settings)
+    not_applied = (fe.FeatureViewNotFoundException, fe.ProjectNotFoundException, fe.ProjectObjectNotFoundException)
+    with _errors(settings, "reading the registry"):
+        if refresh:
+            store.refresh_registry()
+        ends = []
+        for name in MART_VIEWS:
+            try:
+                view = store.get_feature_view(name, allow_registry_cache=True)
+            except not_applied:
+                return None
+            end = view.most_recent_end_time
+            if end is None:
+                return None
+            ends.append(end if end.tzinfo else end.replace(tzinfo=UTC))
+    return min(ends).astimezone(UTC)
