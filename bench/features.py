@@ -31,11 +31,11 @@ from streamflow import features
 from streamflow.core.db import connect
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres
-from streamflow.dbt import build
+from streamflow.drops.generator.run import generate
 from streamflow.drops.ingest import ingest
 from streamflow.features import contract as fc
 from streamflow.features import offline, online_store, store
-from streamflow.generate import generate
+from streamflow.warehouse import build
 
 RATIOS = {
     "fee_per_active_month": "sp.monthly_fee / greatest(sp.months_active, 1)",

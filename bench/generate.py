@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_one(users: int, months: int, out: Path) -> dict:
-    from streamflow.generate import generate
+    from streamflow.drops.generator.run import generate
 
     t0 = time.perf_counter()
     generate(out, months=months, users=users, seed=1, progress=False)

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from streamflow.drops import contract
-from streamflow.generate import ORACLE_DIR, as_of, drop_name, generate, oracle_name
+from streamflow.drops.generator.params import ORACLE_DIR, as_of, drop_name, oracle_name
+from streamflow.drops.generator.run import generate
 
 USAGE = [
     "watch_hours_30d",

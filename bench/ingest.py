@@ -21,8 +21,8 @@ from streamflow.core.db import connect
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres
 from streamflow.drops import contract
+from streamflow.drops.generator.run import generate
 from streamflow.drops.ingest import ensure_raw_schema, ingest
-from streamflow.generate import generate
 
 
 def plain_copy(settings: Settings, drops: list[Path]) -> int:

@@ -43,9 +43,10 @@ def main() -> None:
     from ml.evaluate import evaluate
     from ml.promote import promote
     from ml.train import train
-    from streamflow import dbt, features
+    from streamflow import features, warehouse
+    from streamflow.drops.generator.params import as_of
+    from streamflow.drops.generator.run import generate
     from streamflow.drops.ingest import ingest
-    from streamflow.generate import as_of, generate
 
     figures: dict = {"users": args.users, "months": args.months, "seed": args.seed, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +69,7 @@ def main() -> None:
             t0 = time.perf_counter()
             generate(drops, args.months, args.users, args.seed, progress=False)
             ingest(settings, sorted(drops.glob("month_*")))
-            dbt.build(settings)
+            warehouse.build(settings)
             features.apply(settings)
             figures["prepare_seconds"] = round(time.perf_counter() - t0, 1)
             print(f"prepared {args.months} months x {args.users:,} users in {figures['prepare_seconds']} s")

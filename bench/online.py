@@ -75,10 +75,11 @@ def build_stack(home: Path, users: int, months: int) -> tuple[Settings, list[str
     """A private stack with a champion; returns its settings and the users active at the newest month."""
     from ml.promote import promote
     from ml.train import train
-    from streamflow import dbt, features
+    from streamflow import features, warehouse
+    from streamflow.drops.generator.params import as_of
+    from streamflow.drops.generator.run import generate
     from streamflow.drops.ingest import ingest
     from streamflow.features import materialize
-    from streamflow.generate import as_of, generate
 
     settings = Settings(
         _env_file=None,
@@ -93,7 +94,7 @@ def build_stack(home: Path, users: int, months: int) -> tuple[Settings, list[str
     drops = home / "drops"
     generate(drops, months=months, users=users, seed=42, progress=False)
     ingest(settings, sorted(drops.glob("month_*")))
-    dbt.build(settings)
+    warehouse.build(settings)
     features.apply(settings)
     ends = [as_of(m) for m in range(months)]
     for month in ends:

@@ -27,8 +27,8 @@ import psycopg
 
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres
+from streamflow.drops.generator.run import generate
 from streamflow.drops.ingest import ingest
-from streamflow.generate import generate
 
 STREAMFLOW = str(Path(sys.executable).with_name("streamflow"))
 

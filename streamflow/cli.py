@@ -160,7 +160,8 @@ def generate_cmd(
     Example: `streamflow generate --out data/drops --months 6 --users 7043 --seed 42`, then
     `streamflow ingest data/drops/month_000`.
     """
-    from streamflow.generate import GenerateError, generate
+    from streamflow.drops.generator.params import GenerateError
+    from streamflow.drops.generator.run import generate
 
     try:
         result = generate(out, months=months, users=users, seed=seed, drift_at=drift_at, progress=True)
@@ -288,7 +289,10 @@ def build_cmd(
     from rich.text import Text
 
     from streamflow.core.stack import StackError
-    from streamflow.dbt import DbtError, GateFailed, build, mart_row_counts
+    from streamflow.warehouse import build
+    from streamflow.warehouse.build import mart_row_counts
+    from streamflow.warehouse.gate import GateFailed
+    from streamflow.warehouse.runner import DbtError
 
     settings = get_settings()
     try:
@@ -331,7 +335,7 @@ def dbt_cmd(ctx: typer.Context) -> None:
     the same environment for plain `dbt`). `streamflow dbt parse` writes target/manifest.json.
     """
     from streamflow.core.stack import StackError
-    from streamflow.dbt import DbtError, run
+    from streamflow.warehouse.runner import DbtError, run
 
     try:
         code = run(get_settings(), ctx.args)
@@ -352,7 +356,8 @@ def docs_cmd(
     Open http://127.0.0.1:8081 (or --port); Ctrl-C stops the server.
     """
     from streamflow.core.stack import StackError
-    from streamflow.dbt import DbtError, generate_docs, serve_docs
+    from streamflow.warehouse.docs import generate_docs, serve_docs
+    from streamflow.warehouse.runner import DbtError
 
     settings = get_settings()
     try:
@@ -941,12 +946,12 @@ def _print_dag_run(result) -> None:
 def prepare_orchestration(settings) -> None:
     """What a DAG run needs before Airflow parses the DAGs: the database up, Airflow's metadata
     database migrated, dbt packages installed and the manifest the DAGs are built from."""
-    from streamflow import dbt
     from streamflow.core.stack import get_stack
     from streamflow.orchestration import ensure_metadata_db
+    from streamflow.warehouse import runner
 
     get_stack(settings).up()
-    dbt.parse(settings)
+    runner.parse(settings)
     ensure_metadata_db(settings)
 
 

@@ -121,6 +121,6 @@ def warehouse_build(group_id: str, dbt_vars: dict[str, Any]):
 
 def dbt_vars_template(month_template: str) -> dict[str, Any]:
     """dbt vars for one month, the month given as a Jinja template rendered at run time."""
-    from streamflow.dbt import dbt_vars
+    from streamflow.warehouse.runner import dbt_vars
 
     return {**dbt_vars(get_settings()), "as_of": month_template}

@@ -34,7 +34,7 @@ class Timings:
 
 def _drops(settings: Settings, months: int, users: int, seed: int, console: Console) -> tuple[list[Path], str]:
     """The demo's drops under ``home/drops``: reused when generated with the same arguments."""
-    from streamflow.generate import generate
+    from streamflow.drops.generator.run import generate
 
     out = settings.home / "drops"
     marker = out / "demo.json"
@@ -91,7 +91,7 @@ def _as_of(drop: Path) -> date:
 def _month_summary(settings: Settings, as_of: date) -> dict[str, int]:
     """Rows the drop brought and rows each mart holds for the month."""
     from streamflow.core.db import connect
-    from streamflow.dbt import mart_row_counts
+    from streamflow.warehouse.build import mart_row_counts
 
     with connect(settings) as conn:
         files = conn.execute("select files from raw.load_log where as_of = %s", (as_of,)).fetchone()[0]

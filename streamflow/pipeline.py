@@ -89,25 +89,26 @@ def prepare_warehouse(as_of: str, settings: Settings | None = None) -> dict:
     """Before dbt runs month ``as_of`` node by node: refresh the manifest, and bring snapshots and
     marts up to the month before it (a rebuild from the raw history when older months changed),
     so the per-node run only has ``as_of`` left to do."""
-    from streamflow import dbt
+    from streamflow import warehouse
+    from streamflow.warehouse import gate, runner
 
     settings = _settings(settings)
-    dbt.parse(settings)
+    runner.parse(settings)
     before = previous_month(as_of, settings)
     if before is None:
         return {"caught_up": [], "reason": "first month"}
     try:
-        result = dbt.build(settings, before)
-    except dbt.GateFailed as exc:
+        result = warehouse.build(settings, before)
+    except gate.GateFailed as exc:
         raise StepRefused(exc.report.render()) from None
     return {"caught_up": [m.isoformat() for m in result.months], "reason": result.reason}
 
 
 def record_warehouse_month(as_of: str, settings: Settings | None = None) -> dict:
     """After dbt built month ``as_of`` node by node: note it in the build log like `streamflow build` does."""
-    from streamflow import dbt
+    from streamflow.warehouse import build
 
-    dbt.record_built(_settings(settings), _date(as_of))
+    build.record_built(_settings(settings), _date(as_of))
     return {"built": as_of}
 
 

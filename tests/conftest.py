@@ -130,7 +130,7 @@ def session_drops(tmp_path_factory) -> list[Path]:
     """Four monthly drops (500 users, seed 42) written once per session by the real generator.
 
     `built_warehouse` holds the first three; the fourth is a next month a test can ingest."""
-    from streamflow.generate import generate
+    from streamflow.drops.generator.run import generate
 
     out = tmp_path_factory.mktemp("drops")
     generate(out, months=WAREHOUSE_MONTHS + 1, users=500, seed=42, progress=False)
@@ -154,8 +154,8 @@ def built_warehouse(pg_settings, session_drops, tmp_path_factory) -> Settings:
     """Settings of a built warehouse: drops month_000..month_002 ingested and `streamflow build` run
     (gate, snapshots, marts), in the database `dbt_warehouse`. Read-only for tests: use
     `warehouse_copy(name)` for a private copy to change."""
-    from streamflow.dbt import build
     from streamflow.drops.ingest import ingest
+    from streamflow.warehouse import build
 
     settings = fresh_database(pg_settings, "dbt_warehouse").model_copy(
         update={"dbt_target_path": tmp_path_factory.mktemp("dbt_warehouse") / "target"}

@@ -150,11 +150,11 @@ def ensure_manifest(settings: Settings) -> Path:
     """target/manifest.json, produced with `dbt parse` (no database needed) when it is missing."""
     path = manifest_path(settings)
     if not path.exists():
-        from streamflow import dbt
+        from streamflow.warehouse import runner
 
         try:
-            dbt.parse(settings)
-        except dbt.DbtError as exc:
+            runner.parse(settings)
+        except runner.DbtError as exc:
             raise ContractError(f"no dbt manifest at {path} and `dbt parse` failed: {exc}") from None
         if not path.exists():
             raise ContractError(f"`dbt parse` wrote no manifest at {path}")

@@ -12,6 +12,7 @@
 All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
 newest month materialized is the :func:`business_clock` staleness is measured against.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -10,7 +10,7 @@ import pytest
 
 from streamflow.core.db import connect
 from streamflow.core.stack import EmbeddedPostgres
-from streamflow.generate import generate
+from streamflow.drops.generator.run import generate
 from streamflow.orchestration import MATERIALIZE_DAG, MONITOR_DAG, run_dag
 from tests.conftest import make_settings, run_cli, server_home
 from tests.integration.dbt_reference import copy_drop, warehouse_digests

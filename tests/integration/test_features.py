@@ -520,9 +520,7 @@ def test_apply_before_the_marts_exist_is_a_clear_error(base_settings):
     with psycopg.connect(EmbeddedPostgres(base_settings).url("postgres"), autocommit=True) as conn:
         conn.execute('drop database if exists "features_empty" with (force)')
         conn.execute('create database "features_empty"')
-    with pytest.raises(
-        store.FeaturesError, match="do not exist yet: run `streamflow ingest` and `streamflow build`"
-    ):
+    with pytest.raises(store.FeaturesError, match="do not exist yet: run `streamflow ingest` and `streamflow build`"):
         apply.apply(empty)
 
 

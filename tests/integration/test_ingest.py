@@ -13,8 +13,8 @@ import pytest
 
 from streamflow.core.db import connect
 from streamflow.drops import contract
+from streamflow.drops.generator.run import generate
 from streamflow.drops.ingest import IngestError, ingest
-from streamflow.generate import generate
 from tests.conftest import fresh_database, run_cli
 
 pytestmark = pytest.mark.integration

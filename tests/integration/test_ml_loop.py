@@ -43,17 +43,18 @@ class World:
 @pytest.fixture(scope="module")
 def world(mlflow_settings, tmp_path_factory) -> World:
     """Four drops generated, ingested, built by dbt and registered in Feast, in databases of its own."""
-    from streamflow import dbt
+    from streamflow import warehouse
+    from streamflow.drops.generator.params import as_of
+    from streamflow.drops.generator.run import generate
     from streamflow.drops.ingest import ingest
     from streamflow.features import apply
-    from streamflow.generate import as_of, generate
 
     drops = tmp_path_factory.mktemp("ml_drops")
     generate(drops, MONTHS, USERS, SEED, drift_at=DRIFT_AT, progress=False)
     fresh_database(mlflow_settings, "ml_feast")
     settings = fresh_database(mlflow_settings, "ml_warehouse").model_copy(update={"feast_registry_db": "ml_feast"})
     ingest(settings, sorted(drops.glob("month_*")))
-    dbt.build(settings)
+    warehouse.build(settings)
     apply.apply(settings)
     return World(settings, drops, [as_of(m) for m in range(MONTHS)])
 
@@ -221,8 +222,8 @@ def test_batch_scores_cover_every_active_user_and_agree_with_the_champion(world,
 
 
 def test_scoring_a_month_again_replaces_its_rows_and_the_dbt_mart_shows_them(world, champion):
-    from streamflow import dbt
     from streamflow.core.db import connect
+    from streamflow.warehouse import runner
 
     s, month = world.settings, world.months[3]
     first = score(s, month)
@@ -230,7 +231,9 @@ def test_scoring_a_month_again_replaces_its_rows_and_the_dbt_mart_shows_them(wor
     assert again["replaced_rows"] == first.rows == again["rows"]
     assert len(read_scores(s, month)) == again["rows"]
 
-    res = dbt.invoke(s, ["build", "--select", "churn_predictions", "--vars", json.dumps({"as_of": month.isoformat()})])
+    res = runner.invoke(
+        s, ["build", "--select", "churn_predictions", "--vars", json.dumps({"as_of": month.isoformat()})]
+    )
     assert res.success, res.exception
     with connect(s) as conn:
         rows, deciles, with_plan = conn.execute(

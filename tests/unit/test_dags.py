@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from streamflow import dbt
 from streamflow.orchestration import MATERIALIZE_DAG, MONITOR_DAG, MONTHLY_DAG
+from streamflow.warehouse import runner
 from tests.conftest import make_settings
 
 HEAVY = ("dbt", "feast", "mlflow", "sklearn", "evidently")
@@ -43,7 +43,7 @@ PROBE = textwrap.dedent(
 def parsed(tmp_path_factory):
     home = tmp_path_factory.mktemp("dags_home")
     settings = make_settings(home, dbt_target_path=home / "dbt_target")
-    dbt.parse(settings)  # the manifest the DAGs are built from (no database needed)
+    runner.parse(settings)  # the manifest the DAGs are built from (no database needed)
     env = _offline_environment(settings)
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, str(settings.dags_dir)], env=env, capture_output=True, text=True, timeout=300

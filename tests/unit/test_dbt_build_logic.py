@@ -8,7 +8,9 @@ from decimal import Decimal
 import pytest
 
 from streamflow.core.env import dbt_environment
-from streamflow.dbt import FailedTest, GateReport, PlanError, _sample_columns, dbt_vars, drop_version, plan_build
+from streamflow.warehouse.build import PlanError, drop_version, plan_build
+from streamflow.warehouse.gate import FailedTest, GateReport, _sample_columns
+from streamflow.warehouse.runner import dbt_vars
 from tests.conftest import make_settings
 
 JAN, FEB, MAR, APR = date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 31), date(2024, 4, 30)

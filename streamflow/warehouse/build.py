@@ -1,0 +1,290 @@
+"""The dbt warehouse from Python: dbt in-process with the platform's settings, the monthly build
+behind its quality gate, and the gate's report.
+
+`build(settings)` brings the warehouse up to the newest loaded drop: for every drop month not built
+yet, in as_of order, it runs the source tests (the quality gate) and then the same dbt nodes an
+analyst or Airflow runs for one month (`dbt build --vars '{"as_of": ...}'`). When an already built
+month was re-ingested with other content or disappeared (`streamflow ingest --rebuild`), the
+snapshots and marts are rebuilt from the raw history, month by month. Every month is gated before
+anything is touched, so a bad drop leaves snapshots and marts exactly as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
+
+from streamflow.core.settings import Settings
+
+if TYPE_CHECKING:
+    from dbt.cli.main import dbtRunnerResult
+from streamflow.warehouse.gate import SOURCE_SELECTOR, GateFailed, GateReport, _write_report, freshness_warnings, gate
+from streamflow.warehouse.progress import _count_nodes, _Progress
+from streamflow.warehouse.runner import (
+    MART_SCHEMA,
+    MARTS,
+    SNAPSHOT_SCHEMA,
+    SNAPSHOTS,
+    DbtError,
+    _exception_text,
+    _run_results,
+    _status,
+    _warehouse,
+    dbt_vars,
+    invoke,
+    parse,
+)
+
+BUILD_LOG_TABLE = "dbt_build_log"
+BUILD_LOCK_KEY = 804_121_002  # advisory lock: one build at a time per database
+
+
+# ---------------------------------------------------------------------------------------
+# planning: which months to build
+# ---------------------------------------------------------------------------------------
+@dataclass
+class BuildPlan:
+    months: list[date]
+    full_refresh: bool
+    reason: str
+
+
+class PlanError(DbtError):
+    """Nothing can be built as asked (no drop loaded, an unknown month)."""
+
+
+def plan_build(
+    loaded: dict[date, str],
+    built: dict[date, str],
+    as_of: date | None = None,
+    full_refresh: bool = False,
+) -> BuildPlan:
+    """Which drop months to process, in order, and whether snapshots and marts must be rebuilt.
+
+    ``loaded`` and ``built`` map as_of to the version of the drop (manifest sha256 and load time,
+    from raw.load_log and the build log). A built month whose drop was reloaded (`ingest
+    --rebuild`), replaced by other content or removed forces a rebuild of everything from the raw
+    history; otherwise only the months not built yet are processed, in order.
+    """
+    if not loaded:
+        raise PlanError("No drop is loaded: run `streamflow ingest DROP_DIR` first.")
+    target = as_of or max(loaded)
+    if target not in loaded:
+        known = ", ".join(d.isoformat() for d in sorted(loaded))
+        raise PlanError(f"as_of {target} is not a loaded drop. Loaded: {known}.")
+    upto = sorted(m for m in loaded if m <= target)
+    if full_refresh:
+        return BuildPlan(upto, True, "full refresh requested")
+    changed = sorted(m for m in built if loaded.get(m) != built[m])
+    if changed:
+        gone = [m for m in changed if m not in loaded]
+        what = "no longer loaded" if len(gone) == len(changed) else "reloaded since they were built"
+        if gone and len(gone) != len(changed):
+            what = "reloaded or no longer loaded"
+        months = ", ".join(m.isoformat() for m in changed)
+        return BuildPlan(upto, True, f"built month(s) {months} {what}: rebuilding from the raw history")
+    pending = [m for m in upto if m not in built]
+    if built and pending and min(pending) < max(built):
+        return BuildPlan(
+            upto,
+            True,
+            f"drop {min(pending)} is older than the built month {max(built)}: rebuilding from the raw history",
+        )
+    if not pending:
+        return BuildPlan([], False, f"up to date (built through {max(built)})" if built else "up to date")
+    return BuildPlan(pending, False, f"{len(pending)} new month(s)")
+
+
+# ---------------------------------------------------------------------------------------
+# the build
+# ---------------------------------------------------------------------------------------
+@dataclass
+class BuildResult:
+    months: list[date]
+    full_refresh: bool
+    reason: str
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    month_seconds: dict[date, float] = field(default_factory=dict)
+    gate_reports: list[GateReport] = field(default_factory=list)
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.months
+
+
+def _ensure_build_log(conn, settings: Settings) -> str:
+    schema = settings.dbt_target_schema
+    conn.execute(f'create schema if not exists "{schema}"')
+    conn.execute(
+        f'''create table if not exists "{schema}".{BUILD_LOG_TABLE} (
+            as_of date primary key,
+            drop_version text not null,
+            built_at timestamptz not null default now()
+        )'''
+    )
+    conn.execute(
+        f"""comment on table "{schema}".{BUILD_LOG_TABLE} is 'Drop months the snapshots and marts hold, with the """
+        """version of the drop (manifest sha256 @ load time) they were built from (written by streamflow build).'"""
+    )
+    return f'"{schema}".{BUILD_LOG_TABLE}'
+
+
+def drop_version(manifest_sha256: str, loaded_at: datetime) -> str:
+    """What identifies one load of a drop: its manifest and when it was loaded (a reload by
+    `ingest --rebuild` changes the latter even for the same files)."""
+    return f"{manifest_sha256}@{loaded_at.astimezone(UTC).isoformat()}"
+
+
+def _loaded_months(conn) -> dict[date, str]:
+    if conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is None:
+        return {}
+    rows = conn.execute("select as_of, manifest_sha256, loaded_at from raw.load_log").fetchall()
+    return {as_of: drop_version(sha, loaded_at) for as_of, sha, loaded_at in rows}
+
+
+def _existing_relations(conn) -> int:
+    """How many of the snapshots and marts exist (someone may have dropped some by hand)."""
+    names = [f"{SNAPSHOT_SCHEMA}.{s}" for s in SNAPSHOTS] + [f"{MART_SCHEMA}.{m}" for m in MARTS]
+    return sum(conn.execute("select to_regclass(%s)", (n,)).fetchone()[0] is not None for n in names)
+
+
+def _raise_for_build(res: dbtRunnerResult, as_of: date) -> None:
+    if res.exception is not None:
+        raise DbtError(f"dbt build failed for drop {as_of}: {_exception_text(res)}")
+    bad = [r for r in _run_results(res) if _status(r) in ("fail", "error", "runtime error")]
+    if bad or not res.success:
+        lines = [f"dbt build failed for drop {as_of}:"]
+        for r in bad:
+            kind = str(r.node.resource_type).split(".")[-1]
+            msg = (r.message or "").strip().splitlines()
+            lines.append(f"  x {kind} {r.node.name}: {msg[0] if msg else _status(r)}")
+            lines += [f"      {line}" for line in msg[1:6]]
+        skipped = [r.node.name for r in _run_results(res) if _status(r) == "skipped"]
+        if skipped:
+            lines.append(f"  skipped because of it: {', '.join(skipped)}")
+        raise DbtError("\n".join(lines))
+
+
+def build(
+    settings: Settings,
+    as_of: date | None = None,
+    *,
+    full_refresh: bool = False,
+    progress: bool = False,
+    console=None,
+) -> BuildResult:
+    """Bring snapshots and marts up to ``as_of`` (default: the newest loaded drop).
+
+    Raises GateFailed (with the report) when a drop fails the quality gate: nothing is changed then.
+    Raises PlanError when nothing can be built as asked, DbtError when dbt itself fails.
+    """
+
+    started = time.perf_counter()
+    with _warehouse(settings, autocommit=True) as conn:
+        if not conn.execute("select pg_try_advisory_lock(%s)", (BUILD_LOCK_KEY,)).fetchone()[0]:
+            raise DbtError("another `streamflow build` is running on this warehouse; try again when it ends")
+        try:
+            log = _ensure_build_log(conn, settings)
+            loaded = _loaded_months(conn)
+            built = {r[0]: r[1] for r in conn.execute(f"select as_of, drop_version from {log}")}
+            present = _existing_relations(conn)
+            expected = len(SNAPSHOTS) + len(MARTS)
+            # snapshots or marts missing, or present with no record of what they hold: rebuild them all
+            unknown = (bool(built) and present < expected) or (not built and present > 0)
+            plan = plan_build(loaded, {} if unknown else built, as_of, full_refresh or unknown)
+            if unknown and not full_refresh:
+                plan.reason = "snapshots and marts do not match the build log: rebuilding from the raw history"
+            result = BuildResult(months=plan.months, full_refresh=plan.full_refresh, reason=plan.reason)
+            with _Progress(progress, console) as bar:
+                bar.stage_to("parsing the dbt project")
+                manifest = parse(settings)
+                bar.stage_to("source freshness")
+                result.warnings += freshness_warnings(settings, manifest)
+                if not plan.months:
+                    result.seconds = time.perf_counter() - started
+                    return result
+                n_gate, n_build = _count_nodes(manifest)
+                bar.set_total(len(plan.months) * (n_gate + n_build))
+                # the gate: every month first, so a bad drop changes nothing
+                for month in plan.months:
+                    bar.stage_to(f"gate {month}")
+                    report = gate(settings, month, manifest=manifest, conn=conn, progress=bar)
+                    report.warnings = result.warnings + report.warnings
+                    _write_report(settings, report)
+                    result.gate_reports.append(report)
+                    if not report.ok:
+                        raise GateFailed(report)
+                if plan.full_refresh:
+                    for snap in SNAPSHOTS:
+                        conn.execute(f"drop table if exists {SNAPSHOT_SCHEMA}.{snap}")
+                    conn.execute(f"delete from {log}")
+                for i, month in enumerate(plan.months):
+                    bar.stage_to(f"build {month}")
+                    t0 = time.perf_counter()
+                    # dbt unit tests check the SQL, not the data: they run in CI (and with plain `dbt build`),
+                    # not in every monthly build, as dbt recommends for production runs
+                    args = [
+                        "build",
+                        "--exclude",
+                        SOURCE_SELECTOR,
+                        "--exclude-resource-type",
+                        "unit_test",
+                        "--vars",
+                        json.dumps(dbt_vars(settings, month)),
+                        "--log-level",
+                        "none",
+                    ]
+                    if plan.full_refresh and i == 0:
+                        args.append("--full-refresh")
+                    res = invoke(settings, args, manifest=manifest, callbacks=[bar.callback])
+                    _raise_for_build(res, month)
+                    _log_built(conn, log, month, loaded[month])
+                    result.month_seconds[month] = time.perf_counter() - t0
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", (BUILD_LOCK_KEY,))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def record_built(settings: Settings, as_of: date) -> None:
+    """Note drop month ``as_of`` as built in the build log, as `streamflow build` does, after its dbt
+    nodes ran elsewhere (Airflow runs them one task per node). The next `streamflow build` then
+    starts after it, or rebuilds from the raw history if that drop is reloaded later."""
+    with _warehouse(settings, autocommit=True) as conn:
+        log = _ensure_build_log(conn, settings)
+        version = _loaded_months(conn).get(as_of)
+        if version is None:
+            raise PlanError(f"as_of {as_of} is not a loaded drop: nothing to record")
+        _log_built(conn, log, as_of, version)
+
+
+def _log_built(conn, log: str, as_of: date, version: str) -> None:
+    conn.execute(
+        f"insert into {log} (as_of, drop_version) values (%s, %s) on conflict (as_of) do update "
+        "set drop_version = excluded.drop_version, built_at = excluded.built_at",
+        (as_of, version),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# what the marts hold
+# ---------------------------------------------------------------------------------------
+def mart_row_counts(settings: Settings) -> dict[date, dict[str, int]]:
+    """{as_of: {mart: rows}} for every built month; labels are counted by their period_start."""
+
+    out: dict[date, dict[str, int]] = {}
+    with _warehouse(settings) as conn:
+        for mart in MARTS:
+            if conn.execute("select to_regclass(%s)", (f"{MART_SCHEMA}.{mart}",)).fetchone()[0] is None:
+                continue
+            column = "period_start" if mart == "labels" else "as_of"
+            rows = conn.execute(
+                f"select ({column} at time zone 'UTC')::date, count(*) from {MART_SCHEMA}.{mart} group by 1"
+            ).fetchall()
+            for day, n in rows:
+                out.setdefault(day, {m: 0 for m in MARTS})[mart] = n
+    return dict(sorted(out.items()))

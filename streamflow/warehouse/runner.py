@@ -1,0 +1,196 @@
+"""The dbt warehouse from Python: dbt in-process with the platform's settings, the monthly build
+behind its quality gate, and the gate's report.
+
+`build(settings)` brings the warehouse up to the newest loaded drop: for every drop month not built
+yet, in as_of order, it runs the source tests (the quality gate) and then the same dbt nodes an
+analyst or Airflow runs for one month (`dbt build --vars '{"as_of": ...}'`). When an already built
+month was re-ingested with other content or disappeared (`streamflow ingest --rebuild`), the
+snapshots and marts are rebuilt from the raw history, month by month. Every month is gated before
+anything is touched, so a bad drop leaves snapshots and marts exactly as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from streamflow.core.settings import Settings
+
+if TYPE_CHECKING:
+    from dbt.cli.main import dbtRunnerResult
+    from dbt.contracts.graph.manifest import Manifest
+
+MARTS = ("subscriptions_profile", "usage_agg_30d", "payments_agg_90d", "support_agg_90d", "labels")
+SNAPSHOTS = ("snap_users", "snap_subscriptions")
+MART_SCHEMA = "marts"
+SNAPSHOT_SCHEMA = "snapshots"
+# dbt commands that need neither the installed packages nor a database
+_NO_PACKAGES = {"deps", "clean", "init", "--version", "-v", "--help", "-h"}
+_SOURCE_IN_KWARG = re.compile(r"source\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]\s*\)")
+_REF_IN_KWARG = re.compile(r"ref\(\s*['\"](\w+)['\"]\s*\)")
+
+
+class DbtError(RuntimeError):
+    """dbt could not do its job (compile or database error, a failing model test): a clear message."""
+
+
+# ---------------------------------------------------------------------------------------
+# running dbt in-process
+# ---------------------------------------------------------------------------------------
+def dbt_vars(settings: Settings, as_of: date | None = None) -> dict[str, Any]:
+    """The dbt vars of a run: the month (None = the newest loaded drop) and the gate's threshold."""
+    out: dict[str, Any] = {"gate_max_subscriber_change": settings.gate_max_subscriber_change}
+    if as_of is not None:
+        out["as_of"] = as_of.isoformat()
+    return out
+
+
+@contextlib.contextmanager
+def _environment(settings: Settings) -> Iterator[None]:
+    """os.environ as the dbt profile and CLI expect it, for the duration of one dbt call."""
+    from streamflow.core.env import tool_environment
+
+    wanted = tool_environment(settings)
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def invoke(
+    settings: Settings,
+    args: Sequence[str],
+    *,
+    manifest: Manifest | None = None,
+    callbacks: list[Callable] | None = None,
+) -> dbtRunnerResult:
+    """Run one dbt command in this process (dbtRunner) with the platform's environment."""
+    from dbt.cli.main import dbtRunner
+
+    settings.dbt_target_dir.mkdir(parents=True, exist_ok=True)
+    if manifest is not None:
+        manifest = _fresh_copy(manifest)
+    with _environment(settings):
+        return dbtRunner(manifest=manifest, callbacks=callbacks or []).invoke(list(args))
+
+
+def _fresh_copy(manifest: Manifest) -> Manifest:
+    """A copy of a parsed manifest for one more run. dbt compiles nodes in place (ephemeral CTEs are
+    injected once), so each run needs its own. Only the data fields are copied: copy.deepcopy goes
+    through Manifest.__reduce_ex__, which in dbt 1.11 misses `fixtures` and shifts the cached lookups
+    into the wrong fields; the lookups are rebuilt lazily instead."""
+    data = {
+        f.name: copy.deepcopy(getattr(manifest, f.name))
+        for f in dataclasses.fields(manifest)
+        if f.init and not f.name.startswith("_")
+    }
+    return type(manifest)(**data)
+
+
+def run(settings: Settings, args: Sequence[str]) -> int:
+    """`streamflow dbt ARGS`: any dbt command, output as dbt prints it; returns dbt's exit code."""
+    if not (set(args) & _NO_PACKAGES):
+        ensure_packages(settings)
+    res = invoke(settings, args)
+    if res.exception is not None:
+        return 2
+    return 0 if res.success else 1
+
+
+def ensure_packages(settings: Settings) -> None:
+    """Install the project's (local) packages when they are missing: `dbt deps`, once, under a lock."""
+    project = settings.dbt_project_dir
+    wanted = _package_names(project)
+    install = project / "dbt_packages"
+    if all((install / name).exists() for name in wanted):
+        return
+    digest = hashlib.sha1(str(project).encode()).hexdigest()[:12]
+    lock_path = Path(tempfile.gettempdir()) / f"streamflow-dbt-deps-{digest}.lock"
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if all((install / name).exists() for name in wanted):
+            return
+        res = invoke(settings, ["deps", "--quiet"])
+        if not res.success:
+            raise DbtError(f"dbt deps failed: {res.exception or 'see the dbt log in ' + str(settings.dbt_log_dir)}")
+
+
+def _package_names(project: Path) -> list[str]:
+    """Names the packages of packages.yml install under (local packages: their dbt_project.yml name)."""
+    import yaml
+
+    spec = yaml.safe_load((project / "packages.yml").read_text()) or {}
+    names = []
+    for pkg in spec.get("packages") or []:
+        if "local" in pkg:
+            meta = yaml.safe_load((project / pkg["local"] / "dbt_project.yml").read_text())
+            names.append(meta["name"])
+        elif "package" in pkg:
+            names.append(pkg["package"].split("/")[-1])
+    return names
+
+
+def parse(settings: Settings) -> Manifest:
+    """`dbt parse`: the manifest (written to target/manifest.json). Needs no database."""
+    ensure_packages(settings)
+    res = invoke(settings, ["parse", "--quiet", "--vars", json.dumps(dbt_vars(settings))])
+    if not res.success or res.result is None:
+        raise DbtError(f"dbt parse failed: {_exception_text(res)}")
+    return res.result
+
+
+def manifest_path(settings: Settings) -> Path:
+    """target/manifest.json, refreshed by `streamflow build` and `streamflow dbt parse`."""
+    return settings.dbt_target_dir / "manifest.json"
+
+
+def _exception_text(res: dbtRunnerResult) -> str:
+    if res.exception is not None:
+        return str(res.exception).strip()
+    return "see the dbt log"
+
+
+def _run_results(res: dbtRunnerResult) -> list:
+    result = res.result
+    return list(getattr(result, "results", None) or [])
+
+
+def _status(result) -> str:
+    status = result.status
+    return str(status.value if hasattr(status, "value") else status)
+
+
+@contextlib.contextmanager
+def _warehouse(settings: Settings, **kwargs) -> Iterator:
+    """A warehouse connection, or a DbtError that says the database cannot be reached."""
+    import psycopg
+
+    from streamflow.core.db import connect
+
+    try:
+        conn = connect(settings, **kwargs)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DbtError(
+            f"the warehouse database is not reachable ({first}); start it with `streamflow stack up` "
+            "or check STREAMFLOW_DATABASE_URL"
+        ) from None
+    with conn:
+        yield conn
