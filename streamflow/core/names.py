@@ -1,0 +1,39 @@
+"""One declaration of every name that several parts of the platform share.
+
+The dbt project, the Feast repo, the model registry and the API all agree on these; change one
+here and everything in Python follows (dbt and Feast files name them too: the tests check they agree).
+"""
+
+from __future__ import annotations
+
+# --- warehouse schemas (dbt builds into these; see dbt_project/dbt_project.yml) ----------------
+RAW_SCHEMA = "raw"
+SNAPSHOT_SCHEMA = "snapshots"
+MART_SCHEMA = "marts"
+ML_SCHEMA = "ml"
+OPS_SCHEMA = "ops"
+
+# --- marts -----------------------------------------------------------------------------------
+FEATURE_MARTS = ("subscriptions_profile", "usage_agg_30d", "payments_agg_90d", "support_agg_90d")
+"""The marts Feast reads, one feature view each, keyed by (user_id, as_of)."""
+LABELS_MART = "labels"
+MARTS = (*FEATURE_MARTS, LABELS_MART)
+SNAPSHOTS = ("snap_users", "snap_subscriptions")
+
+# --- feature store ---------------------------------------------------------------------------
+ENTITY = "user_id"
+MODEL_SERVICE = "churn_model_v1"
+"""The feature service holding exactly the model's inputs."""
+ALL_SERVICE = "customer_360"
+"""The feature service holding every feature, for product teams."""
+PUSH_SOURCE = "usage_events"
+PUSH_VIEW = "usage_realtime"
+ONLINE_SCHEMA = "feast_online"
+
+# --- model registry --------------------------------------------------------------------------
+MODEL_NAME = "streamflow_churn"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+# --- tables the platform writes outside dbt --------------------------------------------------
+CHURN_SCORES = f"{ML_SCHEMA}.churn_scores"
