@@ -27,15 +27,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streamflow import features
 from streamflow.core.db import connect
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres
 from streamflow.drops.generator.run import generate
 from streamflow.drops.ingest import ingest
+from streamflow.features import apply, materialize, offline, online_store, store
 from streamflow.features import contract as fc
-from streamflow.features import offline, online_store, store
-from streamflow.warehouse import build
+from streamflow.warehouse.build import build
 
 RATIOS = {
     "fee_per_active_month": "sp.monthly_fee / greatest(sp.months_active, 1)",
@@ -130,7 +129,7 @@ def bench_retrieval(settings: Settings, sizes: list[int], months: list[date], re
 def bench_materialize(settings: Settings, as_of: date) -> dict:
     feast_store = store.feature_store(settings)
     t0 = time.perf_counter()
-    result = features.materialize(settings, as_of)
+    result = materialize.materialize(settings, as_of)
     total = time.perf_counter() - t0
     users_x_views = sum(result.written.values())
     n_features = sum(len(feast_store.get_feature_view(m).features) for m in fc.MARTS)
@@ -198,10 +197,10 @@ def main() -> None:
         server.up()
         try:
             t0 = time.perf_counter()
-            drops = generate(tmp / "drops", months=args.months, users=args.users, seed=42, progress=False)
+            drops = generate(tmp / "drops", months=args.months, users=args.users, seed=42)
             ingest(settings, sorted((tmp / "drops").glob("month_*")))
             build(settings)
-            features.apply(settings)
+            apply.apply(settings)
             months = [m.as_of for m in drops.months]
             print(
                 f"warehouse: {args.users:,} users x {args.months} months built and applied in "

@@ -26,7 +26,7 @@ def run_one(users: int, months: int, out: Path) -> dict:
     from streamflow.drops.generator.run import generate
 
     t0 = time.perf_counter()
-    generate(out, months=months, users=users, seed=1, progress=False)
+    generate(out, months=months, users=users, seed=1)
     seconds = time.perf_counter() - t0
     rows = 0
     for manifest in sorted(out.glob("month_*/manifest.json")):

@@ -83,7 +83,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        generate(out, args.months, args.users, args.seed, args.drift_at, progress=False)
+        generate(out, args.months, args.users, args.seed, args.drift_at)
         print(
             f"{'period':>10} {'active':>7} {'churn':>6} {'oracle AUC':>10} {'model AUC':>9} {'ratio':>6} "
             f"{'profile-only':>12} {'ratio':>6}"

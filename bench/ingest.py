@@ -76,7 +76,7 @@ def main() -> None:
             )
             for users in args.users:
                 out = tmp / f"drops_{users}"
-                generate(out, months=args.months, users=users, seed=1, progress=False)
+                generate(out, months=args.months, users=users, seed=1)
                 drops = sorted(out.glob("month_*"))
                 db = f"bench_{users}"
                 with psycopg.connect(server.url("postgres"), autocommit=True) as c:

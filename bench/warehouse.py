@@ -77,7 +77,7 @@ def main() -> None:
             for users in args.users:
                 out = tmp / f"drops_{users}"
                 t0 = time.perf_counter()
-                generate(out, months=args.months, users=users, seed=args.seed, progress=False)
+                generate(out, months=args.months, users=users, seed=args.seed)
                 t_gen = time.perf_counter() - t0
                 drops = sorted(out.glob("month_*"))
                 db = f"bench_{users}"

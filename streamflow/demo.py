@@ -17,10 +17,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings
 
 
-class DemoError(RuntimeError):
+class DemoError(StreamflowError):
     """A phase of the demo failed; the message says where to look."""
 
 
@@ -113,10 +114,9 @@ def run_demo(
     import httpx
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from streamflow.cli import prepare_orchestration
     from streamflow.core import services
     from streamflow.core.stack import get_stack
-    from streamflow.orchestration import MONTHLY_DAG, airflow_environment, run_dag
+    from streamflow.orchestration import MONTHLY_DAG, airflow_environment, prepare_orchestration, run_dag
 
     timings = Timings()
     if install_seconds is not None:

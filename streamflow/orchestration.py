@@ -17,14 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings
+from streamflow.core.stack import get_stack
+from streamflow.warehouse import runner
 
 MONTHLY_DAG = "streamflow_monthly"
 MATERIALIZE_DAG = "streamflow_materialize"
 MONITOR_DAG = "streamflow_monitor"
 
 
-class OrchestrationError(RuntimeError):
+class OrchestrationError(StreamflowError):
     """Airflow could not be prepared or a DAG run could not be started."""
 
 
@@ -179,3 +182,11 @@ def read_run(settings: Settings, dag_id: str, run_id: str, log_file: Path) -> Da
         engine.dispose()
     tasks = [TaskOutcome(t, s, float(sec) if sec is not None else None, n) for t, s, sec, n in rows]
     return DagRunResult(dag_id, run_id, state, tasks, log_file)
+
+
+def prepare_orchestration(settings: Settings) -> None:
+    """What a DAG run needs before Airflow parses the DAGs: the database up, Airflow's metadata
+    database migrated, dbt packages installed and the manifest the DAGs are built from."""
+    get_stack(settings).up()
+    runner.parse(settings)
+    ensure_metadata_db(settings)

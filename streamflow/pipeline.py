@@ -12,14 +12,15 @@ import json
 from datetime import date
 from pathlib import Path
 
+from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings, get_settings
 
 
-class NothingToDo(Exception):
+class NothingToDo(StreamflowError):
     """The step does not apply to this month; the reason is the message."""
 
 
-class StepRefused(Exception):
+class StepRefused(StreamflowError):
     """The input is wrong (a bad drop, a failed quality gate): retrying will not help."""
 
 
@@ -89,8 +90,8 @@ def prepare_warehouse(as_of: str, settings: Settings | None = None) -> dict:
     """Before dbt runs month ``as_of`` node by node: refresh the manifest, and bring snapshots and
     marts up to the month before it (a rebuild from the raw history when older months changed),
     so the per-node run only has ``as_of`` left to do."""
-    from streamflow import warehouse
     from streamflow.warehouse import gate, runner
+    from streamflow.warehouse.build import build
 
     settings = _settings(settings)
     runner.parse(settings)
@@ -98,7 +99,7 @@ def prepare_warehouse(as_of: str, settings: Settings | None = None) -> dict:
     if before is None:
         return {"caught_up": [], "reason": "first month"}
     try:
-        result = warehouse.build(settings, before)
+        result = build(settings, before)
     except gate.GateFailed as exc:
         raise StepRefused(exc.report.render()) from None
     return {"caught_up": [m.isoformat() for m in result.months], "reason": result.reason}
@@ -114,15 +115,14 @@ def record_warehouse_month(as_of: str, settings: Settings | None = None) -> dict
 
 def apply_features(settings: Settings | None = None) -> dict:
     """Register the Feast repo (idempotent)."""
-    from streamflow import features
+    from streamflow.features.apply import apply
 
-    features.apply(_settings(settings))
+    apply(_settings(settings))
     return {"applied": True}
 
 
 def materialize(as_of: str | None = None, settings: Settings | None = None) -> dict:
     """Load month ``as_of`` (default: the newest built) into the online store (idempotent)."""
-    from streamflow import features
     from streamflow.features import materialize
 
     settings = _settings(settings)
@@ -133,7 +133,7 @@ def materialize(as_of: str | None = None, settings: Settings | None = None) -> d
         if not months:
             raise NothingToDo("no month is built yet: nothing to materialize")
         month = months[-1]
-    result = features.materialize(settings, month)
+    result = materialize.materialize(settings, month)
     return _jsonable(result.as_dict())
 
 
@@ -175,7 +175,8 @@ def promote(settings: Settings | None = None) -> dict:
 def score(as_of: str, settings: Settings | None = None) -> dict:
     """Score every active user at ``as_of`` with the champion into ml.churn_scores."""
     from ml.score import score as score_month
-    from ml.tracking import CHAMPION, configure, version_by_alias
+    from ml.tracking import configure, version_by_alias
+    from streamflow.core.names import CHAMPION
 
     settings = _settings(settings)
     if version_by_alias(configure(settings), settings.model_name, CHAMPION) is None:

@@ -133,7 +133,7 @@ def session_drops(tmp_path_factory) -> list[Path]:
     from streamflow.drops.generator.run import generate
 
     out = tmp_path_factory.mktemp("drops")
-    generate(out, months=WAREHOUSE_MONTHS + 1, users=500, seed=42, progress=False)
+    generate(out, months=WAREHOUSE_MONTHS + 1, users=500, seed=42)
     return sorted(out.glob("month_*"))
 
 
@@ -155,7 +155,7 @@ def built_warehouse(pg_settings, session_drops, tmp_path_factory) -> Settings:
     (gate, snapshots, marts), in the database `dbt_warehouse`. Read-only for tests: use
     `warehouse_copy(name)` for a private copy to change."""
     from streamflow.drops.ingest import ingest
-    from streamflow.warehouse import build
+    from streamflow.warehouse.build import build
 
     settings = fresh_database(pg_settings, "dbt_warehouse").model_copy(
         update={"dbt_target_path": tmp_path_factory.mktemp("dbt_warehouse") / "target"}

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings
 
 # importing the PostgreSQL wheel makes platformdirs warn when XDG_RUNTIME_DIR is unset
@@ -43,7 +44,7 @@ SERVER_OPTIONS = {
 }
 
 
-class StackError(RuntimeError):
+class StackError(StreamflowError):
     """A problem with the database server that the user can act on."""
 
 

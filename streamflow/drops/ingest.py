@@ -19,12 +19,14 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from streamflow.core.errors import StreamflowError
+from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.drops import contract
 
@@ -57,7 +59,7 @@ class Problem:
         return "\n".join(out)
 
 
-class IngestError(Exception):
+class IngestError(StreamflowError):
     """Ingestion refused: nothing was loaded, raw.* is exactly as it was."""
 
     def __init__(self, problems: list[Problem]):
@@ -434,16 +436,15 @@ class DropResult:
     seconds: float
 
 
-ProgressFn = Callable[[str, int], None]  # (description, bytes advanced)
-
-
 def ingest(
     settings: Settings,
     drop_dirs: Iterable[Path],
     rebuild: bool = False,
-    progress: ProgressFn | None = None,
+    progress: Progress = SILENT,
 ) -> list[DropResult]:
-    """Check and load drops in as_of order, all in one transaction. Raises IngestError."""
+    """Check and load drops in as_of order, all in one transaction. Raises IngestError.
+
+    ``progress`` counts the bytes loaded."""
     from streamflow.core.db import connect
 
     drops: list[Drop] = []
@@ -465,6 +466,7 @@ def ingest(
         seen[d.as_of] = d.name
 
     results: list[DropResult] = []
+    progress.start("loading", total=sum(f.path.stat().st_size for d in drops for f in d.files.values()))
     with connect(settings) as conn, conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         conn.execute("set local timezone = 'UTC'")
@@ -506,7 +508,7 @@ def _drop_month(conn, as_of: date) -> None:
         conn.execute(f'drop table if exists raw."{partition_name(spec.table, as_of)}"')
 
 
-def _load_drop(conn, d: Drop, progress: ProgressFn | None) -> dict[str, int]:
+def _load_drop(conn, d: Drop, progress: Progress) -> dict[str, int]:
     import psycopg
 
     rows: dict[str, int] = {}
@@ -536,8 +538,7 @@ def _load_drop(conn, d: Drop, progress: ProgressFn | None) -> dict[str, int]:
                 with cur.copy(copy_sql) as copy, open(f.path, "rb") as fh:
                     while chunk := fh.read(CHUNK):
                         copy.write(chunk)
-                        if progress:
-                            progress(f"{d.name}/{f.path.name}", len(chunk))
+                        progress.advance(len(chunk), f"{d.name}/{f.path.name}")
                 rows[table] = cur.rowcount
         except psycopg.Error as exc:
             problems.extend(_explain_copy_error(d, f, exc))

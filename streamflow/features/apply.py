@@ -20,10 +20,10 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
 
@@ -97,16 +97,15 @@ class ApplyResult:
         return not self.changes
 
 
-def apply(settings: Settings, on_step: Callable[[str], None] | None = None) -> ApplyResult:
+def apply(settings: Settings, progress: Progress = SILENT) -> ApplyResult:
     """Register feature_repo/ in the SQL registry and create the online tables; idempotent.
 
     Also creates the push source's offline table. Needs the marts (run `streamflow build` first).
     """
     from streamflow.core.db import connect
 
-    step = on_step or (lambda _msg: None)
     started = time.perf_counter()
-    step("reading the dbt manifest")
+    progress.start("reading the dbt manifest")
     with _errors(settings, "reading the marts"):
         manifest = _manifest(settings)
         relations = [fc.mart_contract(manifest, m).relation for m in MART_VIEWS]
@@ -119,15 +118,15 @@ def apply(settings: Settings, on_step: Callable[[str], None] | None = None) -> A
                 )
             conn.execute(fc.usage_event_ddl())
             conn.commit()
-    step("importing Feast")
+    progress.start("importing Feast")
     store = feature_store(settings)
-    step("parsing feature_repo/")
+    progress.start("parsing feature_repo/")
     with _errors(settings, "parsing feature_repo/"):
         repo = load_repo(settings)
     problems = fc.disagreements(repo.feature_views, manifest)
     if problems:
         raise FeaturesError("the feature views disagree with the dbt contracts:\n  " + "\n  ".join(problems))
-    step("applying to the registry")
+    progress.start("applying to the registry")
     from feast import Project
     from feast.diff.registry_diff import TransitionType
     from feast.repo_operations import apply_total_with_repo_instance

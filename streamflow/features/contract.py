@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamflow.core.errors import StreamflowError
+
 if TYPE_CHECKING:
     from feast import Field
 
@@ -63,7 +65,7 @@ _FEAST_TYPES = {
 }
 
 
-class ContractError(RuntimeError):
+class ContractError(StreamflowError):
     """The dbt manifest is missing or a mart's contract cannot back a feature view."""
 
 

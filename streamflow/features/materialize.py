@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
 
@@ -39,7 +40,6 @@ from streamflow.features.store import (
     MART_VIEWS,
     PUSH_VIEW,
     FeaturesError,
-    Progress,
     _errors,
     _require_applied,
     _silenced,
@@ -125,7 +125,7 @@ def materialize(
     as_of: date,
     *,
     force: bool = False,
-    progress: Progress | None = None,
+    progress: Progress = SILENT,
 ) -> MaterializeResult:
     """Load month ``as_of`` into the online store; afterwards it holds exactly the users active then.
 
@@ -137,7 +137,6 @@ def materialize(
     The pushed real-time view is never materialized here: pushes are newer than any month end.
     """
     started = time.perf_counter()
-    report = progress or (lambda _what, _done, _total: None)
     store = feature_store(settings)
     with _errors(settings, "materializing"):
         _require_applied(store)
@@ -155,12 +154,12 @@ def materialize(
                 f"{as_of} would serve stale features as current"
             )
         views = {v.name: v for v in store.list_feature_views(allow_cache=False)}
-        total = len(MART_VIEWS) + 1
+        progress.start("materializing", total=len(MART_VIEWS) + 1)
         written: dict[str, int] = {}
         skipped: list[str] = []
         feast_seconds = 0.0
         for i, name in enumerate(MART_VIEWS):
-            report(f"materializing {name}", i, total)
+            progress.advance(0 if i == 0 else 1, name)
             view = views[name]
             last = view.most_recent_end_time
             if last is not None and last.tzinfo is None:
@@ -181,9 +180,9 @@ def materialize(
                 else:
                     store.materialize_incremental(end_date=end, feature_views=[name])
             feast_seconds += time.perf_counter() - t0
-        report("removing users who left", len(MART_VIEWS), total)
+        progress.advance(1, "removing users who left")
         removed = remove_departed(settings, as_of, users)
-        report("done", total, total)
+        progress.advance(1, "done")
         online = {name: len(online_entities(settings, name)) for name in (*MART_VIEWS, PUSH_VIEW)}
         clock = business_clock(settings, refresh=True)
     return MaterializeResult(

@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
 
@@ -41,10 +42,8 @@ ENTITY_TS = "event_timestamp"  # the entity frame's timestamp column, as Feast e
 KEY_SERIALIZATION = 3
 REGISTRY_CACHE_SECONDS = 60
 
-Progress = Callable[[str, int, int], None]  # (what, done, total)
 
-
-class FeaturesError(RuntimeError):
+class FeaturesError(StreamflowError):
     """A problem the user can act on (not applied yet, month not built, unknown service ...)."""
 
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
+from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 
 if TYPE_CHECKING:
     from dbt.cli.main import dbtRunnerResult
 from streamflow.warehouse.gate import SOURCE_SELECTOR, GateFailed, GateReport, _write_report, freshness_warnings, gate
-from streamflow.warehouse.progress import _count_nodes, _Progress
+from streamflow.warehouse.progress import DbtProgress, _count_nodes
 from streamflow.warehouse.runner import (
     MART_SCHEMA,
     MARTS,
@@ -174,8 +175,7 @@ def build(
     as_of: date | None = None,
     *,
     full_refresh: bool = False,
-    progress: bool = False,
-    console=None,
+    progress: Progress = SILENT,
 ) -> BuildResult:
     """Bring snapshots and marts up to ``as_of`` (default: the newest loaded drop).
 
@@ -199,51 +199,51 @@ def build(
             if unknown and not full_refresh:
                 plan.reason = "snapshots and marts do not match the build log: rebuilding from the raw history"
             result = BuildResult(months=plan.months, full_refresh=plan.full_refresh, reason=plan.reason)
-            with _Progress(progress, console) as bar:
-                bar.stage_to("parsing the dbt project")
-                manifest = parse(settings)
-                bar.stage_to("source freshness")
-                result.warnings += freshness_warnings(settings, manifest)
-                if not plan.months:
-                    result.seconds = time.perf_counter() - started
-                    return result
-                n_gate, n_build = _count_nodes(manifest)
-                bar.set_total(len(plan.months) * (n_gate + n_build))
-                # the gate: every month first, so a bad drop changes nothing
-                for month in plan.months:
-                    bar.stage_to(f"gate {month}")
-                    report = gate(settings, month, manifest=manifest, conn=conn, progress=bar)
-                    report.warnings = result.warnings + report.warnings
-                    _write_report(settings, report)
-                    result.gate_reports.append(report)
-                    if not report.ok:
-                        raise GateFailed(report)
-                if plan.full_refresh:
-                    for snap in SNAPSHOTS:
-                        conn.execute(f"drop table if exists {SNAPSHOT_SCHEMA}.{snap}")
-                    conn.execute(f"delete from {log}")
-                for i, month in enumerate(plan.months):
-                    bar.stage_to(f"build {month}")
-                    t0 = time.perf_counter()
-                    # dbt unit tests check the SQL, not the data: they run in CI (and with plain `dbt build`),
-                    # not in every monthly build, as dbt recommends for production runs
-                    args = [
-                        "build",
-                        "--exclude",
-                        SOURCE_SELECTOR,
-                        "--exclude-resource-type",
-                        "unit_test",
-                        "--vars",
-                        json.dumps(dbt_vars(settings, month)),
-                        "--log-level",
-                        "none",
-                    ]
-                    if plan.full_refresh and i == 0:
-                        args.append("--full-refresh")
-                    res = invoke(settings, args, manifest=manifest, callbacks=[bar.callback])
-                    _raise_for_build(res, month)
-                    _log_built(conn, log, month, loaded[month])
-                    result.month_seconds[month] = time.perf_counter() - t0
+            bar = DbtProgress(progress)
+            bar.stage_to("parsing the dbt project")
+            manifest = parse(settings)
+            bar.stage_to("source freshness")
+            result.warnings += freshness_warnings(settings, manifest)
+            if not plan.months:
+                result.seconds = time.perf_counter() - started
+                return result
+            n_gate, n_build = _count_nodes(manifest)
+            bar.set_total(len(plan.months) * (n_gate + n_build))
+            # the gate: every month first, so a bad drop changes nothing
+            for month in plan.months:
+                bar.stage_to(f"gate {month}")
+                report = gate(settings, month, manifest=manifest, conn=conn, progress=bar)
+                report.warnings = result.warnings + report.warnings
+                _write_report(settings, report)
+                result.gate_reports.append(report)
+                if not report.ok:
+                    raise GateFailed(report)
+            if plan.full_refresh:
+                for snap in SNAPSHOTS:
+                    conn.execute(f"drop table if exists {SNAPSHOT_SCHEMA}.{snap}")
+                conn.execute(f"delete from {log}")
+            for i, month in enumerate(plan.months):
+                bar.stage_to(f"build {month}")
+                t0 = time.perf_counter()
+                # dbt unit tests check the SQL, not the data: they run in CI (and with plain `dbt build`),
+                # not in every monthly build, as dbt recommends for production runs
+                args = [
+                    "build",
+                    "--exclude",
+                    SOURCE_SELECTOR,
+                    "--exclude-resource-type",
+                    "unit_test",
+                    "--vars",
+                    json.dumps(dbt_vars(settings, month)),
+                    "--log-level",
+                    "none",
+                ]
+                if plan.full_refresh and i == 0:
+                    args.append("--full-refresh")
+                res = invoke(settings, args, manifest=manifest, callbacks=[bar.callback])
+                _raise_for_build(res, month)
+                _log_built(conn, log, month, loaded[month])
+                result.month_seconds[month] = time.perf_counter() - t0
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (BUILD_LOCK_KEY,))
     result.seconds = time.perf_counter() - started

@@ -22,7 +22,7 @@ from streamflow.core.settings import Settings
 
 if TYPE_CHECKING:
     from dbt.contracts.graph.manifest import Manifest
-from streamflow.warehouse.progress import _Progress
+from streamflow.warehouse.progress import DbtProgress
 from streamflow.warehouse.runner import (
     _REF_IN_KWARG,
     _SOURCE_IN_KWARG,
@@ -234,7 +234,7 @@ def gate(
     *,
     manifest: Manifest | None = None,
     conn=None,
-    progress: _Progress | None = None,
+    progress: DbtProgress | None = None,
 ) -> GateReport:
     """Run the source tests (the quality gate) for one drop month; the report says what failed."""
     if manifest is None:

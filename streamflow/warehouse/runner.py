@@ -25,6 +25,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ _SOURCE_IN_KWARG = re.compile(r"source\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]
 _REF_IN_KWARG = re.compile(r"ref\(\s*['\"](\w+)['\"]\s*\)")
 
 
-class DbtError(RuntimeError):
+class DbtError(StreamflowError):
     """dbt could not do its job (compile or database error, a failing model test): a clear message."""
 
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 def stack(tmp_path_factory):
     """A platform of its own (server, Airflow metadata, MLflow store, Feast registry) and three drops."""
     drops = tmp_path_factory.mktemp("dag_drops")
-    generate(drops, months=3, users=300, seed=11, progress=False)
+    generate(drops, months=3, users=300, seed=11)
     with server_home("streamflow-dag-") as home:
         settings = make_settings(home, dbt_target_path=home / "dbt_target")
         EmbeddedPostgres(settings).up()

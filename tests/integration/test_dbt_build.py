@@ -18,8 +18,7 @@ import pytest
 from streamflow.core.db import connect
 from streamflow.core.env import tool_environment
 from streamflow.drops.ingest import ingest
-from streamflow.warehouse import build
-from streamflow.warehouse.build import drop_version, record_built
+from streamflow.warehouse.build import build, drop_version, record_built
 from tests.conftest import ROOT, STREAMFLOW, WAREHOUSE_MONTHS, free_port, run_cli, settings_env
 from tests.integration.dbt_reference import (
     MART_TABLES,

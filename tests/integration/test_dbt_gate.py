@@ -11,7 +11,7 @@ import pytest
 
 from streamflow.core.db import connect
 from streamflow.drops.ingest import ingest
-from streamflow.warehouse import build
+from streamflow.warehouse.build import build
 from streamflow.warehouse.gate import GateFailed
 from tests.conftest import WAREHOUSE_MONTHS, run_cli
 from tests.integration.dbt_reference import copy_drop, warehouse_digests

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def drops(tmp_path_factory) -> list[Path]:
     out = tmp_path_factory.mktemp("drops")
-    generate(out, months=3, users=500, seed=7, progress=False)
+    generate(out, months=3, users=500, seed=7)
     return sorted(out.glob("month_*"))
 
 

@@ -33,7 +33,7 @@ def _generate(out: Path, months=MONTHS, users=USERS, seed=SEED, drift_at=None, c
     # a small chunk size exercises the multi-chunk path with few users
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(params, "CHUNK_USERS", chunk)
-        return run.generate(out, months=months, users=users, seed=seed, drift_at=drift_at, progress=False)
+        return run.generate(out, months=months, users=users, seed=seed, drift_at=drift_at)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def drifted(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def real_drops(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real")
-    run.generate(out, months=2, users=7043, seed=SEED, progress=False)
+    run.generate(out, months=2, users=7043, seed=SEED)
     return out
 
 
@@ -578,7 +578,7 @@ def test_a_simple_model_on_usage_aggregates_gets_close_to_the_oracle(tmp_path):
 def test_bad_arguments_are_refused_with_a_specific_message_and_nothing_written(tmp_path, kwargs, message):
     args = dict(out=tmp_path / "out", months=3, users=50, seed=1, drift_at=None) | kwargs
     with pytest.raises(params.GenerateError) as err:
-        run.generate(**args, progress=False)
+        run.generate(**args)
     assert message in str(err.value)
     assert not (tmp_path / "out").exists()
 

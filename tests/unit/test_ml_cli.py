@@ -52,7 +52,7 @@ def test_evaluate_names_a_missing_oracle_folder(down_settings, tmp_path):
 
 def test_the_cli_starts_without_importing_the_ml_libraries():
     code = (
-        "import sys, streamflow.cli; heavy = [m for m in ('mlflow', 'sklearn', 'evidently', 'ml.train', 'feast')"
+        "import sys, streamflow.cli.main; heavy = [m for m in ('mlflow', 'sklearn', 'evidently', 'ml.train', 'feast')"
         " if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -19,6 +19,8 @@ from datetime import date
 
 import numpy as np
 
+from streamflow.core.errors import StreamflowError
+
 FIRST_AS_OF = date(2024, 1, 31)
 MAX_MONTHS = 1000  # folder names have three digits
 MAX_USERS = 10_000_000
@@ -35,7 +37,7 @@ _EPOCH = date(1970, 1, 1)
 _CALIBRATION_SEED = 20240131  # the hidden hazard is a property of the generator, not of --seed
 
 
-class GenerateError(ValueError):
+class GenerateError(StreamflowError, ValueError):
     """Bad arguments, a missing source file or an output folder that cannot be written."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from streamflow.core.progress import SILENT, Progress
 from streamflow.drops import contract
 from streamflow.drops.generator import params
 from streamflow.drops.generator.customers import RealCustomers, load_real_customers
@@ -107,7 +108,7 @@ def _publish(out: Path, staging: Path, months: int) -> None:
 
 
 def generate(
-    out: Path, months: int, users: int, seed: int, drift_at: int | None = None, progress: bool = True
+    out: Path, months: int, users: int, seed: int, drift_at: int | None = None, progress: Progress = SILENT
 ) -> GenerateResult:
     """Write drops ``out/month_000 .. month_{months-1}`` and ``out/oracle``; same arguments, same bytes."""
     out = Path(out)
@@ -123,20 +124,6 @@ def generate(
     return result
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 def _chunks(n: int) -> Iterator[tuple[int, slice]]:
     for part, lo in enumerate(range(0, n, params.CHUNK_USERS)):
         yield part, slice(lo, min(n, lo + params.CHUNK_USERS))
@@ -150,57 +137,56 @@ def _run(
     users: int,
     seed: int,
     drift_at: int | None,
-    progress: bool,
+    progress: Progress,
 ) -> GenerateResult:
     hazard = fit_hazard(real)
     sim = _Simulation(real, hazard, users, seed, drift_at)
     result = GenerateResult(out)
     oracle = staging / ORACLE_DIR
     oracle.mkdir()
-    with _progress(progress) as bar:
-        for month in range(months):
-            plan, labelled, labels = sim.plan_month(month)
-            sim.draw_behaviour(plan)
-            active, prob = sim.churn_probability(plan)
-            n_chunks = -(-len(plan.present) // params.CHUNK_USERS)
-            task = bar.add_task(f"{drop_name(month)} ({as_of(month)})", total=n_chunks + 2)
-            folder = staging / drop_name(month)
-            folder.mkdir()
-            sinks = {name: CsvSink(folder / spec.filename, spec.header) for name, spec in contract.FILES.items()}
-            sim.write_users(sinks["users"], len(sim.pop))
-            sim.write_subscriptions(sinks["subscriptions"], active)
-            bar.advance(task)
-            stamp = _Timestamps(month)
-            counters = {"sessions": 0, "payments": 0, "tickets": 0}
-            for part, sl in _chunks(len(plan.present)):
-                sim.write_events(plan, part, sl, sinks, counters, stamp)
-                bar.advance(task)
-            if month > 0:
-                sinks["labels"].write(
-                    [
-                        sim.pop.id_str.take(pa.array(labelled)),
-                        pa.array([as_of(month - 1).isoformat()] * len(labelled)),
-                        _bools(labels),
-                    ]
-                )
-            write_manifest(folder, as_of(month), {name: sink.close() for name, sink in sinks.items()})
-            o_sink = CsvSink(oracle / oracle_name(month), ["user_id", "churn_probability"])
-            o_sink.write([sim.pop.id_str.take(pa.array(active)), _fixed(np.rint(prob * 1e6), 6)])
-            o_sink.close()
-            sim.decide_churn(month, active, prob)
-            bar.advance(task)
-            result.months.append(
-                MonthStats(
-                    month=month,
-                    as_of=as_of(month),
-                    subscribers=len(active),
-                    new_users=int(plan.signed_up.sum()) if month > 0 else 0,
-                    cancelled=int((~plan.staying).sum()),
-                    labelled=len(labelled),
-                    label_churn_rate=float(labels.mean()) if len(labels) else None,
-                    sessions=counters["sessions"],
-                    payments=counters["payments"],
-                    tickets=counters["tickets"],
-                )
+    for month in range(months):
+        plan, labelled, labels = sim.plan_month(month)
+        sim.draw_behaviour(plan)
+        active, prob = sim.churn_probability(plan)
+        n_chunks = -(-len(plan.present) // params.CHUNK_USERS)
+        progress.start(f"{drop_name(month)} ({as_of(month)})", total=n_chunks + 2)
+        folder = staging / drop_name(month)
+        folder.mkdir()
+        sinks = {name: CsvSink(folder / spec.filename, spec.header) for name, spec in contract.FILES.items()}
+        sim.write_users(sinks["users"], len(sim.pop))
+        sim.write_subscriptions(sinks["subscriptions"], active)
+        progress.advance()
+        stamp = _Timestamps(month)
+        counters = {"sessions": 0, "payments": 0, "tickets": 0}
+        for part, sl in _chunks(len(plan.present)):
+            sim.write_events(plan, part, sl, sinks, counters, stamp)
+            progress.advance()
+        if month > 0:
+            sinks["labels"].write(
+                [
+                    sim.pop.id_str.take(pa.array(labelled)),
+                    pa.array([as_of(month - 1).isoformat()] * len(labelled)),
+                    _bools(labels),
+                ]
             )
+        write_manifest(folder, as_of(month), {name: sink.close() for name, sink in sinks.items()})
+        o_sink = CsvSink(oracle / oracle_name(month), ["user_id", "churn_probability"])
+        o_sink.write([sim.pop.id_str.take(pa.array(active)), _fixed(np.rint(prob * 1e6), 6)])
+        o_sink.close()
+        sim.decide_churn(month, active, prob)
+        progress.advance()
+        result.months.append(
+            MonthStats(
+                month=month,
+                as_of=as_of(month),
+                subscribers=len(active),
+                new_users=int(plan.signed_up.sum()) if month > 0 else 0,
+                cancelled=int((~plan.staying).sum()),
+                labelled=len(labelled),
+                label_churn_rate=float(labels.mean()) if len(labels) else None,
+                sessions=counters["sessions"],
+                payments=counters["payments"],
+                tickets=counters["tickets"],
+            )
+        )
     return result

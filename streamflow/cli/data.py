@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from streamflow.cli.console import RichProgress, console, fail
+from streamflow.core.settings import get_settings
+
+
+# ---------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------
+def generate_cmd(
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Folder to write month_000 ... and oracle/ into (created if missing; drops already there are replaced).",
+        show_default=False,
+    ),
+    months: int = typer.Option(6, "--months", help="Number of monthly drops (1-1000)."),
+    users: int = typer.Option(
+        7043,
+        "--users",
+        help="Subscribers in month 0: 7043 = exactly the real customers, "
+        "fewer = a seeded sample of them, more = all of them plus resampled look-alikes.",
+    ),
+    seed: int = typer.Option(42, "--seed", help="Random seed (>= 0). Same arguments, same bytes."),
+    drift_at: int | None = typer.Option(
+        None,
+        "--drift-at",
+        help="Inject drift from this month on (1 to months-1): less watch time, more rebuffering, fees up about 18%.",
+        show_default=False,
+    ),
+) -> None:
+    """Write monthly data drops (CSV + manifest.json) for a simulated streaming business.
+
+    Month 0 holds the 7,043 real IBM Telco customers (or a sample, or more); their real churn outcomes are
+    the labels in month_001. Later months simulate usage, payments, tickets, churners leaving and new
+    sign-ups. Each user's true churn probability per month goes to OUT/oracle/ (never read by the pipeline).
+
+    Example: `streamflow generate --out data/drops --months 6 --users 7043 --seed 42`, then
+    `streamflow ingest data/drops/month_000`.
+    """
+    from streamflow.drops.generator.run import generate
+
+    try:
+        with RichProgress() as progress:
+            result = generate(out, months=months, users=users, seed=seed, drift_at=drift_at, progress=progress)
+    except OSError as exc:
+        fail(f"could not write drops to {out}: {exc.strerror or exc}")
+    table = Table(title=f"drops written to {result.out}", box=None)
+    for name in ("month", "as_of", "active", "new", "left", "churn", "sessions", "tickets"):
+        table.add_column(name, justify="left" if name == "as_of" else "right")
+    for m in result.months:
+        rate = "-" if m.label_churn_rate is None else f"{m.label_churn_rate:.1%}"
+        table.add_row(
+            str(m.month),
+            m.as_of.isoformat(),
+            f"{m.subscribers:,}",
+            f"{m.new_users:,}",
+            f"{m.cancelled:,}",
+            rate,
+            f"{m.sessions:,}",
+            f"{m.tickets:,}",
+        )
+    console.print(table)
+    console.print(
+        "active: subscribers at as_of; left: cancelled during the month; churn: labels.csv rate of the "
+        "period that ended (the previous month's subscribers who left)",
+        style="dim",
+    )
+    print(f"oracle: {result.oracle_dir}")
+
+
+# ---------------------------------------------------------------------------------------
+# ingest
+# ---------------------------------------------------------------------------------------
+def ingest_cmd(
+    drops: list[Path] = typer.Argument(
+        ..., help="Drop folders (month_000 ...), each with a manifest.json.", show_default=False
+    ),
+    rebuild: bool = typer.Option(
+        False, "--rebuild", help="Replace the whole loaded history with exactly these drops (in as_of order)."
+    ),
+) -> None:
+    """Check drops and load them into raw.* (PostgreSQL COPY, one transaction, idempotent).
+
+    Every file is checked against its manifest (sha256, row count), the contract (UTF-8, header, types,
+    id format) before anything is loaded. Reloading a loaded drop changes nothing; a newer version of the
+    newest month replaces it; an older month is refused unless --rebuild.
+    """
+    from streamflow.drops.ingest import ingest
+
+    with RichProgress() as progress:
+        progress.start("checking")
+        results = ingest(get_settings(), drops, rebuild=rebuild, progress=progress)
+    # one column per drop, one row per file: fits a narrow terminal
+    table = Table(title="ingested" + (" (history rebuilt)" if rebuild else ""))
+    table.add_column("")
+    for r in results:
+        table.add_column(r.name, justify="right")
+    table.add_row("as_of", *[r.as_of.isoformat() for r in results])
+    table.add_row("status", *[r.status for r in results])
+    for name in results[0].rows:
+        table.add_row(f"{name} rows", *[f"{r.rows[name]:,}" for r in results])
+    table.add_row("seconds", *[f"{r.seconds:.1f}" for r in results])
+    console.print(table)

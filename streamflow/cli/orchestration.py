@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from streamflow.cli.console import RichProgress, console, fail
+from streamflow.cli.options import month_option
+from streamflow.core.settings import get_settings
+
+
+# ---------------------------------------------------------------------------------------
+# orchestration (Airflow)
+# ---------------------------------------------------------------------------------------
+def _print_dag_run(result) -> None:
+    colors = {"success": "green", "failed": "red", "upstream_failed": "red", "skipped": "yellow"}
+    table = Table(title=f"{result.dag_id}  run {result.run_id}")
+    table.add_column("task")
+    table.add_column("outcome")
+    table.add_column("seconds", justify="right")
+    for t in result.tasks:
+        color = colors.get(t.state, "white")
+        table.add_row(t.task_id, f"[{color}]{t.state}[/]", f"{t.seconds:.1f}" if t.seconds is not None else "-")
+    console.print(table)
+    color = "green" if result.ok else "red"
+    console.print(f"[{color}]{result.dag_id}: {result.state}[/]  (log: {result.log_file})")
+
+
+def run_cmd(
+    drop: Path = typer.Option(
+        None, "--drop", help="A drop folder (month_NNN with manifest.json) to run the month for."
+    ),
+    as_of: str = typer.Option(
+        None,
+        "--as-of",
+        callback=month_option,
+        show_default=False,
+        help="Retrain mode: the month (YYYY-MM-DD, a month end) to retrain and score for.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the run and each task's outcome as one JSON object."),
+) -> None:
+    """Run `streamflow_monthly` for one drop through Airflow and print each task's outcome.
+
+    The whole cycle: ingest, the dbt quality gate, snapshots and marts, Feast apply and materialize,
+    train, promote, batch score and drift. With `--as-of` instead of `--drop`: retrain mode (train,
+    promote and score that month only). Exit status 1 when the run failed (e.g. the gate refused the drop).
+    """
+    from streamflow.orchestration import MONTHLY_DAG, prepare_orchestration, run_dag
+
+    if (drop is None) == (as_of is None):
+        fail("give exactly one of --drop DIR (a monthly run) or --as-of YYYY-MM-DD (retrain mode)")
+    if drop is not None and not (drop / "manifest.json").is_file():
+        fail(f"{drop} is not a drop folder: it has no manifest.json")
+    conf = {"drop": str(drop.resolve()), "mode": "monthly"} if drop else {"as_of": as_of.isoformat(), "mode": "retrain"}
+    settings = get_settings()
+    with console.status("preparing Airflow (database, dbt manifest) ..."):
+        prepare_orchestration(settings)
+    with RichProgress() as progress:
+        progress.start(f"{MONTHLY_DAG}: starting")
+        result = run_dag(settings, MONTHLY_DAG, conf, on_task_done=lambda t: progress.advance(1, f"{t} done"))
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "dag_id": result.dag_id,
+                    "run_id": result.run_id,
+                    "state": result.state,
+                    "log": str(result.log_file),
+                    "tasks": {t.task_id: t.state for t in result.tasks},
+                }
+            )
+        )
+    else:
+        _print_dag_run(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def airflow_cmd() -> None:
+    """Start the Airflow UI, scheduler and DAG processor on localhost with the project's DAGs (Ctrl-C stops).
+
+    The UI is at http://localhost:STREAMFLOW_AIRFLOW_PORT (default 8080); this local installation needs no
+    login. Metadata lives in the `airflow` database of the platform's PostgreSQL.
+    """
+    import subprocess
+
+    from streamflow.orchestration import airflow_bin, airflow_environment, prepare_orchestration
+
+    settings = get_settings()
+    with console.status("preparing Airflow (database, dbt manifest) ..."):
+        prepare_orchestration(settings)
+    console.print(f"Airflow UI: http://localhost:{settings.airflow_port}  (Ctrl-C stops)")
+    with contextlib.suppress(KeyboardInterrupt):
+        subprocess.run([airflow_bin(), "standalone"], env=airflow_environment(settings), check=False)
