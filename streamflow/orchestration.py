@@ -7,6 +7,7 @@ and its home under ``.streamflow/airflow``. With an external database (compose),
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -17,6 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from streamflow.core.db import database_url
+from streamflow.core.env import settings_environment, tool_environment
 from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings
 from streamflow.core.stack import get_stack
@@ -42,8 +47,6 @@ def airflow_bin() -> str:
 def airflow_environment(settings: Settings) -> dict[str, str]:
     """The environment Airflow processes (and the tasks they run) need: the caller's environment,
     the platform's settings, and Airflow's configuration for this stack."""
-    from streamflow.core.db import database_url
-    from streamflow.core.env import settings_environment, tool_environment
 
     env = dict(os.environ)
     derived = tool_environment(settings)  # dbt's profile and Feast's yaml read these
@@ -82,7 +85,6 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
 
 def ensure_metadata_db(settings: Settings) -> None:
     """Run ``airflow db migrate`` once per Airflow version (it takes ~20 s; later calls are free)."""
-    import importlib.metadata
 
     version = importlib.metadata.version("apache-airflow-core")
     marker = airflow_home(settings) / f".migrated-{version}"
@@ -161,7 +163,6 @@ def run_dag(
 
 def read_run(settings: Settings, dag_id: str, run_id: str, log_file: Path) -> DagRunResult:
     """State of a DAG run and of each of its tasks, from Airflow's metadata database."""
-    import sqlalchemy as sa
 
     url = airflow_environment(settings)["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     engine = sa.create_engine(url)

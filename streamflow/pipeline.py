@@ -4,6 +4,9 @@ Each step takes and returns JSON-friendly values (they travel as XCom). A step w
 for a month (no labels yet, no champion yet, no earlier month) raises :class:`NothingToDo`; the DAG
 turns that into a skipped task. Problems in the data raise :class:`StepRefused`: retrying cannot
 help, so the DAG fails the task at once.
+
+The layers below (warehouse, features, ml) are imported inside each step: Airflow imports this
+module whenever it parses the DAG files, and parsing must not pay for dbt, Feast or MLflow.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import json
 from datetime import date
 from pathlib import Path
 
+from streamflow.core import months
+from streamflow.core.db import connect
 from streamflow.core.errors import StreamflowError
+from streamflow.core.months import as_month
 from streamflow.core.settings import Settings, get_settings
 
 
@@ -33,10 +39,6 @@ def _jsonable(value: dict) -> dict:
     return json.loads(json.dumps(value, default=str))
 
 
-def _date(value: str | date) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
-
-
 # ---------------------------------------------------------------------------------------
 # which month
 # ---------------------------------------------------------------------------------------
@@ -52,24 +54,26 @@ def resolve_month(drop: str | None = None, as_of: str | None = None) -> dict:
             raise StepRefused(f"drop {drop} is for {found}, not for the as_of given ({as_of})")
         return {"as_of": found, "drop": str(Path(drop).resolve())}
     if as_of:
-        return {"as_of": _date(as_of).isoformat(), "drop": None}
+        return {"as_of": as_month(as_of).isoformat(), "drop": None}
     raise StepRefused("give the run a drop folder (conf drop) or a month (conf as_of)")
 
 
 def loaded_months(settings: Settings | None = None) -> list[date]:
-    """Every month in raw.load_log, oldest first."""
-    from streamflow.core.db import connect
-
+    """Every loaded month, oldest first."""
     with connect(_settings(settings)) as conn:
-        if conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is None:
-            return []
-        return [r[0] for r in conn.execute("select as_of from raw.load_log order by as_of")]
+        return months.loaded_months(conn)
+
+
+def built_months(settings: Settings | None = None) -> list[date]:
+    """Every completely built month, oldest first (the build log)."""
+    settings = _settings(settings)
+    with connect(settings) as conn:
+        return months.built_months(conn, settings)
 
 
 def previous_month(as_of: str | date, settings: Settings | None = None) -> date | None:
     """The newest loaded month before ``as_of``."""
-    earlier = [m for m in loaded_months(settings) if m < _date(as_of)]
-    return earlier[-1] if earlier else None
+    return months.previous(loaded_months(settings), as_month(as_of))
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,7 +113,7 @@ def record_warehouse_month(as_of: str, settings: Settings | None = None) -> dict
     """After dbt built month ``as_of`` node by node: note it in the build log like `streamflow build` does."""
     from streamflow.warehouse import build
 
-    build.record_built(_settings(settings), _date(as_of))
+    build.record_built(_settings(settings), as_month(as_of))
     return {"built": as_of}
 
 
@@ -127,29 +131,21 @@ def materialize(as_of: str | None = None, settings: Settings | None = None) -> d
 
     settings = _settings(settings)
     if as_of:
-        month = _date(as_of)
+        month = as_month(as_of)
     else:
-        months = materialize.built_months(settings)
-        if not months:
+        built = built_months(settings)
+        if not built:
             raise NothingToDo("no month is built yet: nothing to materialize")
-        month = months[-1]
+        month = built[-1]
     result = materialize.materialize(settings, month)
     return _jsonable(result.as_dict())
 
 
 def labelled_periods(settings: Settings | None = None) -> list[date]:
-    """Label periods present in the warehouse (marts.labels)."""
-    from streamflow.core.db import connect
-
-    with connect(_settings(settings)) as conn:
-        if conn.execute("select to_regclass('marts.labels')").fetchone()[0] is None:
-            return []
-        return [
-            r[0]
-            for r in conn.execute(
-                "select distinct (period_start at time zone 'UTC')::date from marts.labels order by 1"
-            )
-        ]
+    """Label periods whose labels are built, oldest first."""
+    settings = _settings(settings)
+    with connect(settings) as conn:
+        return months.labelled_periods(conn, settings)
 
 
 def train(as_of: str, settings: Settings | None = None) -> dict:
@@ -157,7 +153,7 @@ def train(as_of: str, settings: Settings | None = None) -> dict:
     from ml.train import train as train_model
 
     settings = _settings(settings)
-    month = _date(as_of)
+    month = as_month(as_of)
     if not [p for p in labelled_periods(settings) if p < month]:
         raise NothingToDo(f"no labelled period before {as_of} yet: labels arrive with the next month's drop")
     result = train_model(settings, month)
@@ -181,7 +177,7 @@ def score(as_of: str, settings: Settings | None = None) -> dict:
     settings = _settings(settings)
     if version_by_alias(configure(settings), settings.model_name, CHAMPION) is None:
         raise NothingToDo("there is no champion model yet")
-    result = score_month(settings, _date(as_of))
+    result = score_month(settings, as_month(as_of))
     return _jsonable(result.as_dict())
 
 
@@ -190,10 +186,10 @@ def drift(as_of: str, reference: str | None = None, settings: Settings | None = 
     from ml.drift import drift as drift_report
 
     settings = _settings(settings)
-    ref = _date(reference) if reference else previous_month(as_of, settings)
+    ref = as_month(reference) if reference else previous_month(as_of, settings)
     if ref is None:
         raise NothingToDo(f"no month before {as_of} to compare with")
-    result = drift_report(settings, ref, _date(as_of))
+    result = drift_report(settings, ref, as_month(as_of))
     return _jsonable(result.as_dict())
 
 
@@ -207,13 +203,11 @@ def monthly_drift(as_of: str, mode: str = "monthly", settings: Settings | None =
 def drift_of_latest_months(settings: Settings | None = None) -> dict:
     """The monitor's check: drift between the two newest built months, with its decision. A month
     loaded but stopped at the quality gate has no features, so it is not compared."""
-    from streamflow.features import materialize
-
-    months = materialize.built_months(_settings(settings))
-    if len(months) < 2:
+    built = built_months(settings)
+    if len(built) < 2:
         raise NothingToDo("fewer than two months are built: nothing to compare")
-    result = drift(months[-1].isoformat(), months[-2].isoformat(), settings=settings)
-    return {**result, "reference": months[-2].isoformat(), "current": months[-1].isoformat()}
+    result = drift(built[-1].isoformat(), built[-2].isoformat(), settings=settings)
+    return {**result, "reference": built[-2].isoformat(), "current": built[-1].isoformat()}
 
 
 def materialize_newest(settings: Settings | None = None) -> dict:
@@ -232,4 +226,4 @@ def record_run(
     """Write the outcome of a pipeline run to ops.pipeline_runs (read by the API's /metrics)."""
     from streamflow.core.runlog import record_run as write
 
-    write(_settings(settings), pipeline, run_id, status, _date(as_of) if as_of else None, detail)
+    write(_settings(settings), pipeline, run_id, status, as_month(as_of) if as_of else None, detail)

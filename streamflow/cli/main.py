@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from streamflow.cli import data, features, models, orchestration, serve, stack, warehouse
+from streamflow.cli import data, demo, features, models, orchestration, serve, stack, warehouse
 from streamflow.cli.console import StreamflowGroup
 
 app = typer.Typer(
@@ -41,7 +41,7 @@ app.command("mlflow")(models.mlflow_cmd)
 app.command("run")(orchestration.run_cmd)
 app.command("airflow")(orchestration.airflow_cmd)
 app.command("serve")(serve.serve_cmd)
-app.command("demo")(serve.demo_cmd)
+app.command("demo")(demo.demo_cmd)
 app.command("stop")(stack.stop_cmd)
 
 

@@ -64,17 +64,3 @@ def serve_cmd(
 # ---------------------------------------------------------------------------------------
 # the demo
 # ---------------------------------------------------------------------------------------
-def demo_cmd(
-    months: int = typer.Option(4, "--months", help="Monthly drops to generate and run."),
-    users: int = typer.Option(7043, "--users", help="Subscribers at month 0 (7,043 = the real Telco customers)."),
-    seed: int = typer.Option(42, "--seed", help="Generator seed."),
-    install_seconds: float = typer.Option(None, "--install-seconds", hidden=True),
-) -> None:
-    """The whole job end to end on the embedded stack: PostgreSQL, drops, one Airflow run per month
-    (ingest, quality gate, dbt, Feast, train, promote, score, drift), the API and a real prediction.
-
-    Rerunnable: drops, months already run and running services are reused. `streamflow stop` ends it all.
-    """
-    from streamflow.demo import run_demo
-
-    run_demo(get_settings(), console, months=months, users=users, seed=seed, install_seconds=install_seconds)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
+
+import psycopg
 
 from streamflow.core.settings import Settings
 from streamflow.core.stack import get_stack
-
-if TYPE_CHECKING:
-    import psycopg
 
 
 def database_url(settings: Settings, database: str | None = None, driver: str | None = None) -> str:
@@ -19,7 +17,6 @@ def database_url(settings: Settings, database: str | None = None, driver: str | 
 
 def connect(settings: Settings, database: str | None = None, **kwargs) -> psycopg.Connection:
     """A new psycopg connection to the warehouse (or ``database``)."""
-    import psycopg
 
     kwargs.setdefault("connect_timeout", 10)
     return psycopg.connect(database_url(settings, database), **kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamflow.core.db import connection_parts, database_url
+from streamflow.core.db import connection_parts, database_url, registry_url
 from streamflow.core.settings import Settings
 
 
@@ -59,7 +59,6 @@ def dbt_environment(settings: Settings) -> dict[str, str]:
 def feast_environment(settings: Settings) -> dict[str, str]:
     """What the `feast` CLI needs in feature_repo/ besides the connection: the project and the SQL
     registry of feature_store.yaml, and where the dbt manifest that types the feature views is."""
-    from streamflow.core.db import registry_url
 
     return {
         "STREAMFLOW_FEAST_PROJECT": settings.feast_project,

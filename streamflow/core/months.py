@@ -86,6 +86,13 @@ def loaded_months(conn) -> list[date]:
     return [r[0] for r in conn.execute("select as_of from raw.load_log order by as_of")]
 
 
+def loaded_manifests(conn) -> dict[date, str]:
+    """{as_of: sha256 of the manifest} of every loaded drop: which version of each month is loaded."""
+    if not _exists(conn, "raw.load_log"):
+        return {}
+    return dict(conn.execute("select as_of, manifest_sha256 from raw.load_log order by as_of").fetchall())
+
+
 def built_months(conn, settings: Settings) -> list[date]:
     """Every month whose snapshots and marts are completely built (the dbt build log), oldest first."""
     log = build_log(settings)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from streamflow.core.db import connect
 from streamflow.core.settings import Settings
 
 DDL = [
@@ -53,7 +54,6 @@ def record_run(
     detail: dict | None = None,
 ) -> None:
     """Insert or update one pipeline run (``running`` at start, ``success``/``failed`` at the end)."""
-    from streamflow.core.db import connect
 
     with connect(settings) as conn:
         ensure_schema(conn)
@@ -78,7 +78,6 @@ def record_drift(
     report_path: str | None = None,
 ) -> None:
     """Store (or replace) the decision of one drift comparison."""
-    from streamflow.core.db import connect
 
     with connect(settings) as conn:
         ensure_schema(conn)

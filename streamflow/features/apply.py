@@ -23,12 +23,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from feast import Project
+from feast.diff.registry_diff import TransitionType
+from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+
+from streamflow.core.db import connect
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
-
-if TYPE_CHECKING:
-    from feast.repo_contents import RepoContents
 from streamflow.features.store import (
     MART_VIEWS,
     FeaturesError,
@@ -38,6 +40,9 @@ from streamflow.features.store import (
     _silenced,
     feature_store,
 )
+
+if TYPE_CHECKING:
+    from feast.repo_contents import RepoContents
 
 REPO_MODULES = ("entities", "data_sources", "feature_views", "on_demand", "feature_services")
 
@@ -51,7 +56,6 @@ _repo_lock = threading.Lock()
 def load_repo(settings: Settings) -> RepoContents:
     """The objects feature_repo/ defines, parsed exactly as `feast apply` parses them, with the feature
     schemas read from the dbt manifest of these settings."""
-    from feast.repo_operations import parse_repo
 
     root = settings.feature_repo_dir.resolve()
     if not (root / "feature_store.yaml").exists():
@@ -102,7 +106,6 @@ def apply(settings: Settings, progress: Progress = SILENT) -> ApplyResult:
 
     Also creates the push source's offline table. Needs the marts (run `streamflow build` first).
     """
-    from streamflow.core.db import connect
 
     started = time.perf_counter()
     progress.start("reading the dbt manifest")
@@ -127,9 +130,6 @@ def apply(settings: Settings, progress: Progress = SILENT) -> ApplyResult:
     if problems:
         raise FeaturesError("the feature views disagree with the dbt contracts:\n  " + "\n  ".join(problems))
     progress.start("applying to the registry")
-    from feast import Project
-    from feast.diff.registry_diff import TransitionType
-    from feast.repo_operations import apply_total_with_repo_instance
 
     if not repo.projects:  # as `feast apply` does: the project named in the configuration
         repo.projects.append(Project(name=store.project))

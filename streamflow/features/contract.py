@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import feast.types as ft
+from feast import Field
+
 from streamflow.core.errors import StreamflowError
+from streamflow.core.settings import get_settings
+from streamflow.warehouse import runner
 
 if TYPE_CHECKING:
-    from feast import Field
-
     from streamflow.core.settings import Settings
 
 MARTS = ("subscriptions_profile", "usage_agg_30d", "payments_agg_90d", "support_agg_90d")
@@ -130,8 +133,6 @@ def mart_contract(manifest: dict[str, Any], mart: str) -> MartContract:
 
 def to_fields(columns) -> list[Field]:
     """Feast Fields for (name, data_type) pairs."""
-    import feast.types as ft
-    from feast import Field
 
     return [Field(name=name, dtype=getattr(ft, feast_type_name(data_type))) for name, data_type in columns]
 
@@ -152,8 +153,6 @@ def ensure_manifest(settings: Settings) -> Path:
     """target/manifest.json, produced with `dbt parse` (no database needed) when it is missing."""
     path = manifest_path(settings)
     if not path.exists():
-        from streamflow.warehouse import runner
-
         try:
             runner.parse(settings)
         except runner.DbtError as exc:
@@ -189,8 +188,6 @@ def manifest_of(settings: Settings) -> Iterator[Path]:
 def _active_manifest() -> dict[str, Any]:
     path = _manifest_path.get()
     if path is None:  # imported by the `feast` CLI: the settings of the environment
-        from streamflow.core.settings import get_settings
-
         path = ensure_manifest(get_settings())
     return load_manifest(path)
 
@@ -273,7 +270,6 @@ def disagreements(feature_views, manifest: dict[str, Any]) -> list[str]:
 
 def type_name(dtype) -> str:
     """'Int64', 'String', ... for a Feast type object."""
-    import feast.types as ft
 
     for name in set(_FEAST_TYPES.values()):
         if dtype == getattr(ft, name):

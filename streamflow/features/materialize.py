@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from streamflow.core import months
+from streamflow.core.db import connect
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
-
-if TYPE_CHECKING:
-    from feast import FeatureStore
 from streamflow.features.apply import _missing_relations, _relation
 from streamflow.features.online_store import (
     _pg_table,
@@ -47,6 +46,9 @@ from streamflow.features.store import (
     business_timestamp,
     feature_store,
 )
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 
 # ---------------------------------------------------------------------------------------
@@ -83,8 +85,6 @@ class MaterializeResult:
 
 def active_users(settings: Settings, as_of: date) -> list[str]:
     """Every user with a mart row at as_of: the subscribers active at that month end."""
-    from streamflow.core.db import connect
-
     relation = _relation(settings, "subscriptions_profile")
     with _errors(settings, "reading the marts"), connect(settings) as conn:
         rows = conn.execute(
@@ -94,24 +94,15 @@ def active_users(settings: Settings, as_of: date) -> list[str]:
 
 
 def built_months(settings: Settings) -> list[date]:
-    """Months present in the marts, oldest first (none before the first build)."""
-    from streamflow.core.db import connect
-
-    relation = _relation(settings, "subscriptions_profile")
-    with _errors(settings, "reading the marts"), connect(settings) as conn:
-        if _missing_relations(conn, [relation]):
-            return []
-        rows = conn.execute(
-            f"select distinct ({fc.TIMESTAMP_COLUMN} at time zone 'UTC')::date from {relation} order by 1"
-        ).fetchall()
-    return [r[0] for r in rows]
+    """Months whose snapshots and marts are completely built, oldest first (from the build log, so a
+    month whose dbt build is running or failed halfway is never picked up)."""
+    with _errors(settings, "reading the build log"), connect(settings) as conn:
+        return months.built_months(conn, settings)
 
 
 def _month_rows(settings: Settings, mart: str, start: datetime, end: datetime) -> int:
     """Users with a row of ``mart`` in [start, end] (Feast's window includes both ends): the users one
     materialization writes."""
-    from streamflow.core.db import connect
-
     relation = _relation(settings, mart)
     with connect(settings) as conn:
         return conn.execute(
@@ -236,8 +227,6 @@ def _delete_online(settings: Settings, store: FeatureStore, view, keep: set[str]
                 pipe.hdel(key, *fields)  # Redis drops a hash left empty
             pipe.execute()
         return len(doomed)
-    from streamflow.core.db import connect
-
     table = _pg_table(store, view)
     with connect(settings) as conn:
         if _missing_relations(conn, [table]):

@@ -16,13 +16,12 @@ newest month materialized is the :func:`business_clock` staleness is measured ag
 from __future__ import annotations
 
 from datetime import date
-from typing import TYPE_CHECKING
 
+import pandas as pd
+
+from streamflow.core.db import connect
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
-
-if TYPE_CHECKING:
-    import pandas as pd
 from streamflow.features.apply import _relation
 from streamflow.features.materialize import active_users, built_months
 from streamflow.features.store import (
@@ -63,7 +62,6 @@ def historical_features(settings: Settings, entities: str | pd.DataFrame, servic
 
 def _frame(raw: pd.DataFrame, features: list[str], lead: list[str]) -> pd.DataFrame:
     """Columns in contract order, as_of tz-aware UTC, rows by (as_of, user_id)."""
-    import pandas as pd
 
     out = raw.rename(columns={ENTITY_TS: "as_of"})
     out["as_of"] = pd.to_datetime(out["as_of"], utc=True)
@@ -77,7 +75,6 @@ def training_frame(settings: Settings, periods: list[date], service: str = MODEL
     Columns: user_id, as_of (= P, UTC), churn_label (bool), then the service's features as of P,
     joined point-in-time by Feast.
     """
-    from streamflow.core.db import connect
 
     if not periods:
         raise FeaturesError("no label period given")

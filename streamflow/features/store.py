@@ -17,19 +17,27 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import threading
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+import redis.exceptions
+import sqlalchemy.exc
+from feast import FeatureStore
+from feast import errors as fe
+from feast.repo_config import RepoConfig
+
+from streamflow.core.db import connection_parts, database_url, registry_url
 from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
 
 if TYPE_CHECKING:
-    from feast import FeatureService, FeatureStore
-    from feast.repo_config import RepoConfig
-from streamflow.core.db import registry_url
+    from feast import FeatureService
 
 MART_VIEWS = fc.MARTS
 PUSH_SOURCE = "usage_events"
@@ -64,7 +72,6 @@ def _sql_ts(ts: datetime) -> str:
 # configuration and the store
 # ---------------------------------------------------------------------------------------
 def _postgres_options(settings: Settings) -> dict[str, Any]:
-    from streamflow.core.db import connection_parts
 
     wh = connection_parts(settings)
     return {
@@ -80,7 +87,6 @@ def _postgres_options(settings: Settings) -> dict[str, Any]:
 def repo_config(settings: Settings) -> RepoConfig:
     """Feast's configuration from the settings (what feature_repo/feature_store.yaml says with ${VAR}s,
     plus the online store type of ``settings.online_store``)."""
-    from feast.repo_config import RepoConfig
 
     pg = _postgres_options(settings)
     if settings.online_store == "redis":
@@ -108,7 +114,6 @@ _stores_lock = threading.Lock()
 
 
 def _store_key(settings: Settings) -> tuple:
-    from streamflow.core.db import database_url
 
     redis = settings.redis_url if settings.online_store == "redis" else None
     return (
@@ -129,7 +134,6 @@ def feature_store(settings: Settings) -> FeatureStore:
     if store is not None:
         return store
     _quiet_feast()
-    from feast import FeatureStore
 
     with _errors(settings, "opening the feature store"):
         built = FeatureStore(config=repo_config(settings))
@@ -139,8 +143,6 @@ def feature_store(settings: Settings) -> FeatureStore:
 
 def _quiet_feast() -> None:
     """Feast logs a warning per contrib store and per retrieval; keep the console for our own output."""
-    import logging
-    import warnings
 
     logging.getLogger("feast").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"feast(\..*)?")
@@ -170,28 +172,16 @@ def _errors(settings: Settings, doing: str) -> Iterator[None]:
 
 
 def _hint(settings: Settings, exc: BaseException) -> str | None:
-    import psycopg
-
+    """What the user can do about a failure of Feast or its stores, or None when it is unknown."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return f"a table is missing ({first}): run `streamflow build`, then `streamflow features apply`"
     if isinstance(exc, psycopg.OperationalError):
         return f"the database is not reachable ({first}); start it with `streamflow stack up`"
-    try:
-        import sqlalchemy.exc
-
-        if isinstance(exc, sqlalchemy.exc.OperationalError):
-            return f"the Feast registry database is not reachable ({first}); start it with `streamflow stack up`"
-    except ImportError:  # pragma: no cover - SQLAlchemy ships with the platform
-        pass
-    try:
-        import redis.exceptions
-
-        if isinstance(exc, redis.exceptions.ConnectionError):
-            return f"Redis at {settings.redis_url} is not reachable ({first}); check STREAMFLOW_REDIS_URL"
-    except ImportError:  # pragma: no cover - redis ships with feast[redis]
-        pass
-    from feast import errors as fe
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        return f"the Feast registry database is not reachable ({first}); start it with `streamflow stack up`"
+    if isinstance(exc, redis.exceptions.ConnectionError):
+        return f"Redis at {settings.redis_url} is not reachable ({first}); check STREAMFLOW_REDIS_URL"
 
     if isinstance(exc, fe.FeatureServiceNotFoundException):
         return f"{first}; known services: {MODEL_SERVICE}, {ALL_SERVICE}"
@@ -202,7 +192,6 @@ def _hint(settings: Settings, exc: BaseException) -> str | None:
 
 
 def _registered_views(store: FeatureStore) -> list:
-    from feast import errors as fe
 
     try:
         return store.list_feature_views(allow_cache=False)
@@ -218,7 +207,6 @@ def _kind(object_type) -> str:
 # registry look-ups
 # ---------------------------------------------------------------------------------------
 def _require_applied(store: FeatureStore) -> None:
-    from feast import errors as fe
 
     try:
         names = {v.name for v in store.list_feature_views(allow_cache=False)}
@@ -233,7 +221,6 @@ def _require_applied(store: FeatureStore) -> None:
 
 
 def _service(store: FeatureStore, name: str, *, cached: bool = False) -> FeatureService:
-    from feast import errors as fe
 
     try:
         return store.get_feature_service(name, allow_cache=cached)
@@ -270,7 +257,6 @@ def business_clock(settings: Settings, *, refresh: bool = False) -> datetime | N
     Read from the registry's materialization intervals of the mart views (cached for up to
     REGISTRY_CACHE_SECONDS; ``refresh=True`` reads it afresh).
     """
-    from feast import errors as fe
 
     store = feature_store(settings)
     not_applied = (fe.FeatureViewNotFoundException, fe.ProjectNotFoundException, fe.ProjectObjectNotFoundException)

@@ -8,17 +8,27 @@ services already running are reused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import httpx
+import typer
 from rich.console import Console
 from rich.table import Table
 
+from streamflow.cli.console import RichProgress, console
+from streamflow.core import months as business_months
+from streamflow.core import services
+from streamflow.core.db import connect
 from streamflow.core.errors import StreamflowError
-from streamflow.core.settings import Settings
+from streamflow.core.names import MART_SCHEMA
+from streamflow.core.settings import Settings, get_settings
+from streamflow.core.stack import get_stack
+from streamflow.orchestration import MONTHLY_DAG, airflow_environment, prepare_orchestration, run_dag
 
 
 class DemoError(StreamflowError):
@@ -33,17 +43,66 @@ class Timings:
         self.phases.append((name, seconds, note))
 
 
-def _drops(settings: Settings, months: int, users: int, seed: int, console: Console) -> tuple[list[Path], str]:
-    """The demo's drops under ``home/drops``: reused when generated with the same arguments."""
-    from streamflow.drops.generator.run import generate
+def demo_cmd(
+    months: int = typer.Option(4, "--months", help="Monthly drops to generate and run."),
+    users: int = typer.Option(7043, "--users", help="Subscribers at month 0 (7,043 = the real Telco customers)."),
+    seed: int = typer.Option(42, "--seed", help="Generator seed."),
+    install_seconds: float = typer.Option(None, "--install-seconds", hidden=True),
+) -> None:
+    """The whole job end to end on the embedded stack: PostgreSQL, drops, one Airflow run per month
+    (ingest, quality gate, dbt, Feast, train, promote, score, drift), the API and a real prediction.
 
+    Rerunnable: drops, months already run and running services are reused. `streamflow stop` ends it all.
+    """
+    run_demo(get_settings(), console, months=months, users=users, seed=seed, install_seconds=install_seconds)
+
+
+def run_demo(
+    settings: Settings,
+    console: Console,
+    months: int = 4,
+    users: int = 7043,
+    seed: int = 42,
+    install_seconds: float | None = None,
+) -> None:
+    """The whole job; raises DemoError with a pointer to the logs when a phase fails."""
+    timings = Timings()
+    if install_seconds is not None:
+        timings.add("install", install_seconds, ".venv from uv.lock")
+    _start_stack(settings, console, timings)
+    t0 = time.perf_counter()
+    drops, how = _drops(settings, months, users, seed)
+    timings.add("generate", time.perf_counter() - t0, f"{how}: {months} months, {users:,} users at month 0")
+    console.print(f"[green]drops {how}[/]  {drops[0].parent}")
+    summaries = _run_months(settings, console, timings, drops)
+    _print_month_table(console, summaries)
+    _show_champion(settings, console, max(summaries), drops[0].parent)
+    local = services.local_services(settings)
+    _serve_and_predict(settings, console, timings, local)
+    _print_where_everything_is(settings, console, timings, local)
+
+
+def _start_stack(settings: Settings, console: Console, timings: Timings) -> None:
+    t0 = time.perf_counter()
+    with console.status("starting PostgreSQL and preparing Airflow (metadata database, dbt manifest) ..."):
+        status = get_stack(settings).up()
+        prepare_orchestration(settings)
+    timings.add("stack", time.perf_counter() - t0, f"PostgreSQL {status.version}, Airflow metadata")
+    console.print(f"[green]stack up[/]  PostgreSQL {status.version} at {settings.pg_host}:{settings.pg_port}")
+
+
+def _drops(settings: Settings, months: int, users: int, seed: int) -> tuple[list[Path], str]:
+    """The demo's drops under ``home/drops``: reused when generated with the same arguments."""
     out = settings.home / "drops"
     marker = out / "demo.json"
     wanted = {"months": months, "users": users, "seed": seed}
     existing = sorted(out.glob("month_*/manifest.json"))
     if marker.exists() and json.loads(marker.read_text()) == wanted and len(existing) == months:
         return sorted(p.parent for p in existing), "reused"
-    generate(out, months=months, users=users, seed=seed, progress=True)
+    from streamflow.drops.generator.run import generate  # numpy and pyarrow: only when generating
+
+    with RichProgress(console) as progress:
+        generate(out, months=months, users=users, seed=seed, progress=progress)
     marker.write_text(json.dumps(wanted))
     return sorted(out.glob("month_*")), "generated"
 
@@ -51,15 +110,9 @@ def _drops(settings: Settings, months: int, users: int, seed: int, console: Cons
 def _month_state(settings: Settings, drops: list[Path]) -> dict[date, str]:
     """For each drop: 'done' (this very drop was loaded and its monthly run succeeded), 'todo', or
     'foreign' (another drop with the same as_of is loaded: the warehouse holds other data)."""
-    import hashlib
-
-    from streamflow.core.db import connect
-    from streamflow.orchestration import MONTHLY_DAG
-
     with connect(settings) as conn:
-        has_log = conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is not None
+        loaded = business_months.loaded_manifests(conn)
         has_runs = conn.execute("select to_regclass('ops.pipeline_runs')").fetchone()[0] is not None
-        loaded = dict(conn.execute("select as_of, manifest_sha256 from raw.load_log").fetchall()) if has_log else {}
         succeeded = (
             {
                 r[0]
@@ -91,8 +144,7 @@ def _as_of(drop: Path) -> date:
 
 def _month_summary(settings: Settings, as_of: date) -> dict[str, int]:
     """Rows the drop brought and rows each mart holds for the month."""
-    from streamflow.core.db import connect
-    from streamflow.warehouse.build import mart_row_counts
+    from streamflow.warehouse.build import mart_row_counts  # dbt's types: only once months are run
 
     with connect(settings) as conn:
         files = conn.execute("select files from raw.load_log where as_of = %s", (as_of,)).fetchone()[0]
@@ -102,41 +154,8 @@ def _month_summary(settings: Settings, as_of: date) -> dict[str, int]:
     return counts
 
 
-def run_demo(
-    settings: Settings,
-    console: Console,
-    months: int = 4,
-    users: int = 7043,
-    seed: int = 42,
-    install_seconds: float | None = None,
-) -> None:
-    """The whole job; raises DemoError with a pointer to the logs when a phase fails."""
-    import httpx
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from streamflow.core import services
-    from streamflow.core.stack import get_stack
-    from streamflow.orchestration import MONTHLY_DAG, airflow_environment, prepare_orchestration, run_dag
-
-    timings = Timings()
-    if install_seconds is not None:
-        timings.add("install", install_seconds, ".venv from uv.lock")
-
-    # ---- the stack -------------------------------------------------------------------
-    t0 = time.perf_counter()
-    with console.status("starting PostgreSQL and preparing Airflow (metadata database, dbt manifest) ..."):
-        status = get_stack(settings).up()
-        prepare_orchestration(settings)
-    timings.add("stack", time.perf_counter() - t0, f"PostgreSQL {status.version}, Airflow metadata")
-    console.print(f"[green]stack up[/]  PostgreSQL {status.version} at {settings.pg_host}:{settings.pg_port}")
-
-    # ---- the drops -------------------------------------------------------------------
-    t0 = time.perf_counter()
-    drops, how = _drops(settings, months, users, seed, console)
-    timings.add("generate", time.perf_counter() - t0, f"{how}: {months} months, {users:,} users at month 0")
-    console.print(f"[green]drops {how}[/]  {drops[0].parent}")
-
-    # ---- one Airflow run per month ---------------------------------------------------
+def _run_months(settings: Settings, console: Console, timings: Timings, drops: list[Path]) -> dict[date, dict]:
+    """One Airflow run of the monthly DAG per drop not run yet; the per-month row counts."""
     state = _month_state(settings, drops)
     foreign = sorted(d for d, s in state.items() if s == "foreign")
     if foreign:
@@ -151,35 +170,38 @@ def run_demo(
         if state[as_of] == "done":
             timings.add(f"month {as_of}", 0.0, "already run: reused")
             console.print(f"[green]{as_of}[/]  already run successfully: reused")
-            summaries[as_of] = _month_summary(settings, as_of)
-            continue
-        t0 = time.perf_counter()
-        progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
-        )
-        finished: list[str] = []
-        with progress:
-            job = progress.add_task(f"{MONTHLY_DAG} {as_of}: starting", total=None)
-
-            def on_task(task_id: str, job=job, progress=progress, as_of=as_of, finished=finished) -> None:
-                finished.append(task_id)
-                progress.update(job, description=f"{MONTHLY_DAG} {as_of}: {len(finished)} tasks done, last {task_id}")
-
-            result = run_dag(settings, MONTHLY_DAG, {"drop": str(drop), "mode": "monthly"}, on_task_done=on_task)
-        seconds = time.perf_counter() - t0
-        if not result.ok:
-            failed = [t.task_id for t in result.tasks if t.state == "failed"]
-            raise DemoError(
-                f"{MONTHLY_DAG} failed for {as_of} at {', '.join(failed) or 'an unknown task'}; log: {result.log_file}"
-            )
-        states: dict[str, int] = {}
-        for t in result.tasks:
-            states[t.state] = states.get(t.state, 0) + 1
-        note = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        timings.add(f"month {as_of}", seconds, f"{len(result.tasks)} tasks: {note}")
-        console.print(f"[green]{as_of}[/]  {MONTHLY_DAG} succeeded in {seconds:.0f} s ({note})")
+        else:
+            _run_month(settings, console, timings, drop, as_of)
         summaries[as_of] = _month_summary(settings, as_of)
+    return summaries
 
+
+def _run_month(settings: Settings, console: Console, timings: Timings, drop: Path, as_of: date) -> None:
+    t0 = time.perf_counter()
+    finished: list[str] = []
+    with RichProgress(console) as progress:
+        progress.start(f"{MONTHLY_DAG} {as_of}: starting")
+
+        def on_task(task_id: str) -> None:
+            finished.append(task_id)
+            progress.advance(1, f"{len(finished)} tasks done, last {task_id}")
+
+        result = run_dag(settings, MONTHLY_DAG, {"drop": str(drop), "mode": "monthly"}, on_task_done=on_task)
+    seconds = time.perf_counter() - t0
+    if not result.ok:
+        failed = [t.task_id for t in result.tasks if t.state == "failed"]
+        raise DemoError(
+            f"{MONTHLY_DAG} failed for {as_of} at {', '.join(failed) or 'an unknown task'}; log: {result.log_file}"
+        )
+    states: dict[str, int] = {}
+    for t in result.tasks:
+        states[t.state] = states.get(t.state, 0) + 1
+    note = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    timings.add(f"month {as_of}", seconds, f"{len(result.tasks)} tasks: {note}")
+    console.print(f"[green]{as_of}[/]  {MONTHLY_DAG} succeeded in {seconds:.0f} s ({note})")
+
+
+def _print_month_table(console: Console, summaries: dict[date, dict[str, int]]) -> None:
     table = Table(title="per month: rows ingested and mart rows")
     table.add_column("")
     for as_of in summaries:
@@ -189,7 +211,10 @@ def run_demo(
         table.add_row(key, *[f"{s.get(key, 0):,}" for s in summaries.values()])
     console.print(table)
 
-    # ---- the champion ----------------------------------------------------------------
+
+def _show_champion(settings: Settings, console: Console, newest: date, oracle_dir: Path) -> None:
+    # ml pulls in MLflow and scikit-learn: imported here, when the demo gets this far (see streamflow.cli)
+    from ml.evaluate import evaluate
     from ml.tracking import model_summary
 
     summary = model_summary(settings)
@@ -206,9 +231,7 @@ def run_demo(
         )
     )
     try:
-        from ml.evaluate import evaluate
-
-        evaluation = evaluate(settings, max(summaries), oracle_dir=drops[0].parent).as_dict()
+        evaluation = evaluate(settings, newest, oracle_dir=oracle_dir).as_dict()
         for row in evaluation.get("periods", []):
             console.print(
                 f"          period {row['period']}: ROC-AUC {row['model_roc_auc']:.3f} vs oracle "
@@ -217,10 +240,11 @@ def run_demo(
     except Exception as exc:  # the comparison is informative only; never fail the demo on it
         console.print(f"[yellow]oracle comparison skipped: {exc}[/]")
 
-    # ---- serve -----------------------------------------------------------------------
+
+def _serve_and_predict(settings: Settings, console: Console, timings: Timings, local: dict) -> None:
+    """Start the API, show a real /predict and the user's online features."""
     t0 = time.perf_counter()
     env = airflow_environment(settings)
-    local = services.local_services(settings)
     with console.status("starting the API (loads Feast and the champion) ..."):
         if not services.start(settings, local["api"], env, wait=180):
             raise DemoError(f"the API did not come up; log: {services.log_file(settings, 'api')}")
@@ -244,12 +268,13 @@ def run_demo(
         for name, item in online.json().get("features", {}).items():
             features.add_row(name, str(item.get("value")), str(item.get("feature_view")), str(item.get("as_of")))
         console.print(features)
-
-    # ---- the other UIs (background, not waited for long) ------------------------------
+    # the other UIs start in the background and are not waited for long
     with console.status("starting the MLflow UI, dbt docs and the Airflow UI in the background ..."):
         for name in ("mlflow", "docs", "airflow"):
             services.start(settings, local[name], env, wait=5)
 
+
+def _print_where_everything_is(settings: Settings, console: Console, timings: Timings, local: dict) -> None:
     phases = Table(title="time per phase")
     phases.add_column("phase")
     phases.add_column("seconds", justify="right")
@@ -272,14 +297,17 @@ def run_demo(
 
 
 def _active_user(settings: Settings) -> str:
-    """A subscriber active at the newest month (served online)."""
-    from streamflow.core.db import connect
-
+    """A subscriber active at the newest built month (served online)."""
     with connect(settings) as conn:
-        row = conn.execute(
-            "select user_id from marts.subscriptions_profile "
-            "where as_of = (select max(as_of) from marts.subscriptions_profile) order by user_id limit 1"
-        ).fetchone()
+        built = business_months.built_months(conn, settings)
+        row = (
+            conn.execute(
+                f"select user_id from {MART_SCHEMA}.subscriptions_profile where as_of = %s order by user_id limit 1",
+                (business_months.business_timestamp(built[-1]),),
+            ).fetchone()
+            if built
+            else None
+        )
     if row is None:
-        raise DemoError("no active subscriber in marts.subscriptions_profile")
+        raise DemoError(f"no active subscriber in {MART_SCHEMA}.subscriptions_profile")
     return row[0]
