@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from streamflow.drops.generator.run import generate
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_one(users: int, months: int, out: Path) -> dict:
-    from streamflow.drops.generator.run import generate
-
     t0 = time.perf_counter()
     generate(out, months=months, users=users, seed=1)
     seconds = time.perf_counter() - t0

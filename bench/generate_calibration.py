@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from streamflow.drops import contract
 from streamflow.drops.generator.params import ORACLE_DIR, as_of, drop_name, oracle_name
@@ -69,11 +73,6 @@ def features(out: Path, month: int) -> pd.DataFrame:
 
 
 def main() -> None:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=7043)
     ap.add_argument("--months", type=int, default=6)

@@ -1,5 +1,4 @@
-"""The dbt warehouse from Python: dbt in-process with the platform's settings, the monthly build
-behind its quality gate, and the gate's report.
+"""The monthly build behind its quality gate, and the build log of what snapshots and marts hold.
 
 `build(settings)` brings the warehouse up to the newest loaded drop: for every drop month not built
 yet, in as_of order, it runs the source tests (the quality gate) and then the same dbt nodes an
@@ -11,35 +10,27 @@ anything is touched, so a bad drop leaves snapshots and marts exactly as they we
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
+from streamflow.core.months import BUILD_LOG_TABLE, build_log
+from streamflow.core.names import MART_SCHEMA, MARTS, SNAPSHOT_SCHEMA, SNAPSHOTS
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
+from streamflow.warehouse.connection import warehouse_connection
+from streamflow.warehouse.gate import SOURCE_SELECTOR, GateFailed, GateReport, _write_report, freshness_warnings, gate
+from streamflow.warehouse.progress import DbtProgress, _count_nodes
+from streamflow.warehouse.runner import DbtError, _exception_text, _run_results, _status, dbt_vars, invoke, parse
 
 if TYPE_CHECKING:
     from dbt.cli.main import dbtRunnerResult
-from streamflow.warehouse.gate import SOURCE_SELECTOR, GateFailed, GateReport, _write_report, freshness_warnings, gate
-from streamflow.warehouse.progress import DbtProgress, _count_nodes
-from streamflow.warehouse.runner import (
-    MART_SCHEMA,
-    MARTS,
-    SNAPSHOT_SCHEMA,
-    SNAPSHOTS,
-    DbtError,
-    _exception_text,
-    _run_results,
-    _status,
-    _warehouse,
-    dbt_vars,
-    invoke,
-    parse,
-)
+    from dbt.contracts.graph.manifest import Manifest
 
-BUILD_LOG_TABLE = "dbt_build_log"
 BUILD_LOCK_KEY = 804_121_002  # advisory lock: one build at a time per database
 
 
@@ -118,6 +109,7 @@ class BuildResult:
 
 
 def _ensure_build_log(conn, settings: Settings) -> str:
+    """Create the build log when missing; returns its qualified name."""
     schema = settings.dbt_target_schema
     conn.execute(f'create schema if not exists "{schema}"')
     conn.execute(
@@ -131,7 +123,7 @@ def _ensure_build_log(conn, settings: Settings) -> str:
         f"""comment on table "{schema}".{BUILD_LOG_TABLE} is 'Drop months the snapshots and marts hold, with the """
         """version of the drop (manifest sha256 @ load time) they were built from (written by streamflow build).'"""
     )
-    return f'"{schema}".{BUILD_LOG_TABLE}'
+    return build_log(settings)
 
 
 def drop_version(manifest_sha256: str, loaded_at: datetime) -> str:
@@ -140,7 +132,8 @@ def drop_version(manifest_sha256: str, loaded_at: datetime) -> str:
     return f"{manifest_sha256}@{loaded_at.astimezone(UTC).isoformat()}"
 
 
-def _loaded_months(conn) -> dict[date, str]:
+def _loaded_versions(conn) -> dict[date, str]:
+    """{as_of: drop version} of every loaded drop (raw.load_log)."""
     if conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is None:
         return {}
     rows = conn.execute("select as_of, manifest_sha256, loaded_at from raw.load_log").fetchall()
@@ -182,81 +175,127 @@ def build(
     Raises GateFailed (with the report) when a drop fails the quality gate: nothing is changed then.
     Raises PlanError when nothing can be built as asked, DbtError when dbt itself fails.
     """
-
     started = time.perf_counter()
-    with _warehouse(settings, autocommit=True) as conn:
-        if not conn.execute("select pg_try_advisory_lock(%s)", (BUILD_LOCK_KEY,)).fetchone()[0]:
-            raise DbtError("another `streamflow build` is running on this warehouse; try again when it ends")
-        try:
-            log = _ensure_build_log(conn, settings)
-            loaded = _loaded_months(conn)
-            built = {r[0]: r[1] for r in conn.execute(f"select as_of, drop_version from {log}")}
-            present = _existing_relations(conn)
-            expected = len(SNAPSHOTS) + len(MARTS)
-            # snapshots or marts missing, or present with no record of what they hold: rebuild them all
-            unknown = (bool(built) and present < expected) or (not built and present > 0)
-            plan = plan_build(loaded, {} if unknown else built, as_of, full_refresh or unknown)
-            if unknown and not full_refresh:
-                plan.reason = "snapshots and marts do not match the build log: rebuilding from the raw history"
-            result = BuildResult(months=plan.months, full_refresh=plan.full_refresh, reason=plan.reason)
-            bar = DbtProgress(progress)
-            bar.stage_to("parsing the dbt project")
-            manifest = parse(settings)
-            bar.stage_to("source freshness")
-            result.warnings += freshness_warnings(settings, manifest)
-            if not plan.months:
-                result.seconds = time.perf_counter() - started
-                return result
+    with warehouse_connection(settings, autocommit=True) as conn, _build_lock(conn):
+        log = _ensure_build_log(conn, settings)
+        loaded = _loaded_versions(conn)
+        built = {r[0]: r[1] for r in conn.execute(f"select as_of, drop_version from {log}")}
+        plan = plan_for_warehouse(loaded, built, _existing_relations(conn), as_of, full_refresh)
+        result = BuildResult(months=plan.months, full_refresh=plan.full_refresh, reason=plan.reason)
+        bar = DbtProgress(progress)
+        bar.stage_to("parsing the dbt project")
+        manifest = parse(settings)
+        bar.stage_to("source freshness")
+        result.warnings += freshness_warnings(settings, manifest)
+        if plan.months:
             n_gate, n_build = _count_nodes(manifest)
             bar.set_total(len(plan.months) * (n_gate + n_build))
-            # the gate: every month first, so a bad drop changes nothing
-            for month in plan.months:
-                bar.stage_to(f"gate {month}")
-                report = gate(settings, month, manifest=manifest, conn=conn, progress=bar)
-                report.warnings = result.warnings + report.warnings
-                _write_report(settings, report)
-                result.gate_reports.append(report)
-                if not report.ok:
-                    raise GateFailed(report)
+            _gate_months(settings, conn, manifest, plan.months, result, bar)
             if plan.full_refresh:
-                for snap in SNAPSHOTS:
-                    conn.execute(f"drop table if exists {SNAPSHOT_SCHEMA}.{snap}")
-                conn.execute(f"delete from {log}")
-            for i, month in enumerate(plan.months):
-                bar.stage_to(f"build {month}")
-                t0 = time.perf_counter()
-                # dbt unit tests check the SQL, not the data: they run in CI (and with plain `dbt build`),
-                # not in every monthly build, as dbt recommends for production runs
-                args = [
-                    "build",
-                    "--exclude",
-                    SOURCE_SELECTOR,
-                    "--exclude-resource-type",
-                    "unit_test",
-                    "--vars",
-                    json.dumps(dbt_vars(settings, month)),
-                    "--log-level",
-                    "none",
-                ]
-                if plan.full_refresh and i == 0:
-                    args.append("--full-refresh")
-                res = invoke(settings, args, manifest=manifest, callbacks=[bar.callback])
-                _raise_for_build(res, month)
-                _log_built(conn, log, month, loaded[month])
-                result.month_seconds[month] = time.perf_counter() - t0
-        finally:
-            conn.execute("select pg_advisory_unlock(%s)", (BUILD_LOCK_KEY,))
+                _reset_snapshots(conn, log)
+            _build_months(settings, conn, log, manifest, plan, loaded, result, bar)
     result.seconds = time.perf_counter() - started
     return result
+
+
+@contextlib.contextmanager
+def _build_lock(conn) -> Iterator[None]:
+    """One build at a time per warehouse: a DbtError when another one holds the lock."""
+    if not conn.execute("select pg_try_advisory_lock(%s)", (BUILD_LOCK_KEY,)).fetchone()[0]:
+        raise DbtError("another `streamflow build` is running on this warehouse; try again when it ends")
+    try:
+        yield
+    finally:
+        conn.execute("select pg_advisory_unlock(%s)", (BUILD_LOCK_KEY,))
+
+
+def plan_for_warehouse(
+    loaded: dict[date, str],
+    built: dict[date, str],
+    present: int,
+    as_of: date | None = None,
+    full_refresh: bool = False,
+) -> BuildPlan:
+    """:func:`plan_build`, when ``present`` of the snapshots and marts exist: some missing, or present
+    with no record of what they hold, means rebuilding them all from the raw history."""
+    expected = len(SNAPSHOTS) + len(MARTS)
+    unknown = (bool(built) and present < expected) or (not built and present > 0)
+    plan = plan_build(loaded, {} if unknown else built, as_of, full_refresh or unknown)
+    if unknown and not full_refresh:
+        plan.reason = "snapshots and marts do not match the build log: rebuilding from the raw history"
+    return plan
+
+
+def _gate_months(
+    settings: Settings, conn, manifest: Manifest, months: list[date], result: BuildResult, bar: DbtProgress
+) -> None:
+    """The gate: every month first, so a bad drop changes nothing. Raises GateFailed."""
+    for month in months:
+        bar.stage_to(f"gate {month}")
+        report = gate(settings, month, manifest=manifest, conn=conn, progress=bar)
+        report.warnings = result.warnings + report.warnings
+        _write_report(settings, report)
+        result.gate_reports.append(report)
+        if not report.ok:
+            raise GateFailed(report)
+
+
+def _reset_snapshots(conn, log: str) -> None:
+    """Before a full refresh: the snapshots start over and the build log forgets every month."""
+    for snap in SNAPSHOTS:
+        conn.execute(f"drop table if exists {SNAPSHOT_SCHEMA}.{snap}")
+    conn.execute(f"delete from {log}")
+
+
+def _build_months(
+    settings: Settings,
+    conn,
+    log: str,
+    manifest: Manifest,
+    plan: BuildPlan,
+    loaded: dict[date, str],
+    result: BuildResult,
+    bar: DbtProgress,
+) -> None:
+    """`dbt build` of each planned month in order, each noted in the build log once it is built."""
+    for i, month in enumerate(plan.months):
+        bar.stage_to(f"build {month}")
+        t0 = time.perf_counter()
+        args = build_args(settings, month, full_refresh=plan.full_refresh and i == 0)
+        res = invoke(settings, args, manifest=manifest, callbacks=[bar.callback])
+        _raise_for_build(res, month)
+        _log_built(conn, log, month, loaded[month])
+        result.month_seconds[month] = time.perf_counter() - t0
+
+
+def build_args(settings: Settings, month: date, full_refresh: bool = False) -> list[str]:
+    """The dbt arguments of one month's build (everything but the gate's source tests).
+
+    dbt unit tests check the SQL, not the data: they run in CI (and with plain `dbt build`), not in
+    every monthly build, as dbt recommends for production runs."""
+    args = [
+        "build",
+        "--exclude",
+        SOURCE_SELECTOR,
+        "--exclude-resource-type",
+        "unit_test",
+        "--vars",
+        json.dumps(dbt_vars(settings, month)),
+        "--log-level",
+        "none",
+    ]
+    if full_refresh:
+        args.append("--full-refresh")
+    return args
 
 
 def record_built(settings: Settings, as_of: date) -> None:
     """Note drop month ``as_of`` as built in the build log, as `streamflow build` does, after its dbt
     nodes ran elsewhere (Airflow runs them one task per node). The next `streamflow build` then
     starts after it, or rebuilds from the raw history if that drop is reloaded later."""
-    with _warehouse(settings, autocommit=True) as conn:
+    with warehouse_connection(settings, autocommit=True) as conn:
         log = _ensure_build_log(conn, settings)
-        version = _loaded_months(conn).get(as_of)
+        version = _loaded_versions(conn).get(as_of)
         if version is None:
             raise PlanError(f"as_of {as_of} is not a loaded drop: nothing to record")
         _log_built(conn, log, as_of, version)
@@ -275,9 +314,8 @@ def _log_built(conn, log: str, as_of: date, version: str) -> None:
 # ---------------------------------------------------------------------------------------
 def mart_row_counts(settings: Settings) -> dict[date, dict[str, int]]:
     """{as_of: {mart: rows}} for every built month; labels are counted by their period_start."""
-
     out: dict[date, dict[str, int]] = {}
-    with _warehouse(settings) as conn:
+    with warehouse_connection(settings) as conn:
         for mart in MARTS:
             if conn.execute("select to_regclass(%s)", (f"{MART_SCHEMA}.{mart}",)).fetchone()[0] is None:
                 continue

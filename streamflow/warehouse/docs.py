@@ -1,24 +1,11 @@
-"""The dbt warehouse from Python: dbt in-process with the platform's settings, the monthly build
-behind its quality gate, and the gate's report.
-
-`build(settings)` brings the warehouse up to the newest loaded drop: for every drop month not built
-yet, in as_of order, it runs the source tests (the quality gate) and then the same dbt nodes an
-analyst or Airflow runs for one month (`dbt build --vars '{"as_of": ...}'`). When an already built
-month was re-ingested with other content or disappeared (`streamflow ingest --rebuild`), the
-snapshots and marts are rebuilt from the raw history, month by month. Every month is gated before
-anything is touched, so a bad drop leaves snapshots and marts exactly as they were.
-"""
+"""The dbt docs site of the warehouse: generate the catalog, serve it on localhost."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from streamflow.core.settings import Settings
-
-if TYPE_CHECKING:
-    pass
 from streamflow.warehouse.runner import DbtError, _exception_text, dbt_vars, ensure_packages, invoke
 
 

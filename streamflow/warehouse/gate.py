@@ -1,43 +1,34 @@
-"""The dbt warehouse from Python: dbt in-process with the platform's settings, the monthly build
-behind its quality gate, and the gate's report.
+"""The quality gate: a drop month's source tests (``dbt test --select source:raw``) and its report,
+which names every failing test with sample rows and the drop files they came from.
 
-`build(settings)` brings the warehouse up to the newest loaded drop: for every drop month not built
-yet, in as_of order, it runs the source tests (the quality gate) and then the same dbt nodes an
-analyst or Airflow runs for one month (`dbt build --vars '{"as_of": ...}'`). When an already built
-month was re-ingested with other content or disappeared (`streamflow ingest --rebuild`), the
-snapshots and marts are rebuilt from the raw history, month by month. Every month is gated before
-anything is touched, so a bad drop leaves snapshots and marts exactly as they were.
+A month that fails the gate is not built: snapshots and marts stay exactly as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from streamflow.core.settings import Settings
+from streamflow.drops import contract
+from streamflow.warehouse.connection import warehouse_connection
+from streamflow.warehouse.progress import DbtProgress
+from streamflow.warehouse.runner import DbtError, _exception_text, _run_results, _status, dbt_vars, invoke, parse
 
 if TYPE_CHECKING:
     from dbt.contracts.graph.manifest import Manifest
-from streamflow.warehouse.progress import DbtProgress
-from streamflow.warehouse.runner import (
-    _REF_IN_KWARG,
-    _SOURCE_IN_KWARG,
-    DbtError,
-    _exception_text,
-    _run_results,
-    _status,
-    _warehouse,
-    dbt_vars,
-    invoke,
-    parse,
-)
 
 SAMPLE_ROWS = 5
 SOURCE_SELECTOR = "source:raw"
+_SOURCE_IN_KWARG = re.compile(r"source\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]\s*\)")
+_REF_IN_KWARG = re.compile(r"ref\(\s*['\"](\w+)['\"]\s*\)")
 
 
 class GateFailed(DbtError):
@@ -168,8 +159,6 @@ def _tested_columns(node) -> list[str]:
 def _sample_columns(all_columns: list[str], table: str, tested: list[str]) -> list[int]:
     """Which columns of a failing row to show: the drop file's key, the tested columns and what the
     test added (n_records, problem, ...). Aggregate results are shown whole."""
-    from streamflow.drops import contract
-
     spec = contract.FILES.get(table.split(".")[-1])
     if spec is None or not set(spec.header) <= set(all_columns):
         return list(range(len(all_columns)))
@@ -207,8 +196,6 @@ def _failure_from_result(conn, result, month: date) -> FailedTest:
     as_ofs = [month]
     compiled = getattr(node, "compiled_code", None)
     if status != "error" and compiled:
-        import psycopg
-
         try:
             with conn.transaction():
                 cur = conn.execute(f"select * from ({compiled}) as failing limit {SAMPLE_ROWS}")
@@ -253,7 +240,7 @@ def gate(
         raise DbtError(f"the quality gate could not run for drop {as_of}: see the dbt log in {settings.dbt_log_dir}")
     with contextlib.ExitStack() as stack:
         if conn is None:
-            conn = stack.enter_context(_warehouse(settings))
+            conn = stack.enter_context(warehouse_connection(settings))
         row = conn.execute("select drop_name from raw.load_log where as_of = %s", (as_of,)).fetchone()
         report = GateReport(as_of=as_of, drop=row[0] if row else None, tests_run=len(results))
         for r in results:

@@ -1,12 +1,7 @@
-"""The dbt warehouse from Python: dbt in-process with the platform's settings, the monthly build
-behind its quality gate, and the gate's report.
+"""dbt in-process with the platform's settings: one dbt command, its packages, the parsed manifest.
 
-`build(settings)` brings the warehouse up to the newest loaded drop: for every drop month not built
-yet, in as_of order, it runs the source tests (the quality gate) and then the same dbt nodes an
-analyst or Airflow runs for one month (`dbt build --vars '{"as_of": ...}'`). When an already built
-month was re-ingested with other content or disappeared (`streamflow ingest --rebuild`), the
-snapshots and marts are rebuilt from the raw history, month by month. Every month is gated before
-anything is touched, so a bad drop leaves snapshots and marts exactly as they were.
+This module is imported when Airflow parses the DAG files (through ``streamflow.orchestration``), so
+it imports dbt only inside the functions that run it (dbt takes over a second to import).
 """
 
 from __future__ import annotations
@@ -18,13 +13,15 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from streamflow.core.env import tool_environment
 from streamflow.core.errors import StreamflowError
 from streamflow.core.settings import Settings
 
@@ -32,14 +29,8 @@ if TYPE_CHECKING:
     from dbt.cli.main import dbtRunnerResult
     from dbt.contracts.graph.manifest import Manifest
 
-MARTS = ("subscriptions_profile", "usage_agg_30d", "payments_agg_90d", "support_agg_90d", "labels")
-SNAPSHOTS = ("snap_users", "snap_subscriptions")
-MART_SCHEMA = "marts"
-SNAPSHOT_SCHEMA = "snapshots"
 # dbt commands that need neither the installed packages nor a database
 _NO_PACKAGES = {"deps", "clean", "init", "--version", "-v", "--help", "-h"}
-_SOURCE_IN_KWARG = re.compile(r"source\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]\s*\)")
-_REF_IN_KWARG = re.compile(r"ref\(\s*['\"](\w+)['\"]\s*\)")
 
 
 class DbtError(StreamflowError):
@@ -60,8 +51,6 @@ def dbt_vars(settings: Settings, as_of: date | None = None) -> dict[str, Any]:
 @contextlib.contextmanager
 def _environment(settings: Settings) -> Iterator[None]:
     """os.environ as the dbt profile and CLI expect it, for the duration of one dbt call."""
-    from streamflow.core.env import tool_environment
-
     wanted = tool_environment(settings)
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
@@ -83,7 +72,7 @@ def invoke(
     callbacks: list[Callable] | None = None,
 ) -> dbtRunnerResult:
     """Run one dbt command in this process (dbtRunner) with the platform's environment."""
-    from dbt.cli.main import dbtRunner
+    from dbt.cli.main import dbtRunner  # lazy: DAG parse time (orchestration imports this module; dbt takes ~1 s)
 
     settings.dbt_target_dir.mkdir(parents=True, exist_ok=True)
     if manifest is not None:
@@ -135,8 +124,6 @@ def ensure_packages(settings: Settings) -> None:
 
 def _package_names(project: Path) -> list[str]:
     """Names the packages of packages.yml install under (local packages: their dbt_project.yml name)."""
-    import yaml
-
     spec = yaml.safe_load((project / "packages.yml").read_text()) or {}
     names = []
     for pkg in spec.get("packages") or []:
@@ -176,22 +163,3 @@ def _run_results(res: dbtRunnerResult) -> list:
 def _status(result) -> str:
     status = result.status
     return str(status.value if hasattr(status, "value") else status)
-
-
-@contextlib.contextmanager
-def _warehouse(settings: Settings, **kwargs) -> Iterator:
-    """A warehouse connection, or a DbtError that says the database cannot be reached."""
-    import psycopg
-
-    from streamflow.core.db import connect
-
-    try:
-        conn = connect(settings, **kwargs)
-    except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DbtError(
-            f"the warehouse database is not reachable ({first}); start it with `streamflow stack up` "
-            "or check STREAMFLOW_DATABASE_URL"
-        ) from None
-    with conn:
-        yield conn

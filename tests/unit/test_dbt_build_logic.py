@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from streamflow.core.env import dbt_environment
-from streamflow.warehouse.build import PlanError, drop_version, plan_build
+from streamflow.warehouse.build import PlanError, build_args, drop_version, plan_build, plan_for_warehouse
 from streamflow.warehouse.gate import FailedTest, GateReport, _sample_columns
 from streamflow.warehouse.runner import dbt_vars
 from tests.conftest import make_settings
@@ -57,6 +57,32 @@ def test_as_of_limits_the_build_to_months_up_to_it():
 def test_full_refresh_replays_every_month_up_to_as_of():
     plan = plan_build({JAN: "a", FEB: "b", MAR: "c"}, {JAN: "a", FEB: "b", MAR: "c"}, full_refresh=True)
     assert plan.full_refresh and plan.months == [JAN, FEB, MAR]
+
+
+@pytest.mark.parametrize(
+    ("built", "present"),
+    [
+        ({JAN: "a"}, 3),  # some snapshots or marts were dropped by hand
+        ({}, 7),  # snapshots and marts exist with no build log
+    ],
+)
+def test_relations_that_do_not_match_the_build_log_are_rebuilt_from_the_raw_history(built, present):
+    plan = plan_for_warehouse({JAN: "a", FEB: "b"}, built, present)
+    assert plan.full_refresh and plan.months == [JAN, FEB]
+    assert "do not match the build log" in plan.reason
+
+
+def test_relations_matching_the_build_log_build_only_new_months():
+    assert plan_for_warehouse({JAN: "a", FEB: "b"}, {JAN: "a"}, 7).months == [FEB]
+    assert plan_for_warehouse({JAN: "a"}, {}, 0).months == [JAN]
+
+
+def test_a_months_build_leaves_the_gate_and_unit_tests_out_and_refreshes_only_when_asked(tmp_path):
+    settings = make_settings(tmp_path)
+    args = build_args(settings, FEB)
+    assert args[:5] == ["build", "--exclude", "source:raw", "--exclude-resource-type", "unit_test"]
+    assert '"as_of": "2024-02-29"' in args[6] and "--full-refresh" not in args
+    assert build_args(settings, FEB, full_refresh=True)[-1] == "--full-refresh"
 
 
 def test_an_as_of_that_is_not_loaded_names_the_loaded_months():

@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from streamflow.drops import contract
 from streamflow.drops.generator import customers, hazard, params, run, writers
@@ -528,11 +532,6 @@ def _aggregates(out: Path, m: int) -> pd.DataFrame:
 
 
 def test_a_simple_model_on_usage_aggregates_gets_close_to_the_oracle(tmp_path):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     _generate(tmp_path, months=4, users=2000, seed=3, chunk=params.CHUNK_USERS)
 
     def period(m: int) -> tuple[pd.DataFrame, np.ndarray]:

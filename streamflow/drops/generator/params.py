@@ -1,14 +1,4 @@
-"""The drop generator: monthly drops of a streaming business, seeded from real customers.
-
-Month 0's subscribers and the labels of period 0 are the IBM Telco customers and their real churn
-outcomes. Later months come from a hidden churn hazard fitted to those customers plus simulated
-behaviour: a latent engagement per user that drives sessions and watch time, and exogenous causes
-(rebuffering, failed payments, support tickets) that raise the hazard. Each user's true churn
-probability per period goes to ``oracle/`` beside the drops, never inside them.
-
-Layout: real-customer loading, hazard fitting, the monthly state transition, event writers and
-the manifest writer, then :func:`generate`, which the ``streamflow generate`` command calls.
-"""
+"""The generator's parameters, its drift, its calendar (month m ↔ as_of) and its seeded random streams."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""The drop generator: monthly drops of a streaming business, seeded from real customers.
-
-Month 0's subscribers and the labels of period 0 are the IBM Telco customers and their real churn
-outcomes. Later months come from a hidden churn hazard fitted to those customers plus simulated
-behaviour: a latent engagement per user that drives sessions and watch time, and exogenous causes
-(rebuffering, failed payments, support tickets) that raise the hazard. Each user's true churn
-probability per period goes to ``oracle/`` beside the drops, never inside them.
-
-Layout: real-customer loading, hazard fitting, the monthly state transition, event writers and
-the manifest writer, then :func:`generate`, which the ``streamflow generate`` command calls.
-"""
+"""The generator's entry point: :func:`generate` (what ``streamflow generate`` calls) stages every
+month's drop and the oracle, then publishes them together."""
 
 from __future__ import annotations
 
@@ -37,7 +28,7 @@ from streamflow.drops.generator.params import (
     drop_name,
     oracle_name,
 )
-from streamflow.drops.generator.simulation import MonthStats, _Simulation
+from streamflow.drops.generator.simulation import MonthStats, _MonthPlan, _Simulation
 from streamflow.drops.generator.writers import CsvSink, _bools, _fixed, _Timestamps, write_manifest
 
 
@@ -145,48 +136,60 @@ def _run(
     oracle = staging / ORACLE_DIR
     oracle.mkdir()
     for month in range(months):
-        plan, labelled, labels = sim.plan_month(month)
-        sim.draw_behaviour(plan)
-        active, prob = sim.churn_probability(plan)
-        n_chunks = -(-len(plan.present) // params.CHUNK_USERS)
-        progress.start(f"{drop_name(month)} ({as_of(month)})", total=n_chunks + 2)
-        folder = staging / drop_name(month)
-        folder.mkdir()
-        sinks = {name: CsvSink(folder / spec.filename, spec.header) for name, spec in contract.FILES.items()}
-        sim.write_users(sinks["users"], len(sim.pop))
-        sim.write_subscriptions(sinks["subscriptions"], active)
-        progress.advance()
-        stamp = _Timestamps(month)
-        counters = {"sessions": 0, "payments": 0, "tickets": 0}
-        for part, sl in _chunks(len(plan.present)):
-            sim.write_events(plan, part, sl, sinks, counters, stamp)
-            progress.advance()
-        if month > 0:
-            sinks["labels"].write(
-                [
-                    sim.pop.id_str.take(pa.array(labelled)),
-                    pa.array([as_of(month - 1).isoformat()] * len(labelled)),
-                    _bools(labels),
-                ]
-            )
-        write_manifest(folder, as_of(month), {name: sink.close() for name, sink in sinks.items()})
-        o_sink = CsvSink(oracle / oracle_name(month), ["user_id", "churn_probability"])
-        o_sink.write([sim.pop.id_str.take(pa.array(active)), _fixed(np.rint(prob * 1e6), 6)])
-        o_sink.close()
-        sim.decide_churn(month, active, prob)
-        progress.advance()
-        result.months.append(
-            MonthStats(
-                month=month,
-                as_of=as_of(month),
-                subscribers=len(active),
-                new_users=int(plan.signed_up.sum()) if month > 0 else 0,
-                cancelled=int((~plan.staying).sum()),
-                labelled=len(labelled),
-                label_churn_rate=float(labels.mean()) if len(labels) else None,
-                sessions=counters["sessions"],
-                payments=counters["payments"],
-                tickets=counters["tickets"],
-            )
-        )
+        result.months.append(_month(sim, month, staging, oracle, progress))
     return result
+
+
+def _month(sim: _Simulation, month: int, staging: Path, oracle: Path, progress: Progress) -> MonthStats:
+    """Simulate one month and write its drop folder and its oracle file; then decide who churns."""
+    plan, labelled, labels = sim.plan_month(month)
+    sim.draw_behaviour(plan)
+    active, prob = sim.churn_probability(plan)
+    n_chunks = -(-len(plan.present) // params.CHUNK_USERS)
+    progress.start(f"{drop_name(month)} ({as_of(month)})", total=n_chunks + 2)
+    folder = staging / drop_name(month)
+    folder.mkdir()
+    sinks = {name: CsvSink(folder / spec.filename, spec.header) for name, spec in contract.FILES.items()}
+    sim.write_users(sinks["users"], len(sim.pop))
+    sim.write_subscriptions(sinks["subscriptions"], active)
+    progress.advance()
+    stamp = _Timestamps(month)
+    counters = {"sessions": 0, "payments": 0, "tickets": 0}
+    for part, sl in _chunks(len(plan.present)):
+        sim.write_events(plan, part, sl, sinks, counters, stamp)
+        progress.advance()
+    if month > 0:
+        sinks["labels"].write(
+            [
+                sim.pop.id_str.take(pa.array(labelled)),
+                pa.array([as_of(month - 1).isoformat()] * len(labelled)),
+                _bools(labels),
+            ]
+        )
+    write_manifest(folder, as_of(month), {name: sink.close() for name, sink in sinks.items()})
+    _write_oracle(sim, oracle / oracle_name(month), active, prob)
+    sim.decide_churn(month, active, prob)
+    progress.advance()
+    return _month_stats(plan, len(active), labels, counters)
+
+
+def _write_oracle(sim: _Simulation, path: Path, active: np.ndarray, prob: np.ndarray) -> None:
+    """Each active user's true probability of cancelling during the next month."""
+    sink = CsvSink(path, ["user_id", "churn_probability"])
+    sink.write([sim.pop.id_str.take(pa.array(active)), _fixed(np.rint(prob * 1e6), 6)])
+    sink.close()
+
+
+def _month_stats(plan: _MonthPlan, subscribers: int, labels: np.ndarray, counters: dict[str, int]) -> MonthStats:
+    return MonthStats(
+        month=plan.month,
+        as_of=as_of(plan.month),
+        subscribers=subscribers,
+        new_users=int(plan.signed_up.sum()) if plan.month > 0 else 0,
+        cancelled=int((~plan.staying).sum()),
+        labelled=len(labels),
+        label_churn_rate=float(labels.mean()) if len(labels) else None,
+        sessions=counters["sessions"],
+        payments=counters["payments"],
+        tickets=counters["tickets"],
+    )

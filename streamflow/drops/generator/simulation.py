@@ -1,14 +1,5 @@
-"""The drop generator: monthly drops of a streaming business, seeded from real customers.
-
-Month 0's subscribers and the labels of period 0 are the IBM Telco customers and their real churn
-outcomes. Later months come from a hidden churn hazard fitted to those customers plus simulated
-behaviour: a latent engagement per user that drives sessions and watch time, and exogenous causes
-(rebuffering, failed payments, support tickets) that raise the hazard. Each user's true churn
-probability per period goes to ``oracle/`` beside the drops, never inside them.
-
-Layout: real-customer loading, hazard fitting, the monthly state transition, event writers and
-the manifest writer, then :func:`generate`, which the ``streamflow generate`` command calls.
-"""
+"""The monthly state transition: who stays, leaves and signs up, their behaviour and true churn
+probability, and the events (sessions, payments, tickets) each month writes."""
 
 from __future__ import annotations
 
@@ -81,6 +72,18 @@ class _MonthPlan:
     retry_at: np.ndarray | None = None
     sessions_early: np.ndarray | None = None
     ticket_at: np.ndarray | None = None  # (n, max tickets), -1 = none
+
+
+@dataclass
+class _Chunk:
+    """One chunk of a month's present users, as the event writers read it."""
+
+    plan: _MonthPlan
+    sl: slice  # the chunk's positions in plan.present
+    idx: np.ndarray  # the chunk's user indices
+    inp: HazardInputs  # their hazard inputs
+    rng: np.random.Generator  # the chunk's one random stream, shared by the writers in order
+    stamp: _Timestamps
 
 
 class _Simulation:
@@ -338,21 +341,32 @@ class _Simulation:
         counters: dict[str, int],
         stamp: _Timestamps,
     ) -> None:
-        """Sessions, payments and tickets of the present users in ``sl`` (one chunk)."""
-        p, pop, month = self.p, self.pop, plan.month
-        idx = plan.present[sl]
-        inp = plan.inputs.take(np.arange(len(plan.present))[sl])
-        rng = _rng(self.seed, month, "events", part)
-        start, end = plan.start[sl], plan.end[sl]
-        length = _month_seconds(month)
-        late_from = length - 7 * DAY
-        drift = DRIFT if plan.drift else None
+        """Sessions, payments and tickets of the present users in ``sl`` (one chunk).
 
-        # sessions: early ones before the last 7 days, late ones inside them
-        n_early, n_late = plan.sessions_early[sl], inp.sessions_late
+        One random stream per chunk, drawn in this order: sessions, then tickets (payments draw none).
+        """
+        chunk = _Chunk(
+            plan=plan,
+            sl=sl,
+            idx=plan.present[sl],
+            inp=plan.inputs.take(np.arange(len(plan.present))[sl]),
+            rng=_rng(self.seed, plan.month, "events", part),
+            stamp=stamp,
+        )
+        counters["sessions"] += self._write_sessions(chunk, sinks["sessions"], counters["sessions"])
+        counters["payments"] += self._write_payments(chunk, sinks["payments"], counters["payments"])
+        counters["tickets"] += self._write_tickets(chunk, sinks["tickets"], counters["tickets"])
+
+    def _write_sessions(self, c: _Chunk, sink: CsvSink, first: int) -> int:
+        """Early sessions before the last 7 days, late ones inside them; returns how many."""
+        p, pop, plan, rng, inp = self.p, self.pop, c.plan, c.rng, c.inp
+        start, end = plan.start[c.sl], plan.end[c.sl]
+        late_from = _month_seconds(plan.month) - 7 * DAY
+        drift = DRIFT if plan.drift else None
+        n_early, n_late = plan.sessions_early[c.sl], inp.sessions_late
         per_user = n_early + n_late
         total = int(per_user.sum())
-        owner = np.repeat(np.arange(len(idx)), per_user)
+        owner = np.repeat(np.arange(len(c.idx)), per_user)
         block = np.concatenate([[0], np.cumsum(per_user)[:-1]])
         pos = np.arange(total) - block[owner]
         late = pos >= n_early[owner]
@@ -370,71 +384,74 @@ class _Simulation:
         skips = rng.poisson(skips_rate)
         rebuffer = np.where(late, 0, rng.poisson(inp.quality[owner]))
         # the late rebuffer events (the hazard's input) land on random late sessions of their user
-        r_owner = np.repeat(np.arange(len(idx)), inp.rebuffer_late)
+        r_owner = np.repeat(np.arange(len(c.idx)), inp.rebuffer_late)
         r_pos = block[r_owner] + n_early[r_owner]
         r_pos = r_pos + np.floor(rng.random(len(r_owner)) * n_late[r_owner]).astype(np.int64)
         rebuffer = rebuffer + np.bincount(r_pos, minlength=total)
-        pool = pop.devices[idx][owner].astype(np.float64)
+        pool = pop.devices[c.idx][owner].astype(np.float64)
         q = drift.device_preference if drift else p.device_preference
         slot = np.floor(np.log1p(-rng.random(total) * (1 - q**pool)) / np.log(q)).astype(np.int64)
         slot = np.minimum(slot, pool.astype(np.int64) - 1)
-        user_ids = pop.id_str.take(pa.array(idx[owner]))
-        sinks["sessions"].write(
+        sink.write(
             [
-                _serials(f"S{month:03d}", counters["sessions"] + np.arange(total), 9),
-                user_ids,
-                stamp(at),
-                _serials("D", idx[owner] * 10 + slot, 9),
+                _serials(f"S{plan.month:03d}", first + np.arange(total), 9),
+                pop.id_str.take(pa.array(c.idx[owner])),
+                c.stamp(at),
+                _serials("D", c.idx[owner] * 10 + slot, 9),
                 _fixed(np.rint(minutes * 100), 2),
                 _ints(skips),
                 _ints(rebuffer),
             ]
         )
-        counters["sessions"] += total
+        return total
 
-        # payments: attempt, then the retry of a failed attempt
-        has_pay = plan.pay_at[sl] >= 0
-        has_retry = inp.fail_first & (plan.retry_at[sl] >= 0)
+    def _write_payments(self, c: _Chunk, sink: CsvSink, first: int) -> int:
+        """Each attempt, then the retry of a failed attempt; returns how many."""
+        pop, plan, inp = self.pop, c.plan, c.inp
+        has_pay = plan.pay_at[c.sl] >= 0
+        has_retry = inp.fail_first & (plan.retry_at[c.sl] >= 0)
         u = np.concatenate([np.flatnonzero(has_pay), np.flatnonzero(has_retry)])
-        when = np.concatenate([plan.pay_at[sl][has_pay], plan.retry_at[sl][has_retry]])
+        when = np.concatenate([plan.pay_at[c.sl][has_pay], plan.retry_at[c.sl][has_retry]])
         failed = np.concatenate([inp.fail_first[has_pay], inp.fail_retry[has_retry]])
         order = np.lexsort((when, u))
         u, when, failed = u[order], when[order], failed[order]
-        sinks["payments"].write(
+        sink.write(
             [
-                _serials(f"P{month:03d}", counters["payments"] + np.arange(len(u)), 9),
-                pop.id_str.take(pa.array(idx[u])),
-                stamp(when),
-                _fixed(pop.fee[idx[u]], 2),
+                _serials(f"P{plan.month:03d}", first + np.arange(len(u)), 9),
+                pop.id_str.take(pa.array(c.idx[u])),
+                c.stamp(when),
+                _fixed(pop.fee[c.idx[u]], 2),
                 _choice(contract.PAYMENT_STATUSES, failed.astype(np.int64)),
             ]
         )
-        counters["payments"] += len(u)
+        return len(u)
 
-        # tickets
-        t_at = plan.ticket_at[sl]
+    def _write_tickets(self, c: _Chunk, sink: CsvSink, first: int) -> int:
+        """Support tickets at their planned times, resolved (or still open at month end); returns how many."""
+        p, pop, plan, rng, inp = self.p, self.pop, c.plan, c.rng, c.inp
+        t_at = plan.ticket_at[c.sl]
         t_user, t_slot = np.nonzero(t_at >= 0)
         opened = t_at[t_user, t_slot]
         hours = p.resolution_median_hours * np.exp(p.resolution_sigma * rng.standard_normal(len(t_user)))
-        if drift:
-            hours = hours * drift.resolution
+        if plan.drift:
+            hours = hours * DRIFT.resolution
         resolved = opened + np.maximum(np.rint(hours * 3600).astype(np.int64), 600)
-        resolved = np.where(resolved < length, resolved, -1)
+        resolved = np.where(resolved < _month_seconds(plan.month), resolved, -1)
         weights = np.tile(np.asarray(p.ticket_weights), (len(t_user), 1))
         weights[:, 0] *= np.where(inp.failed[t_user] > 0, 4.0, 1.0)
         weights[:, 1] *= np.where(inp.quality[t_user] > 0.5, 3.0, 1.0)
         cum = np.cumsum(weights, axis=1)
         category = (cum < (rng.random(len(t_user)) * cum[:, -1])[:, None]).sum(axis=1)
-        sinks["tickets"].write(
+        sink.write(
             [
-                _serials(f"T{month:03d}", counters["tickets"] + np.arange(len(t_user)), 9),
-                pop.id_str.take(pa.array(idx[t_user])),
-                stamp(opened),
-                stamp(resolved),
+                _serials(f"T{plan.month:03d}", first + np.arange(len(t_user)), 9),
+                pop.id_str.take(pa.array(c.idx[t_user])),
+                c.stamp(opened),
+                c.stamp(resolved),
                 _choice(contract.TICKET_CATEGORIES, category),
             ]
         )
-        counters["tickets"] += len(t_user)
+        return len(t_user)
 
     def write_users(self, sink: CsvSink, count: int) -> None:
         pop = self.pop
