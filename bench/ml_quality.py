@@ -21,8 +21,16 @@ from pathlib import Path
 
 import psycopg
 
+from ml.evaluate import evaluate
+from ml.promote import promote
+from ml.train import train
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres
+from streamflow.drops.generator.params import as_of
+from streamflow.drops.generator.run import generate
+from streamflow.drops.ingest import ingest
+from streamflow.features.apply import apply
+from streamflow.warehouse.build import build
 
 
 def _free_port() -> int:
@@ -39,14 +47,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="trainings per month (determinism check)")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     args = ap.parse_args()
-
-    from ml.evaluate import evaluate
-    from ml.promote import promote
-    from ml.train import train
-    from streamflow import features, warehouse
-    from streamflow.drops.generator.params import as_of
-    from streamflow.drops.generator.run import generate
-    from streamflow.drops.ingest import ingest
 
     figures: dict = {"users": args.users, "months": args.months, "seed": args.seed, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,57 +66,72 @@ def main() -> None:
                 }
             )
             drops = tmp / "drops"
-            t0 = time.perf_counter()
-            generate(drops, args.months, args.users, args.seed, progress=False)
-            ingest(settings, sorted(drops.glob("month_*")))
-            warehouse.build(settings)
-            features.apply(settings)
-            figures["prepare_seconds"] = round(time.perf_counter() - t0, 1)
-            print(f"prepared {args.months} months x {args.users:,} users in {figures['prepare_seconds']} s")
-            print(
-                f"{'as_of':<11} {'family':<23} {'rows':>6} {'ROC-AUC':>8} {'PR-AUC':>7} {'logloss':>8} "
-                f"{'F1':>6} {'data s':>7} {'train s':>8} {'log+reg s':>9}  decision"
-            )
-            for month in range(2, args.months):
-                seen = None
-                for _ in range(args.repeat):
-                    r = train(settings, as_of(month))
-                    p = promote(settings)
-                    if seen is not None and seen != r.metrics:
-                        raise SystemExit(f"training at {as_of(month)} is not deterministic: {seen} != {r.metrics}")
-                    seen = r.metrics
-                    m, t = r.metrics, r.timings
-                    print(
-                        f"{as_of(month).isoformat():<11} {r.family:<23} {r.lineage['rows']['train']:>6} "
-                        f"{m['roc_auc']:>8.4f} {m['pr_auc']:>7.4f} {m['log_loss']:>8.4f} {m['f1']:>6.3f} "
-                        f"{t['data_seconds']:>7.1f} {t['train_seconds']:>8.1f} {t['log_register_seconds']:>9.1f}  "
-                        f"{p.decision.action} v{r.model_version}"
-                    )
-                    figures["runs"].append(
-                        {
-                            "as_of": as_of(month).isoformat(),
-                            "version": r.model_version,
-                            "family": r.family,
-                            "metrics": m,
-                            "candidates": r.candidates,
-                            "timings": t,
-                            "decision": p.decision.action,
-                        }
-                    )
-            ev = evaluate(settings, as_of(args.months), oracle_dir=drops)
-            print(f"\nchampion v{ev.model_version} against the oracle")
-            print(f"{'period':<11} {'role':<10} {'rows':>6} {'model':>7} {'oracle':>7} {'ratio':>6}")
-            for q in ev.periods:
-                print(
-                    f"{q.period.isoformat():<11} {q.role:<10} {q.rows:>6} {q.model_roc_auc:>7.4f} "
-                    f"{q.oracle_roc_auc:>7.4f} {q.ratio:>6.3f}"
-                )
-            figures["evaluation"] = ev.as_dict()
+            _prepare(settings, args, drops, figures)
+            _train_months(settings, args, figures)
+            _evaluate(settings, args, drops, figures)
         finally:
             server.down()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _prepare(settings: Settings, args: argparse.Namespace, drops: Path, figures: dict) -> None:
+    """Generate the drops, ingest, build and register the features."""
+    t0 = time.perf_counter()
+    generate(drops, args.months, args.users, args.seed)
+    ingest(settings, sorted(drops.glob("month_*")))
+    build(settings)
+    apply(settings)
+    figures["prepare_seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"prepared {args.months} months x {args.users:,} users in {figures['prepare_seconds']} s")
+
+
+def _train_months(settings: Settings, args: argparse.Namespace, figures: dict) -> None:
+    """Train and promote at every month from 2 on (``--repeat`` times each: the metrics must not change)."""
+    print(
+        f"{'as_of':<11} {'family':<23} {'rows':>6} {'ROC-AUC':>8} {'PR-AUC':>7} {'logloss':>8} "
+        f"{'F1':>6} {'data s':>7} {'train s':>8} {'log+reg s':>9}  decision"
+    )
+    for month in range(2, args.months):
+        seen = None
+        for _ in range(args.repeat):
+            r = train(settings, as_of(month))
+            p = promote(settings)
+            if seen is not None and seen != r.metrics:
+                raise SystemExit(f"training at {as_of(month)} is not deterministic: {seen} != {r.metrics}")
+            seen = r.metrics
+            m, t = r.metrics, r.timings
+            print(
+                f"{as_of(month).isoformat():<11} {r.family:<23} {r.lineage['rows']['train']:>6} "
+                f"{m['roc_auc']:>8.4f} {m['pr_auc']:>7.4f} {m['log_loss']:>8.4f} {m['f1']:>6.3f} "
+                f"{t['data_seconds']:>7.1f} {t['train_seconds']:>8.1f} {t['log_register_seconds']:>9.1f}  "
+                f"{p.decision.action} v{r.model_version}"
+            )
+            figures["runs"].append(
+                {
+                    "as_of": as_of(month).isoformat(),
+                    "version": r.model_version,
+                    "family": r.family,
+                    "metrics": m,
+                    "candidates": r.candidates,
+                    "timings": t,
+                    "decision": p.decision.action,
+                }
+            )
+
+
+def _evaluate(settings: Settings, args: argparse.Namespace, drops: Path, figures: dict) -> None:
+    """The final champion against the oracle, period by period."""
+    ev = evaluate(settings, as_of(args.months), oracle_dir=drops)
+    print(f"\nchampion v{ev.model_version} against the oracle")
+    print(f"{'period':<11} {'role':<10} {'rows':>6} {'model':>7} {'oracle':>7} {'ratio':>6}")
+    for q in ev.periods:
+        print(
+            f"{q.period.isoformat():<11} {q.role:<10} {q.rows:>6} {q.model_roc_auc:>7.4f} "
+            f"{q.oracle_roc_auc:>7.4f} {q.ratio:>6.3f}"
+        )
+    figures["evaluation"] = ev.as_dict()
 
 
 if __name__ == "__main__":

@@ -13,17 +13,19 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
+
+import pandas as pd
+import psycopg
+from sklearn.model_selection import train_test_split
 
 from ml.errors import MLError
+from streamflow.core.db import connect
+from streamflow.core.names import LABELS_MART, MART_SCHEMA
+from streamflow.core.settings import Settings
+from streamflow.features import offline, store
+from streamflow.features.store import FeaturesError
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from streamflow.core.settings import Settings
-
-MARTS_SCHEMA = "marts"
-LABELS_TABLE = "labels"
 KEY_COLUMNS = ("user_id", "as_of")
 LABEL = "churn_label"
 
@@ -90,8 +92,6 @@ def split_frame(
         is_valid = period.isin(set(plan.validation_periods))
         train, valid = frame[~is_valid], frame[is_valid]
     else:
-        from sklearn.model_selection import train_test_split
-
         counts = frame[LABEL].value_counts()
         if len(counts) < 2 or counts.min() < 2:
             raise MLError(
@@ -159,20 +159,16 @@ class FeastSource:
         self.service = self.service or self.settings.feature_service
 
     def label_periods(self) -> list[date]:
-        import psycopg
-
-        from streamflow.core.db import connect
-
         try:
             with connect(self.settings) as conn:
                 rows = conn.execute(
                     # period_start is a business timestamp (00:00 UTC of the period's as_of)
-                    f"select distinct (period_start at time zone 'UTC')::date from {MARTS_SCHEMA}.{LABELS_TABLE} "
+                    f"select distinct (period_start at time zone 'UTC')::date from {MART_SCHEMA}.{LABELS_MART} "
                     "order by 1"
                 ).fetchall()
         except psycopg.errors.UndefinedTable:
             raise MLError(
-                f"the warehouse has no {MARTS_SCHEMA}.{LABELS_TABLE} table yet: "
+                f"the warehouse has no {MART_SCHEMA}.{LABELS_MART} table yet: "
                 "run `streamflow ingest` and `streamflow build` first"
             ) from None
         except psycopg.OperationalError as exc:
@@ -183,20 +179,14 @@ class FeastSource:
         return [r[0] for r in rows]
 
     def training_frame(self, periods: list[date]) -> pd.DataFrame:
-        from streamflow.features import offline
-
         with _feature_errors():
             return offline.training_frame(self.settings, periods, service=self.service)
 
     def feature_frame(self, as_of: date) -> pd.DataFrame:
-        from streamflow.features import offline
-
         with _feature_errors():
             return offline.feature_frame(self.settings, as_of, service=self.service)
 
     def model_features(self) -> list[str]:
-        from streamflow.features import store
-
         with _feature_errors():
             return [name for _view, name in store.service_features(self.settings, self.service)]
 
@@ -204,8 +194,6 @@ class FeastSource:
 @contextlib.contextmanager
 def _feature_errors() -> Iterator[None]:
     """The feature store's user-facing errors, as this package's."""
-    from streamflow.features.store import FeaturesError
-
     try:
         yield
     except FeaturesError as exc:

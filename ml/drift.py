@@ -13,15 +13,22 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import mlflow
+import pandas as pd
+
+from ml.dataset import FeastSource, FeatureSource
 from ml.errors import MLError
+from ml.tracking import configure, ensure_experiment
+from streamflow.core.runlog import record_drift
+from streamflow.core.settings import Settings
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from ml.dataset import FeatureSource
-    from streamflow.core.settings import Settings
+# importing Evidently 0.7 emits deprecation warnings from its own dependencies (numpy, litestar)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
 
 
 @dataclass(frozen=True)
@@ -99,11 +106,6 @@ def summarize(report: dict) -> tuple[int, float, list[ColumnDrift]]:
 
 def data_definition(frame: pd.DataFrame, features: list[str]):
     """Evidently column roles: numbers are numerical; strings and booleans are categorical."""
-    import pandas as pd
-
-    _import_evidently()
-    from evidently import DataDefinition
-
     numerical = [
         f
         for f in features
@@ -113,19 +115,8 @@ def data_definition(frame: pd.DataFrame, features: list[str]):
     return DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
 
 
-def _import_evidently() -> None:
-    # importing Evidently 0.7 emits deprecation warnings from its own dependencies (numpy, litestar)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import evidently.presets  # noqa: F401
-
-
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], threshold: float):
     """Run Evidently's data-drift preset over ``features``; returns the snapshot."""
-    _import_evidently()
-    from evidently import Dataset, Report
-    from evidently.presets import DataDriftPreset
-
     definition = data_definition(reference, features)
     ref = Dataset.from_pandas(reference[features].reset_index(drop=True), data_definition=definition)
     cur = Dataset.from_pandas(current[features].reset_index(drop=True), data_definition=definition)
@@ -143,8 +134,6 @@ def drift(
     on_step=None,
 ) -> DriftResult:
     """Compare the model's features of the users active at ``reference`` and at ``current``."""
-    from ml.dataset import FeastSource
-
     step = on_step or (lambda _msg: None)
     if reference == current:
         raise MLError("reference and current are the same month: pick two different as_of dates")
@@ -152,15 +141,7 @@ def drift(
     step("reading features")
     started = time.perf_counter()
     features = source.model_features()
-    frames = {}
-    for label, as_of in (("reference", reference), ("current", current)):
-        frame = source.feature_frame(as_of)
-        if frame.empty:
-            raise MLError(f"no active users at {as_of} (the {label} month): has it been ingested and built?")
-        missing = [f for f in features if f not in frame.columns]
-        if missing:
-            raise MLError(f"the {label} features lack columns {missing}")
-        frames[label] = frame
+    frames = _read_frames(source, features, {"reference": reference, "current": current})
     data_seconds = time.perf_counter() - started
 
     step("computing the drift report")
@@ -181,22 +162,13 @@ def drift(
         retrain=drift_decision(share, threshold),
         columns=columns,
     )
-    settings.reports_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"drift_{reference.isoformat()}_{current.isoformat()}"
-    result.html_path = settings.reports_dir / f"{stem}.html"
-    result.json_path = settings.reports_dir / f"{stem}.json"
-    snapshot.save_html(str(result.html_path))
-    summary = result.as_dict()
-    summary["evidently"] = report
-    result.json_path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    _save(settings, result, snapshot, report)
     result.timings = {"data_seconds": data_seconds, "report_seconds": time.perf_counter() - started}
 
     if log_to_mlflow:
         step("logging to MLflow")
         result.run_id = _log(settings, result)
     # the decision also goes to the warehouse, where the API exports it for alerting
-    from streamflow.core.runlog import record_drift
-
     record_drift(
         settings,
         reference,
@@ -210,6 +182,32 @@ def drift(
     return result
 
 
+def _read_frames(source: FeatureSource, features: list[str], months: dict[str, date]) -> dict[str, pd.DataFrame]:
+    """The feature frame of each labelled month; a clear error when one is empty or lacks a feature."""
+    frames = {}
+    for label, as_of in months.items():
+        frame = source.feature_frame(as_of)
+        if frame.empty:
+            raise MLError(f"no active users at {as_of} (the {label} month): has it been ingested and built?")
+        missing = [f for f in features if f not in frame.columns]
+        if missing:
+            raise MLError(f"the {label} features lack columns {missing}")
+        frames[label] = frame
+    return frames
+
+
+def _save(settings: Settings, result: DriftResult, snapshot, report: dict) -> None:
+    """The report as HTML (Evidently's) and JSON (the summary with Evidently's dict) under ``reports_dir``."""
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"drift_{result.reference.isoformat()}_{result.current.isoformat()}"
+    result.html_path = settings.reports_dir / f"{stem}.html"
+    result.json_path = settings.reports_dir / f"{stem}.json"
+    snapshot.save_html(str(result.html_path))
+    summary = result.as_dict()
+    summary["evidently"] = report
+    result.json_path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+
+
 def _json_default(value):
     if hasattr(value, "item"):
         return value.item()
@@ -219,10 +217,6 @@ def _json_default(value):
 
 
 def _log(settings: Settings, result: DriftResult) -> str:
-    import mlflow
-
-    from ml.tracking import configure, ensure_experiment
-
     client = configure(settings)
     experiment_id = ensure_experiment(client, settings, f"{settings.mlflow_experiment}_drift")
     name = f"drift {result.reference.isoformat()} -> {result.current.isoformat()}"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from streamflow.core.errors import StreamflowError
 
-class MLError(RuntimeError):
+
+class MLError(StreamflowError, RuntimeError):
     """A precondition is not met (no labels yet, no champion, a missing oracle file...).
 
-    The message says what is missing and which command fixes it.
+    The message says what is missing and which command fixes it. It stays a ``RuntimeError`` too, so
+    callers that caught it as one before the common base still do.
     """

@@ -1,4 +1,4 @@
-"""Model quality: classification metrics, the decision threshold, and the champion against the oracle.
+"""Model quality: the champion against the oracle (classification metrics live in :mod:`ml.metrics`).
 
 The oracle files hold the generator's true churn probabilities. Only :func:`evaluate` reads them: they
 measure how close the model gets to the best possible ranking, never what it learns from.
@@ -10,68 +10,18 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
 
+from ml.dataset import FeastSource, FeatureSource, periods_up_to
 from ml.errors import MLError
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from ml.dataset import FeatureSource
-    from streamflow.core.settings import Settings
-
-# metric -> True when larger is better; the order is the display order
-METRICS = {
-    "roc_auc": True,
-    "pr_auc": True,
-    "log_loss": False,
-    "brier": False,
-    "f1": True,
-    "precision": True,
-    "recall": True,
-    "threshold": True,
-}
-
-
-def best_threshold(y_true, proba) -> float:
-    """The probability cut-off that maximises F1 on these rows (ties: the higher cut-off)."""
-    from sklearn.metrics import precision_recall_curve
-
-    precision, recall, thresholds = precision_recall_curve(np.asarray(y_true, dtype=bool), np.asarray(proba))
-    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    best = np.flatnonzero(f1 == f1.max())[-1]
-    return float(thresholds[best])
-
-
-def classification_metrics(y_true, proba, threshold: float) -> dict[str, float]:
-    """ROC-AUC, PR-AUC, log-loss, Brier and F1/precision/recall at ``threshold``."""
-    from sklearn.metrics import (
-        average_precision_score,
-        brier_score_loss,
-        f1_score,
-        log_loss,
-        precision_score,
-        recall_score,
-        roc_auc_score,
-    )
-
-    y = np.asarray(y_true, dtype=bool)
-    p = np.clip(np.asarray(proba, dtype=float), 1e-15, 1 - 1e-15)
-    predicted = p >= threshold
-    return {
-        "roc_auc": float(roc_auc_score(y, p)),
-        "pr_auc": float(average_precision_score(y, p)),
-        "log_loss": float(log_loss(y, p, labels=[False, True])),
-        "brier": float(brier_score_loss(y, p)),
-        "f1": float(f1_score(y, predicted, zero_division=0)),
-        "precision": float(precision_score(y, predicted, zero_division=0)),
-        "recall": float(recall_score(y, predicted, zero_division=0)),
-        "threshold": float(threshold),
-    }
+from ml.metrics import METRICS  # noqa: F401 - streamflow/cli/models.py reads it here; its home is ml.metrics
+from ml.threads import limited_threads
+from ml.tracking import load_model_alias
+from streamflow.core.names import CHAMPION
+from streamflow.core.settings import Settings
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,8 +72,6 @@ def oracle_folder(settings: Settings, oracle_dir: Path | None = None) -> Path:
 
 def read_oracle(folder: Path, period: date) -> pd.DataFrame:
     """The generator's true churn probabilities for the users active at ``period``."""
-    import pandas as pd
-
     path = folder / f"period_{period.isoformat()}.csv"
     if not path.is_file():
         raise MLError(
@@ -139,8 +87,6 @@ def read_oracle(folder: Path, period: date) -> pd.DataFrame:
 
 def compare_with_oracle(labelled: pd.DataFrame, model_proba, oracle: pd.DataFrame) -> tuple[float, float, int]:
     """(model ROC-AUC, oracle ROC-AUC, rows) on the labelled rows that the oracle also covers."""
-    from sklearn.metrics import roc_auc_score
-
     rows = labelled[["user_id", "churn_label"]].assign(model=np.asarray(model_proba))
     rows = rows.merge(oracle, on="user_id", how="inner", validate="one_to_one")
     if rows.empty or rows["churn_label"].nunique() < 2:
@@ -158,10 +104,6 @@ def evaluate(
     on_step=None,
 ) -> Evaluation:
     """The champion's ROC-AUC on every labelled period known at ``as_of``, next to the oracle's."""
-    from ml.dataset import FeastSource, periods_up_to
-    from ml.tracking import load_model_alias
-    from ml.train import limited_threads
-
     step = on_step or (lambda _msg: None)
     started = time.perf_counter()
     source = source or FeastSource(settings)
@@ -169,7 +111,7 @@ def evaluate(
     if not folder.is_dir():
         raise MLError(f"oracle folder {folder} does not exist: pass --oracle DIR (the folder of `streamflow generate`)")
     step("loading the champion")
-    champion = load_model_alias(settings, "champion")
+    champion = load_model_alias(settings, CHAMPION)
     periods = periods_up_to(source.label_periods(), as_of)
     if not periods:
         raise MLError(f"no labelled period before {as_of}: labels for a month arrive with the next drop")

@@ -9,12 +9,24 @@ the ``champion`` alias in one call when the challenger wins.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from sklearn.metrics import log_loss, roc_auc_score
 
 from ml.errors import MLError
-
-if TYPE_CHECKING:
-    from streamflow.core.settings import Settings
+from ml.threads import limited_threads
+from ml.tracking import (
+    VALIDATION_FRAME_ARTIFACT,
+    LoadedModel,
+    configure,
+    load_version,
+    version_by_alias,
+)
+from streamflow.core.names import CHALLENGER, CHAMPION
+from streamflow.core.settings import Settings
 
 PROMOTE = "promote"
 KEEP = "keep"
@@ -124,19 +136,11 @@ class PromotionResult:
 
 
 def _scores(y, proba) -> Scores:
-    import numpy as np
-    from sklearn.metrics import log_loss, roc_auc_score
-
     p = np.clip(np.asarray(proba, dtype=float), 1e-15, 1 - 1e-15)
     return Scores(float(roc_auc_score(y, p)), float(log_loss(y, p, labels=[False, True])))
 
 
 def _validation_frame(run_id: str):
-    import mlflow
-    import pandas as pd
-
-    from ml.tracking import VALIDATION_FRAME_ARTIFACT
-
     try:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_FRAME_ARTIFACT)
     except Exception as exc:  # the artifact store raises its own types (file, HTTP, S3...)
@@ -146,9 +150,6 @@ def _validation_frame(run_id: str):
 
 def promote(settings: Settings) -> PromotionResult:
     """Compare challenger and champion on the challenger's validation rows; move ``champion`` if it wins."""
-    from ml.tracking import CHALLENGER, CHAMPION, configure, load_version, version_by_alias
-    from ml.train import limited_threads
-
     client = configure(settings)
     name = settings.model_name
     policy = Policy.from_settings(settings)
@@ -173,17 +174,41 @@ def promote(settings: Settings) -> PromotionResult:
 
     champion_scores = None
     if champion_mv is not None:
-        champion = load_version(settings, champion_mv.version, client)
-        missing = [f for f in champion.features if f not in valid.columns]
-        if missing:
-            raise MLError(
-                f"the champion (version {champion.version}) needs features the challenger's validation rows "
-                f"lack ({missing}): the two cannot be compared on the same rows"
-            )
-        with limited_threads(settings):
-            champion_scores = _scores(y, champion.predict_proba(valid))
+        champion_scores = _champion_scores(settings, client, champion_mv.version, valid, y)
     decision = decide(challenger_scores, champion_scores, policy)
+    _record(client, name, decision, challenger, before, challenger_scores, champion_scores)
+    after = before
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        after = challenger.version
+    return PromotionResult(
+        decision, challenger.version, before, after, challenger_scores, champion_scores, len(valid), policy
+    )
 
+
+def _champion_scores(settings: Settings, client: MlflowClient, version, valid: pd.DataFrame, y) -> Scores:
+    """The current champion's scores on the challenger's validation rows."""
+    champion = load_version(settings, version, client)
+    missing = [f for f in champion.features if f not in valid.columns]
+    if missing:
+        raise MLError(
+            f"the champion (version {champion.version}) needs features the challenger's validation rows "
+            f"lack ({missing}): the two cannot be compared on the same rows"
+        )
+    with limited_threads(settings):
+        return _scores(y, champion.predict_proba(valid))
+
+
+def _record(
+    client: MlflowClient,
+    name: str,
+    decision: Decision,
+    challenger: LoadedModel,
+    before: str | None,
+    challenger_scores: Scores,
+    champion_scores: Scores | None,
+) -> None:
+    """The decision and its reasons as tags on both versions and on the challenger's run."""
     tags = {
         "promotion.decision": decision.action,
         "promotion.reasons": "; ".join(decision.reasons),
@@ -201,10 +226,3 @@ def promote(settings: Settings) -> PromotionResult:
             client.set_model_version_tag(name, version, key, value)
     client.set_tag(challenger.run_id, "promotion.decision", decision.action)
     client.set_tag(challenger.run_id, "promotion.reasons", tags["promotion.reasons"])
-    after = before
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        after = challenger.version
-    return PromotionResult(
-        decision, challenger.version, before, after, challenger_scores, champion_scores, len(valid), policy
-    )

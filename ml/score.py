@@ -1,8 +1,10 @@
 """Batch scoring: every user active at an as_of, scored by the champion, into ``ml.churn_scores``.
 
 Idempotent per as_of: scoring a month again replaces that month's rows in one transaction, so
-readers see either the old scores or the new ones. dbt declares the table as a source
-(``dbt_project/models/staging/__ml_sources.yml``) and builds ``marts.churn_predictions`` on it.
+readers see either the old scores or the new ones. The table has one definition, the dbt macro
+``ensure_churn_scores_table`` (``dbt_project/macros/ml_churn_scores.sql``), which every
+``streamflow build`` runs before the ``marts.churn_predictions`` view it feeds; dbt declares the
+table as a source (``dbt_project/models/ml/__ml_sources.yml``). This module only writes rows.
 """
 
 from __future__ import annotations
@@ -10,34 +12,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING
 
+import pandas as pd
+
+from ml.dataset import FeastSource, FeatureSource
 from ml.errors import MLError
+from ml.threads import limited_threads
+from ml.tracking import load_model_alias
+from streamflow.core.db import connect
+from streamflow.core.names import CHAMPION, CHURN_SCORES
+from streamflow.core.settings import Settings
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from ml.dataset import FeatureSource
-    from streamflow.core.settings import Settings
-
-SCHEMA = "ml"
-TABLE = "churn_scores"
 COLUMNS = ("user_id", "as_of", "churn_probability", "churn_label_predicted", "model_version", "scored_at")
-
-DDL = f"""
-create schema if not exists {SCHEMA};
-create table if not exists {SCHEMA}.{TABLE} (
-    user_id text not null,
-    as_of date not null,
-    churn_probability double precision not null check (churn_probability between 0 and 1),
-    churn_label_predicted boolean not null,
-    model_version integer not null,
-    scored_at timestamptz not null,
-    primary key (as_of, user_id)
-);
-comment on table {SCHEMA}.{TABLE} is
-    'Churn probability of every user active at as_of, scored by the champion model (streamflow score).';
-"""
 
 
 @dataclass
@@ -59,8 +45,6 @@ class ScoreResult:
 
 def score_frame(frame: pd.DataFrame, model, as_of: date, scored_at: datetime) -> pd.DataFrame:
     """The rows to store: one per user of ``frame``, in user_id order."""
-    import pandas as pd
-
     if frame["user_id"].duplicated().any():
         raise MLError(f"the feature frame at {as_of} has duplicate user_id rows")
     frame = frame.sort_values("user_id", kind="mergesort").reset_index(drop=True)
@@ -79,14 +63,16 @@ def score_frame(frame: pd.DataFrame, model, as_of: date, scored_at: datetime) ->
 
 def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
     """Replace the rows of ``as_of`` in ml.churn_scores with ``rows``; returns how many were replaced."""
-    from streamflow.core.db import connect
-
     with connect(settings) as conn, conn.transaction():
-        conn.execute(DDL)
+        if not _table_exists(conn):
+            raise MLError(
+                f"the warehouse has no {CHURN_SCORES} table yet: run `streamflow build` first "
+                "(dbt creates it with the churn_predictions mart)"
+            )
         # one writer per table at a time; readers are not blocked
-        conn.execute(f"lock table {SCHEMA}.{TABLE} in share row exclusive mode")
-        replaced = conn.execute(f"delete from {SCHEMA}.{TABLE} where as_of = %s", (as_of,)).rowcount
-        with conn.cursor().copy(f"copy {SCHEMA}.{TABLE} ({', '.join(COLUMNS)}) from stdin") as copy:
+        conn.execute(f"lock table {CHURN_SCORES} in share row exclusive mode")
+        replaced = conn.execute(f"delete from {CHURN_SCORES} where as_of = %s", (as_of,)).rowcount
+        with conn.cursor().copy(f"copy {CHURN_SCORES} ({', '.join(COLUMNS)}) from stdin") as copy:
             for rec in rows.itertuples(index=False):
                 copy.write_row(
                     (
@@ -103,10 +89,6 @@ def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
 
 def score(settings: Settings, as_of: date, *, source: FeatureSource | None = None, on_step=None) -> ScoreResult:
     """Score every user active at ``as_of`` with the champion and store the scores."""
-    from ml.dataset import FeastSource
-    from ml.tracking import CHAMPION, load_model_alias
-    from ml.train import limited_threads
-
     step = on_step or (lambda _msg: None)
     started = time.perf_counter()
     source = source or FeastSource(settings)
@@ -134,15 +116,14 @@ def score(settings: Settings, as_of: date, *, source: FeatureSource | None = Non
 
 def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:
     """The stored scores of ``as_of`` (empty when the month was not scored)."""
-    import pandas as pd
-
-    from streamflow.core.db import connect
-
     with connect(settings) as conn:
-        exists = conn.execute("select to_regclass(%s)", (f"{SCHEMA}.{TABLE}",)).fetchone()[0]
-        if exists is None:
+        if not _table_exists(conn):
             return pd.DataFrame(columns=list(COLUMNS))
         cur = conn.execute(
-            f"select {', '.join(COLUMNS)} from {SCHEMA}.{TABLE} where as_of = %s order by user_id", (as_of,)
+            f"select {', '.join(COLUMNS)} from {CHURN_SCORES} where as_of = %s order by user_id", (as_of,)
         )
         return pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
+
+
+def _table_exists(conn) -> bool:
+    return conn.execute("select to_regclass(%s)", (CHURN_SCORES,)).fetchone()[0] is not None

@@ -10,20 +10,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import mlflow
+import mlflow.sklearn
+import pandas as pd
+import psycopg
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ml.errors import MLError
+from ml.metrics import METRICS
+from streamflow.core.db import connect, database_url
+from streamflow.core.names import CHALLENGER, CHAMPION
+from streamflow.core.settings import Settings
 
-if TYPE_CHECKING:
-    import pandas as pd
-    from mlflow import MlflowClient
-
-    from streamflow.core.settings import Settings
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 LINEAGE_ARTIFACT = "lineage.json"
 VALIDATION_FRAME_ARTIFACT = "validation/frame.parquet"
 VALIDATION_PREDICTIONS_ARTIFACT = "validation/predictions.parquet"
@@ -41,8 +50,6 @@ def tracking_uri(settings: Settings) -> str:
     """The configured MLflow server, else the embedded PostgreSQL's ``mlflow`` database."""
     if settings.mlflow_tracking_uri:
         return settings.mlflow_tracking_uri
-    from streamflow.core.db import database_url
-
     return database_url(settings, settings.mlflow_db, "psycopg2")
 
 
@@ -55,9 +62,6 @@ def artifact_root(settings: Settings) -> str | None:
 
 def display_uri(uri: str) -> str:
     """A tracking URI safe to print: the password is masked."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         return make_url(uri).render_as_string(hide_password=True)
     except ArgumentError:
@@ -83,10 +87,6 @@ def _quiet_logs() -> None:
 def _check_reachable(settings: Settings) -> None:
     if settings.mlflow_tracking_uri:
         return
-    import psycopg
-
-    from streamflow.core.db import connect
-
     try:
         with connect(settings, settings.mlflow_db, connect_timeout=5):
             pass
@@ -99,10 +99,7 @@ def _check_reachable(settings: Settings) -> None:
 
 def configure(settings: Settings) -> MlflowClient:
     """Point the MLflow library (fluent API and a client) at the platform's tracking and registry."""
-    _check_reachable(settings)  # before importing mlflow: a stopped stack fails in a second
-    import mlflow
-    from mlflow import MlflowClient
-
+    _check_reachable(settings)  # before any MLflow call: a stopped stack fails in a second
     _quiet_logs()
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
@@ -112,8 +109,6 @@ def configure(settings: Settings) -> MlflowClient:
 
 def ensure_experiment(client: MlflowClient, settings: Settings, name: str) -> str:
     """The id of experiment ``name``, created (with the platform's artifact location) when missing."""
-    from mlflow.exceptions import MlflowException
-
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -160,8 +155,6 @@ def git_commit(project_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------
 def version_by_alias(client: MlflowClient, name: str, alias: str):
     """The ModelVersion behind ``alias``, or None when the model or the alias does not exist."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
@@ -194,9 +187,6 @@ class LoadedModel:
 
 def load_version(settings: Settings, version, client: MlflowClient | None = None) -> LoadedModel:
     """Load version ``version`` of the registered model, with its threshold, features and lineage."""
-    import mlflow.sklearn
-    from mlflow.models import Model
-
     client = client or configure(settings)
     name = settings.model_name
     mv = client.get_model_version(name, str(version))
@@ -233,18 +223,12 @@ def load_model_alias(settings: Settings, alias: str, client: MlflowClient | None
 
 def read_run_json(run_id: str, path: str) -> dict:
     """A JSON artifact of a run (call :func:`configure` first)."""
-    import mlflow
-
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
     return json.loads(Path(local).read_text())
 
 
 def model_summary(settings: Settings) -> dict[str, Any]:
     """Champion and challenger with their validation metrics, without loading either model."""
-    from datetime import UTC, datetime
-
-    from ml.evaluate import METRICS
-
     client = configure(settings)
     name = settings.model_name
     out: dict[str, Any] = {"model": name, "tracking_uri": display_uri(tracking_uri(settings))}
@@ -279,9 +263,6 @@ def ui_server(settings: Settings, port: int) -> tuple[list[str] | None, dict[str
     The store URI travels in the environment, not on the command line, so `ps` does not show the
     password. Job execution stays off: the UI needs uvicorn only.
     """
-    import socket
-    import sys
-
     uri = tracking_uri(settings)
     if uri.startswith(("http://", "https://")):
         return None, {}, uri

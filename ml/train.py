@@ -7,57 +7,64 @@ always gives the same model and the same metrics.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import mlflow
+import mlflow.sklearn
 import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from ml.dataset import LABEL, FeatureSource
+from ml.dataset import (
+    LABEL,
+    FeastSource,
+    FeatureSource,
+    ValidationPlan,
+    canonical_order,
+    frame_digest,
+    periods_up_to,
+    plan_validation,
+    split_frame,
+)
 from ml.errors import MLError
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from streamflow.core.settings import Settings
+from ml.metrics import best_threshold, classification_metrics
+from ml.threads import limited_threads
+from ml.tracking import (
+    LINEAGE_ARTIFACT,
+    MODEL_NAME_IN_RUN,
+    SKOPS_TRUSTED_TYPES,
+    configure,
+    ensure_experiment,
+    git_commit,
+)
+from streamflow.core.names import CHALLENGER
+from streamflow.core.settings import Settings
 
 
 # ---------------------------------------------------------------------------------------
 # model families
 # ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def limited_threads(settings: Settings) -> Iterator[None]:
-    """Cap OpenMP/BLAS threads at ``settings.ml_threads`` (0: no cap) while fitting or predicting.
-
-    Results do not depend on the thread count; speed does: on a busy two-core machine, OpenMP
-    threads spinning against other processes made gradient boosting several times slower.
-    """
-    if settings.ml_threads <= 0:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=settings.ml_threads):
-        yield
-
-
 def _logistic_regression(seed: int):
-    from sklearn.linear_model import LogisticRegression
-
     return LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
 
 
 def _hist_gradient_boosting(seed: int):
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
     return HistGradientBoostingClassifier(
         learning_rate=0.05,
         max_iter=300,
@@ -78,8 +85,6 @@ FAMILIES: dict[str, Callable[[int], Any]] = {
 
 def split_columns(frame: pd.DataFrame, features: list[str]) -> tuple[list[str], list[str]]:
     """(numeric, categorical) feature names: numbers and booleans are numeric, everything else categorical."""
-    import pandas as pd
-
     numeric, categorical = [], []
     for name in features:
         dtype = frame[name].dtype
@@ -92,11 +97,6 @@ def split_columns(frame: pd.DataFrame, features: list[str]) -> tuple[list[str], 
 
 def build_pipeline(family: str, numeric: list[str], categorical: list[str], seed: int):
     """An unfitted pipeline: impute + scale numerics, impute + one-hot categoricals, then the classifier."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
     if family not in FAMILIES:
         raise MLError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
     pre = ColumnTransformer(
@@ -125,8 +125,6 @@ def model_input(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     MLflow's schema check accepts any narrower integer for a `long` column but refuses int64 for an
     `integer` or `double` one, so `long` lets callers pass counts as whatever integers they hold.
     """
-    import pandas as pd
-
     out = frame[features].copy()
     for name in features:
         dtype = out[name].dtype
@@ -154,8 +152,6 @@ def fit_candidates(
     train: pd.DataFrame, valid: pd.DataFrame, features: list[str], seed: int, families: list[str] | None = None
 ) -> list[Candidate]:
     """Fit each family on ``train`` and measure it on ``valid`` at its own max-F1 threshold."""
-    from ml.evaluate import best_threshold, classification_metrics
-
     numeric, categorical = split_columns(train, features)
     y_train = train[LABEL].astype(bool).to_numpy()
     y_valid = valid[LABEL].astype(bool).to_numpy()
@@ -232,8 +228,6 @@ def _pip_requirements() -> list[str]:
 
 def load_training_data(settings: Settings, as_of: date, source: FeatureSource):
     """(training frame in canonical order, features, label periods, validation plan) for a run at ``as_of``."""
-    from ml.dataset import canonical_order, periods_up_to, plan_validation
-
     available = source.label_periods()
     periods = periods_up_to(available, as_of)
     if not periods:
@@ -266,9 +260,6 @@ def train(
     on_step: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train on every labelled period before ``as_of``, log the run and register the best as ``challenger``."""
-    from ml.dataset import FeastSource, frame_digest, split_frame
-    from ml.tracking import configure, git_commit
-
     step = on_step or (lambda _msg: None)
     source = source or FeastSource(settings)
     client = configure(settings)  # fail fast when the tracking store is down, before any fitting
@@ -280,35 +271,13 @@ def train(
     data_seconds = time.perf_counter() - started
 
     step(f"fitting {len(families or FAMILIES)} model families on {len(train_df):,} rows")
-    import sklearn.ensemble  # noqa: F401 - imported before the clock starts: the figure is fitting time
-    import sklearn.linear_model  # noqa: F401
-
     started = time.perf_counter()
     with limited_threads(settings):
         candidates = fit_candidates(train_df, valid_df, features, settings.seed, families)
     best = choose(candidates)
     train_seconds = time.perf_counter() - started
 
-    lineage = {
-        "as_of": as_of.isoformat(),
-        "label_periods": [p.isoformat() for p in periods],
-        "validation_strategy": plan.strategy,
-        "train_periods": [p.isoformat() for p in plan.train_periods],
-        "validation_periods": [p.isoformat() for p in plan.validation_periods],
-        "rows": {"total": len(frame), "train": len(train_df), "validation": len(valid_df)},
-        "churners": {"train": int(train_df[LABEL].sum()), "validation": int(valid_df[LABEL].sum())},
-        "training_frame_sha256": frame_digest(frame),
-        "validation_frame_sha256": frame_digest(valid_df),
-        "git_commit": git_commit(settings.project_dir),
-        "feature_service": source.service,
-        "feast_project": settings.feast_project,
-        "features": features,
-        "seed": settings.seed,
-        "family": best.family,
-    }
-    dbt = _dbt_lineage(settings)
-    if dbt:
-        lineage["dbt"] = dbt
+    lineage = _lineage(settings, as_of, source, best, frame, features, periods, plan, train_df, valid_df)
 
     step("logging the run and registering the model")
     started = time.perf_counter()
@@ -331,78 +300,52 @@ def train(
     )
 
 
+def _lineage(
+    settings: Settings,
+    as_of: date,
+    source: FeatureSource,
+    best: Candidate,
+    frame: pd.DataFrame,
+    features: list[str],
+    periods: list[date],
+    plan: ValidationPlan,
+    train_df: pd.DataFrame,
+    valid_df: pd.DataFrame,
+) -> dict[str, Any]:
+    """Where a model comes from: periods, split, row counts, data digests, code and feature versions."""
+    lineage = {
+        "as_of": as_of.isoformat(),
+        "label_periods": [p.isoformat() for p in periods],
+        "validation_strategy": plan.strategy,
+        "train_periods": [p.isoformat() for p in plan.train_periods],
+        "validation_periods": [p.isoformat() for p in plan.validation_periods],
+        "rows": {"total": len(frame), "train": len(train_df), "validation": len(valid_df)},
+        "churners": {"train": int(train_df[LABEL].sum()), "validation": int(valid_df[LABEL].sum())},
+        "training_frame_sha256": frame_digest(frame),
+        "validation_frame_sha256": frame_digest(valid_df),
+        "git_commit": git_commit(settings.project_dir),
+        "feature_service": source.service,
+        "feast_project": settings.feast_project,
+        "features": features,
+        "seed": settings.seed,
+        "family": best.family,
+    }
+    dbt = _dbt_lineage(settings)
+    if dbt:
+        lineage["dbt"] = dbt
+    return lineage
+
+
+# ---------------------------------------------------------------------------------------
+# logging the run and registering the model in MLflow
+# ---------------------------------------------------------------------------------------
 def _log_and_register(settings, client, as_of, best, candidates, lineage, train_df, valid_df, features):
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    from ml.tracking import (
-        CHALLENGER,
-        LINEAGE_ARTIFACT,
-        MODEL_NAME_IN_RUN,
-        SKOPS_TRUSTED_TYPES,
-        ensure_experiment,
-    )
-
+    """Log the run (tags, params, metrics, lineage, validation rows, model) and register it as challenger."""
     experiment_id = ensure_experiment(client, settings, settings.mlflow_experiment)
-    numeric, categorical = split_columns(train_df, features)
-    schema = [
-        {"name": f, "dtype": str(train_df[f].dtype), "kind": "numeric" if f in numeric else "categorical"}
-        for f in features
-    ]
-    y_valid = valid_df[LABEL].to_numpy()
-    predictions = valid_df[["user_id", "as_of", LABEL]].assign(
-        churn_probability=best.proba, churn_label_predicted=best.proba >= best.threshold
-    )
     example = model_input(valid_df.head(5), features)
-    with warnings.catch_warnings():
-        # integer columns are declared `long` on purpose (see model_input); MLflow's hint says so again
-        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-        signature = infer_signature(
-            model_input(valid_df.head(200), features), best.pipeline.predict_proba(valid_df.head(200)[features])
-        )
-    metrics = dict(best.metrics)
-    for c in candidates:
-        metrics.update({f"{c.family}.{k}": v for k, v in c.metrics.items()})
-    metrics["validation_rows"] = float(len(valid_df))
-    metrics["validation_churn_rate"] = float(np.mean(y_valid))
-
+    signature = _signature(best, valid_df, features)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train {as_of.isoformat()} {best.family}") as run:
-        mlflow.set_tags(
-            {
-                "mlflow.source.git.commit": lineage["git_commit"],
-                "streamflow.run_type": "train",
-                "streamflow.as_of": as_of.isoformat(),
-                "streamflow.feature_service": lineage["feature_service"],
-                "streamflow.training_frame_sha256": lineage["training_frame_sha256"],
-            }
-        )
-        mlflow.log_params(
-            {
-                "family": best.family,
-                "as_of": as_of.isoformat(),
-                "label_periods": ",".join(lineage["label_periods"]),
-                "validation_strategy": lineage["validation_strategy"],
-                "validation_periods": ",".join(lineage["validation_periods"]),
-                "train_rows": lineage["rows"]["train"],
-                "validation_rows": lineage["rows"]["validation"],
-                "feature_service": lineage["feature_service"],
-                "n_features": len(features),
-                "seed": settings.seed,
-                "class_weight": "balanced",
-                "threshold_rule": "max F1 on validation",
-                **{f"classifier.{k}": v for k, v in best.params.items()},
-            }
-        )
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(lineage, LINEAGE_ARTIFACT)
-        mlflow.log_dict({"features": schema}, "features.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "validation"
-            folder.mkdir()
-            predictions.to_parquet(folder / "predictions.parquet", index=False)
-            valid_df.to_parquet(folder / "frame.parquet", index=False)
-            mlflow.log_artifacts(str(folder), "validation")
+        _log_run(settings, as_of, best, candidates, lineage, train_df, valid_df, features)
         info = mlflow.sklearn.log_model(
             best.pipeline,
             name=MODEL_NAME_IN_RUN,
@@ -415,6 +358,83 @@ def _log_and_register(settings, client, as_of, best, candidates, lineage, train_
             metadata={"threshold": best.threshold, "features": features, "lineage": lineage},
         )
     version = str(info.registered_model_version)
+    _register(settings, client, version, as_of, best, lineage)
+    return run.info.run_id, version
+
+
+def _signature(best: Candidate, valid_df: pd.DataFrame, features: list[str]):
+    """The model's input and output schema, inferred from validation rows."""
+    with warnings.catch_warnings():
+        # integer columns are declared `long` on purpose (see model_input); MLflow's hint says so again
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        return infer_signature(
+            model_input(valid_df.head(200), features), best.pipeline.predict_proba(valid_df.head(200)[features])
+        )
+
+
+def _log_run(settings, as_of, best, candidates, lineage, train_df, valid_df, features) -> None:
+    """Tags, parameters, metrics and artifacts of the active training run (everything but the model)."""
+    numeric, _categorical = split_columns(train_df, features)
+    schema = [
+        {"name": f, "dtype": str(train_df[f].dtype), "kind": "numeric" if f in numeric else "categorical"}
+        for f in features
+    ]
+    predictions = valid_df[["user_id", "as_of", LABEL]].assign(
+        churn_probability=best.proba, churn_label_predicted=best.proba >= best.threshold
+    )
+    mlflow.set_tags(
+        {
+            "mlflow.source.git.commit": lineage["git_commit"],
+            "streamflow.run_type": "train",
+            "streamflow.as_of": as_of.isoformat(),
+            "streamflow.feature_service": lineage["feature_service"],
+            "streamflow.training_frame_sha256": lineage["training_frame_sha256"],
+        }
+    )
+    mlflow.log_params(_run_params(settings, as_of, best, lineage, features))
+    mlflow.log_metrics(_run_metrics(best, candidates, valid_df))
+    mlflow.log_dict(lineage, LINEAGE_ARTIFACT)
+    mlflow.log_dict({"features": schema}, "features.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "validation"
+        folder.mkdir()
+        predictions.to_parquet(folder / "predictions.parquet", index=False)
+        valid_df.to_parquet(folder / "frame.parquet", index=False)
+        mlflow.log_artifacts(str(folder), "validation")
+
+
+def _run_params(settings: Settings, as_of: date, best: Candidate, lineage: dict, features: list[str]) -> dict:
+    return {
+        "family": best.family,
+        "as_of": as_of.isoformat(),
+        "label_periods": ",".join(lineage["label_periods"]),
+        "validation_strategy": lineage["validation_strategy"],
+        "validation_periods": ",".join(lineage["validation_periods"]),
+        "train_rows": lineage["rows"]["train"],
+        "validation_rows": lineage["rows"]["validation"],
+        "feature_service": lineage["feature_service"],
+        "n_features": len(features),
+        "seed": settings.seed,
+        "class_weight": "balanced",
+        "threshold_rule": "max F1 on validation",
+        **{f"classifier.{k}": v for k, v in best.params.items()},
+    }
+
+
+def _run_metrics(best: Candidate, candidates: list[Candidate], valid_df: pd.DataFrame) -> dict[str, float]:
+    """The chosen model's metrics, every candidate's under its family name, and the validation rows."""
+    metrics = dict(best.metrics)
+    for c in candidates:
+        metrics.update({f"{c.family}.{k}": v for k, v in c.metrics.items()})
+    metrics["validation_rows"] = float(len(valid_df))
+    metrics["validation_churn_rate"] = float(np.mean(valid_df[LABEL].to_numpy()))
+    return metrics
+
+
+def _register(
+    settings: Settings, client: MlflowClient, version: str, as_of: date, best: Candidate, lineage: dict
+) -> None:
+    """Tag the new version, describe the model once, and point ``challenger`` at the version."""
     name = settings.model_name
     for key, value in {
         "as_of": as_of.isoformat(),
@@ -433,4 +453,3 @@ def _log_and_register(settings, client, as_of, best, candidates, lineage, train_
             "`streamflow train`; aliases: `challenger` (latest candidate), `champion` (serves).",
         )
     client.set_registered_model_alias(name, CHALLENGER, version)
-    return run.info.run_id, version

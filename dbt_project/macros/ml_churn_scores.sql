@@ -1,5 +1,7 @@
-{#- The table `streamflow score` writes (ml/score.py creates it the same way). Created here too,
-    empty, so the churn_predictions view can be built before the first scoring run. -#}
+{#- The one definition of the table `streamflow score` writes (ml/score.py only writes rows, and
+    refuses with "run `streamflow build` first" while the table is missing). Every build runs it as
+    the pre_hook of the churn_predictions view, so the table exists, empty, before the first
+    scoring run. -#}
 {% macro ensure_churn_scores_table() -%}
     create schema if not exists ml;
     create table if not exists ml.churn_scores (
@@ -10,5 +12,7 @@
         model_version integer not null,
         scored_at timestamptz not null,
         primary key (as_of, user_id)
-    )
+    );
+    comment on table ml.churn_scores is
+        'Churn probability of every user active at as_of, scored by the champion model (streamflow score).'
 {%- endmacro %}

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamflow.core import names
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -80,7 +82,7 @@ class Settings(BaseSettings):
         description="MLflow tracking URI (e.g. http://mlflow:5000). Unset: a PostgreSQL database "
         "of the embedded server, artifacts under `home`/mlartifacts.",
     )
-    model_name: str = Field(default="streamflow_churn", description="Registered model name.")
+    model_name: str = Field(default=names.MODEL_NAME, description="Registered model name.")
     promotion_min_roc_auc: float = Field(default=0.70, description="Absolute floor for a first champion.")
     promotion_margin: float = Field(default=0.01, description="ROC-AUC gain a challenger needs over the champion.")
     promotion_logloss_tolerance: float = Field(
@@ -95,7 +97,7 @@ class Settings(BaseSettings):
         description="MLflow experiment of training runs; drift reports go to `<name>_drift`.",
     )
     feature_service: str = Field(
-        default="churn_model_v1", description="Feast feature service the model is trained and scored on."
+        default=names.MODEL_SERVICE, description="Feast feature service the model is trained and scored on."
     )
     validation_fraction: float = Field(
         default=0.25,

@@ -20,12 +20,21 @@ import pytest
 
 from ml.dataset import FeastSource, frame_digest
 from ml.drift import drift
+from ml.errors import MLError
 from ml.evaluate import evaluate
 from ml.promote import promote
-from ml.score import read_scores, score
+from ml.score import read_scores, score, write_scores
 from ml.tracking import configure, load_model_alias, version_by_alias
 from ml.train import train
+from streamflow.core.db import connect
+from streamflow.core.runlog import latest_state
 from streamflow.core.settings import Settings
+from streamflow.drops.generator import params
+from streamflow.drops.generator.run import generate
+from streamflow.drops.ingest import ingest
+from streamflow.features import apply, materialize
+from streamflow.warehouse import runner
+from streamflow.warehouse.build import build
 from tests.conftest import fresh_database, run_cli
 
 pytestmark = pytest.mark.integration
@@ -43,20 +52,14 @@ class World:
 @pytest.fixture(scope="module")
 def world(mlflow_settings, tmp_path_factory) -> World:
     """Four drops generated, ingested, built by dbt and registered in Feast, in databases of its own."""
-    from streamflow import warehouse
-    from streamflow.drops.generator.params import as_of
-    from streamflow.drops.generator.run import generate
-    from streamflow.drops.ingest import ingest
-    from streamflow.features import apply
-
     drops = tmp_path_factory.mktemp("ml_drops")
-    generate(drops, MONTHS, USERS, SEED, drift_at=DRIFT_AT, progress=False)
+    generate(drops, MONTHS, USERS, SEED, drift_at=DRIFT_AT)
     fresh_database(mlflow_settings, "ml_feast")
     settings = fresh_database(mlflow_settings, "ml_warehouse").model_copy(update={"feast_registry_db": "ml_feast"})
     ingest(settings, sorted(drops.glob("month_*")))
-    warehouse.build(settings)
+    build(settings)
     apply.apply(settings)
-    return World(settings, drops, [as_of(m) for m in range(MONTHS)])
+    return World(settings, drops, [params.as_of(m) for m in range(MONTHS)])
 
 
 @dataclass
@@ -204,8 +207,6 @@ def test_model_show_prints_champion_and_challenger_as_one_json_object(world, cha
 
 
 def test_batch_scores_cover_every_active_user_and_agree_with_the_champion(world, champion):
-    from streamflow.features import materialize
-
     s, month = world.settings, world.months[3]
     result = score(s, month)
     stored = read_scores(s, month)
@@ -222,9 +223,6 @@ def test_batch_scores_cover_every_active_user_and_agree_with_the_champion(world,
 
 
 def test_scoring_a_month_again_replaces_its_rows_and_the_dbt_mart_shows_them(world, champion):
-    from streamflow.core.db import connect
-    from streamflow.warehouse import runner
-
     s, month = world.settings, world.months[3]
     first = score(s, month)
     again = json.loads(run_cli(s, "score", "--as-of", month.isoformat(), "--json").stdout)
@@ -243,6 +241,36 @@ def test_scoring_a_month_again_replaces_its_rows_and_the_dbt_mart_shows_them(wor
         ).fetchone()
     assert rows == again["rows"] == with_plan  # every score joins to its subscriber's profile
     assert deciles == 10
+
+
+def test_the_build_creates_the_scores_table_the_scorer_writes_into(world):
+    with connect(world.settings) as conn:
+        comment = conn.execute("select obj_description('ml.churn_scores'::regclass, 'pg_class')").fetchone()[0]
+        (key,) = conn.execute(
+            "select pg_get_constraintdef(oid) from pg_constraint "
+            "where conrelid = 'ml.churn_scores'::regclass and contype = 'p'"
+        ).fetchone()
+    assert comment.startswith("Churn probability of every user active at as_of")
+    assert key == "PRIMARY KEY (as_of, user_id)"
+
+
+def test_scoring_before_the_first_build_says_to_run_it_and_creates_nothing(mlflow_settings):
+    unbuilt = fresh_database(mlflow_settings, "ml_unbuilt")
+    rows = pd.DataFrame(
+        {
+            "user_id": ["0001-AAAAA"],
+            "as_of": [date(2024, 3, 31)],
+            "churn_probability": [0.5],
+            "churn_label_predicted": [True],
+            "model_version": [1],
+            "scored_at": [pd.Timestamp.now(tz="UTC")],
+        }
+    )
+    with pytest.raises(MLError, match=r"no ml\.churn_scores table yet: run `streamflow build` first"):
+        write_scores(unbuilt, date(2024, 3, 31), rows)
+    with connect(unbuilt) as conn:
+        assert conn.execute("select to_regclass('ml.churn_scores')").fetchone()[0] is None
+    assert read_scores(unbuilt, date(2024, 3, 31)).empty
 
 
 def test_drift_between_months_2_and_3_says_retrain_and_between_1_and_2_it_does_not(world):
@@ -264,9 +292,6 @@ def test_drift_between_months_2_and_3_says_retrain_and_between_1_and_2_it_does_n
     logged = {a.path for a in configure(s).list_artifacts(drifted["run_id"], "reports")}
     assert logged == {f"reports/{html.name}", f"reports/{report.name}"}
     # both decisions are in the warehouse, where the API exports the latest for alerting
-    from streamflow.core.db import connect
-    from streamflow.core.runlog import latest_state
-
     with connect(s) as conn:
         stored = dict(
             conn.execute(

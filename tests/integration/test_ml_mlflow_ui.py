@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -68,8 +69,6 @@ def test_streamflow_mlflow_serves_the_ui_on_the_platforms_tracking_store(mlflow_
 
 
 def test_a_port_in_use_is_a_clear_error(mlflow_settings):
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

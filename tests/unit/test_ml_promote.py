@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ml.promote import KEEP, PROMOTE, Policy, Scores, decide
+from streamflow.core.settings import Settings
 
 POLICY = Policy(min_roc_auc=0.70, margin=0.01, logloss_tolerance=0.02)
 
@@ -66,8 +67,6 @@ def test_margin_and_tolerance_come_from_the_policy():
 
 
 def test_policy_reads_the_settings_fields():
-    from streamflow.core.settings import Settings
-
     settings = Settings(
         _env_file=None, promotion_min_roc_auc=0.6, promotion_margin=0.02, promotion_logloss_tolerance=0.1
     )

@@ -1,20 +1,32 @@
-"""Batch-scoring rows, and the scores table defined identically for `streamflow score` and for dbt."""
+"""Batch-scoring rows, and the scores table: defined once (the dbt macro), written by `streamflow score`."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+import ml.score
 from ml.errors import MLError
-from ml.score import COLUMNS, DDL, score_frame
+from ml.score import COLUMNS, score_frame, write_scores
 from ml.tracking import LoadedModel
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_settings
 
 AS_OF = date(2024, 3, 31)
+MACRO = ROOT / "dbt_project" / "macros" / "ml_churn_scores.sql"
+# A file defines the scores table when it creates a table named churn_scores, or creates a table with
+# the scores' typed probability column (how ml/score.py spelled it: `create table ... {SCHEMA}.{TABLE}`).
+CREATE_TABLE = re.compile(r"\bcreate\s+table\b", re.I)
+NAMED = re.compile(r"\bcreate\s+table\s+(if\s+not\s+exists\s+)?[\w{}.\"]*churn_scores\b", re.I)
+TYPED = re.compile(r"\bchurn_probability\s+double\s+precision\b", re.I)
+SKIPPED_DIRS = {".git", ".venv", ".ruff_cache", "target", "dbt_packages", "node_modules", "__pycache__", "logs"}
 
 
 class FixedPipeline:
@@ -55,23 +67,109 @@ def test_a_frame_missing_a_model_feature_is_a_clear_error():
 
 
 def _column_lines(sql: str) -> list[str]:
-    body = re.search(r"create table if not exists ml\.churn_scores \((.*?)\)\s*(;|$|\{)", sql, re.S | re.I)
+    body = re.search(r"create\s+table\s+if\s+not\s+exists\s+ml\.churn_scores\s+\((.*?)\)\s*(;|$|\{)", sql, re.S | re.I)
     assert body, sql
     return [" ".join(line.strip().rstrip(",").split()) for line in body.group(1).strip().splitlines()]
 
 
-def test_dbt_creates_the_scores_table_exactly_as_the_scorer_does():
-    macro = (ROOT / "dbt_project" / "macros" / "ml_churn_scores.sql").read_text()
-    assert _column_lines(macro) == _column_lines(DDL)
-    names = [line.split()[0] for line in _column_lines(DDL) if not line.startswith("primary key")]
+def defines_scores_table(text: str) -> bool:
+    return bool(NAMED.search(text) or (CREATE_TABLE.search(text) and TYPED.search(text)))
+
+
+def _repository_files():
+    this = Path(__file__).resolve()  # holds the patterns and the examples below
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
+        for name in files:
+            path = Path(folder) / name
+            if path.resolve() != this and path.stat().st_size < 2_000_000:
+                yield path
+
+
+def test_the_scores_table_is_defined_in_exactly_one_file_the_dbt_macro():
+    defining = []
+    for path in _repository_files():
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if defines_scores_table(text):
+            defining.append(path.relative_to(ROOT).as_posix())
+    assert defining == ["dbt_project/macros/ml_churn_scores.sql"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # the DDL as ml/score.py held it before the macro became the one definition
+        'DDL = f"""\ncreate table if not exists {SCHEMA}.{TABLE} (\n    churn_probability double precision not null',
+        "CREATE TABLE ml.churn_scores (user_id text)",
+        "create table churn_scores as select 1",
+        MACRO.read_text(),
+    ],
+)
+def test_the_guard_finds_a_definition_however_it_is_spelled(text):
+    assert defines_scores_table(text)
+
+
+def test_the_guard_ignores_readers_and_writers_of_the_table():
+    assert not defines_scores_table("select churn_probability from ml.churn_scores")
+    assert not defines_scores_table("copy ml.churn_scores (user_id, churn_probability) from stdin")
+
+
+def test_the_scorer_writes_exactly_the_columns_of_the_table_dbt_creates():
+    lines = _column_lines(MACRO.read_text())
+    names = [line.split()[0] for line in lines if not line.startswith("primary key")]
     assert names == list(COLUMNS)
+    assert "primary key (as_of, user_id)" in lines  # scoring a month again replaces, never duplicates
+
+
+def test_every_build_creates_the_scores_table_before_the_mart_that_reads_it():
+    model = (ROOT / "dbt_project" / "models" / "marts" / "churn_predictions.sql").read_text()
+    assert re.search(r"pre_hook\s*=\s*\"\{\{\s*ensure_churn_scores_table\(\)\s*\}\}\"", model), model
+    assert "{% macro ensure_churn_scores_table() -%}" in MACRO.read_text()
+
+
+class _NoTable:
+    """A warehouse connection where ml.churn_scores does not exist; fails on any write."""
+
+    def __init__(self):
+        self.statements: list[str] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @contextlib.contextmanager
+    def transaction(self):
+        yield
+
+    def execute(self, sql, params=None):
+        self.statements.append(sql)
+        assert sql.startswith("select to_regclass"), f"wrote to a missing table: {sql}"
+        assert params == ("ml.churn_scores",)
+        return self
+
+    def fetchone(self):
+        return (None,)
+
+
+def test_scoring_into_a_missing_table_says_to_run_the_build_first(tmp_path, monkeypatch):
+    conn = _NoTable()
+    monkeypatch.setattr(ml.score, "connect", lambda _settings: conn)
+    rows = score_frame(
+        pd.DataFrame({"user_id": ["0001-AAAAA"], "monthly_fee": [20.0]}), model(), AS_OF, datetime.now(UTC)
+    )
+    with pytest.raises(MLError, match=r"no ml\.churn_scores table yet: run `streamflow build` first"):
+        write_scores(make_settings(tmp_path / "home"), AS_OF, rows)
+    assert len(conn.statements) == 1  # nothing is created or written: the table has one definition, dbt's
 
 
 def test_dbt_declares_every_column_of_the_scores_table_as_a_source():
-    import yaml
-
     sources = yaml.safe_load((ROOT / "dbt_project" / "models" / "ml" / "__ml_sources.yml").read_text())
-    (ml,) = [s for s in sources["sources"] if s["name"] == "ml"]
-    (table,) = ml["tables"]
-    assert (ml["schema"], table["name"]) == ("ml", "churn_scores")
+    (ml_source,) = [s for s in sources["sources"] if s["name"] == "ml"]
+    (table,) = ml_source["tables"]
+    assert (ml_source["schema"], table["name"]) == ("ml", "churn_scores")
     assert [c["name"] for c in table["columns"]] == list(COLUMNS)

@@ -7,9 +7,12 @@ from datetime import date
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from ml.dataset import plan_validation, split_frame
-from ml.evaluate import best_threshold, classification_metrics, compare_with_oracle
+from ml.evaluate import compare_with_oracle
+from ml.metrics import best_threshold, classification_metrics
 from ml.train import FAMILIES, Candidate, build_pipeline, choose, fit_candidates, model_input, split_columns
 
 FEATURES = ["contract_type", "monthly_fee", "paperless_billing", "support_tickets_90d", "watch_hours_30d"]
@@ -55,8 +58,6 @@ def synthetic(users: int = 600, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]
 @pytest.fixture(autouse=True)
 def one_thread():
     """One OpenMP thread, as `streamflow train` uses by default: fast and stable on a busy machine."""
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(limits=1):
         yield
 
@@ -84,8 +85,6 @@ def test_each_family_learns_from_the_raw_frame_with_missing_values_and_unseen_ca
     unseen.loc[5:9, "monthly_fee"] = np.nan
     proba = pipe.predict_proba(unseen)[:, 1]
     assert proba.shape == (20,) and np.all((proba >= 0) & (proba <= 1))
-    from sklearn.metrics import roc_auc_score
-
     assert roc_auc_score(valid["churn_label"], pipe.predict_proba(valid[FEATURES])[:, 1]) > 0.7
 
 
