@@ -7,7 +7,6 @@ functions here decide periods and splits; :class:`FeastSource` is the production
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
@@ -33,27 +32,6 @@ LABEL = "churn_label"
 # ---------------------------------------------------------------------------------------
 # months and periods
 # ---------------------------------------------------------------------------------------
-def month_end(day: date) -> date:
-    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
-
-
-def parse_as_of(text: str) -> date:
-    """An as_of date from `YYYY-MM-DD` (a month's last day) or `YYYY-MM` (that month's last day).
-
-    Raises ValueError with a message a user can act on.
-    """
-    text = text.strip()
-    try:
-        if len(text) == 7:
-            return month_end(date.fromisoformat(text + "-01"))
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a date: use YYYY-MM-DD (a month's last day, e.g. 2024-03-31)") from None
-    if day != month_end(day):
-        raise ValueError(f"{text} is not a month end: an as_of is a month's last day (did you mean {month_end(day)}?)")
-    return day
-
-
 def periods_up_to(available: Iterable[date], as_of: date) -> list[date]:
     """The labelled periods a run for ``as_of`` may train on: every period_start before as_of, oldest first."""
     return sorted({p for p in available if p < as_of})

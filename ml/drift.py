@@ -21,6 +21,7 @@ import pandas as pd
 from ml.dataset import FeastSource, FeatureSource
 from ml.errors import MLError
 from ml.tracking import configure, ensure_experiment
+from streamflow.core.progress import SILENT, Progress
 from streamflow.core.runlog import record_drift
 from streamflow.core.settings import Settings
 
@@ -131,20 +132,19 @@ def drift(
     *,
     source: FeatureSource | None = None,
     log_to_mlflow: bool = True,
-    on_step=None,
+    progress: Progress = SILENT,
 ) -> DriftResult:
     """Compare the model's features of the users active at ``reference`` and at ``current``."""
-    step = on_step or (lambda _msg: None)
     if reference == current:
         raise MLError("reference and current are the same month: pick two different as_of dates")
     source = source or FeastSource(settings)
-    step("reading features")
+    progress.start("reading features")
     started = time.perf_counter()
     features = source.model_features()
     frames = _read_frames(source, features, {"reference": reference, "current": current})
     data_seconds = time.perf_counter() - started
 
-    step("computing the drift report")
+    progress.start("computing the drift report")
     started = time.perf_counter()
     threshold = settings.drift_share_threshold
     snapshot = drift_report(frames["reference"], frames["current"], features, threshold)
@@ -166,7 +166,7 @@ def drift(
     result.timings = {"data_seconds": data_seconds, "report_seconds": time.perf_counter() - started}
 
     if log_to_mlflow:
-        step("logging to MLflow")
+        progress.start("logging to MLflow")
         result.run_id = _log(settings, result)
     # the decision also goes to the warehouse, where the API exports it for alerting
     record_drift(

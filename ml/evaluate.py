@@ -17,10 +17,10 @@ from sklearn.metrics import roc_auc_score
 
 from ml.dataset import FeastSource, FeatureSource, periods_up_to
 from ml.errors import MLError
-from ml.metrics import METRICS  # noqa: F401 - streamflow/cli/models.py reads it here; its home is ml.metrics
 from ml.threads import limited_threads
 from ml.tracking import load_model_alias
 from streamflow.core.names import CHAMPION
+from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 
 
@@ -101,16 +101,15 @@ def evaluate(
     *,
     oracle_dir: Path | None = None,
     source: FeatureSource | None = None,
-    on_step=None,
+    progress: Progress = SILENT,
 ) -> Evaluation:
     """The champion's ROC-AUC on every labelled period known at ``as_of``, next to the oracle's."""
-    step = on_step or (lambda _msg: None)
     started = time.perf_counter()
     source = source or FeastSource(settings)
     folder = oracle_folder(settings, oracle_dir)
     if not folder.is_dir():
         raise MLError(f"oracle folder {folder} does not exist: pass --oracle DIR (the folder of `streamflow generate`)")
-    step("loading the champion")
+    progress.start("loading the champion")
     champion = load_model_alias(settings, CHAMPION)
     periods = periods_up_to(source.label_periods(), as_of)
     if not periods:
@@ -119,7 +118,7 @@ def evaluate(
     validated_on = set(champion.lineage.get("validation_periods", []))
     out = []
     for period in periods:
-        step(f"scoring period {period}")
+        progress.start(f"scoring period {period}")
         frame = source.training_frame([period])
         with limited_threads(settings):
             proba = champion.predict_proba(frame)

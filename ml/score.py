@@ -21,6 +21,7 @@ from ml.threads import limited_threads
 from ml.tracking import load_model_alias
 from streamflow.core.db import connect
 from streamflow.core.names import CHAMPION, CHURN_SCORES
+from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 
 COLUMNS = ("user_id", "as_of", "churn_probability", "churn_label_predicted", "model_version", "scored_at")
@@ -87,18 +88,19 @@ def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
     return replaced
 
 
-def score(settings: Settings, as_of: date, *, source: FeatureSource | None = None, on_step=None) -> ScoreResult:
+def score(
+    settings: Settings, as_of: date, *, source: FeatureSource | None = None, progress: Progress = SILENT
+) -> ScoreResult:
     """Score every user active at ``as_of`` with the champion and store the scores."""
-    step = on_step or (lambda _msg: None)
     started = time.perf_counter()
     source = source or FeastSource(settings)
-    step("loading the champion")
+    progress.start("loading the champion")
     champion = load_model_alias(settings, CHAMPION)
-    step(f"reading the features of users active at {as_of}")
+    progress.start(f"reading the features of users active at {as_of}")
     frame = source.feature_frame(as_of)
     if frame.empty:
         raise MLError(f"no active users at {as_of}: has this month been ingested and built (`streamflow build`)?")
-    step(f"scoring {len(frame):,} users")
+    progress.start(f"scoring {len(frame):,} users")
     with limited_threads(settings):
         rows = score_frame(frame, champion, as_of, datetime.now(UTC))
     replaced = write_scores(settings, as_of, rows)

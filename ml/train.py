@@ -54,6 +54,7 @@ from ml.tracking import (
     git_commit,
 )
 from streamflow.core.names import CHALLENGER
+from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 
 
@@ -257,20 +258,19 @@ def train(
     *,
     source: FeatureSource | None = None,
     families: list[str] | None = None,
-    on_step: Callable[[str], None] | None = None,
+    progress: Progress = SILENT,
 ) -> TrainResult:
     """Train on every labelled period before ``as_of``, log the run and register the best as ``challenger``."""
-    step = on_step or (lambda _msg: None)
     source = source or FeastSource(settings)
     client = configure(settings)  # fail fast when the tracking store is down, before any fitting
 
-    step("building the training frame")
+    progress.start("building the training frame")
     started = time.perf_counter()
     frame, features, periods, plan = load_training_data(settings, as_of, source)
     train_df, valid_df = split_frame(frame, plan, fraction=settings.validation_fraction, seed=settings.seed)
     data_seconds = time.perf_counter() - started
 
-    step(f"fitting {len(families or FAMILIES)} model families on {len(train_df):,} rows")
+    progress.start(f"fitting {len(families or FAMILIES)} model families on {len(train_df):,} rows")
     started = time.perf_counter()
     with limited_threads(settings):
         candidates = fit_candidates(train_df, valid_df, features, settings.seed, families)
@@ -279,7 +279,7 @@ def train(
 
     lineage = _lineage(settings, as_of, source, best, frame, features, periods, plan, train_df, valid_df)
 
-    step("logging the run and registering the model")
+    progress.start("logging the run and registering the model")
     started = time.perf_counter()
     run_id, model_version = _log_and_register(
         settings, client, as_of, best, candidates, lineage, train_df, valid_df, features

@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from streamflow.cli.console import console, err_console
+from streamflow.cli.console import RichProgress, console, err_console
 from streamflow.cli.options import month_option
 from streamflow.core.settings import get_settings
 
@@ -17,13 +17,14 @@ model_app = typer.Typer(help="The registered churn model: champion and challenge
 
 
 def _ml_call(fn, *args, status: str = "working ...", **kwargs):
-    """Run an ml.* entry point with a status line that names its current step."""
-    with err_console.status(status) as live:
-        return fn(*args, on_step=lambda msg: live.update(msg + " ..."), **kwargs)
+    """Run an ml.* entry point with a live line that names its current step."""
+    with RichProgress() as progress:
+        progress.start(status)
+        return fn(*args, progress=progress, **kwargs)
 
 
 def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
-    from ml.evaluate import METRICS
+    from ml.metrics import METRICS
 
     table = Table(title=title)
     table.add_column("metric")
@@ -86,7 +87,7 @@ def promote_cmd(as_json: bool = typer.Option(False, "--json", help="Print one ma
     from ml.promote import promote
 
     settings = get_settings()
-    result = _ml_call(lambda s, on_step: promote(s), settings, status="scoring challenger and champion ...")
+    result = _ml_call(lambda s, progress: promote(s), settings, status="scoring challenger and champion ...")
     if as_json:
         print(json.dumps(result.as_dict()))
         return
@@ -107,7 +108,7 @@ def model_show_cmd(as_json: bool = typer.Option(False, "--json", help="Print one
     """Print the champion and the challenger with their validation metrics."""
     from ml.tracking import model_summary
 
-    summary = _ml_call(lambda s, on_step: model_summary(s), get_settings(), status="reading the registry ...")
+    summary = _ml_call(lambda s, progress: model_summary(s), get_settings(), status="reading the registry ...")
     if as_json:
         print(json.dumps(summary))
         return

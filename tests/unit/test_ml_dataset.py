@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.dataset import frame_digest, parse_as_of, periods_up_to, plan_validation, split_frame
+from ml.dataset import frame_digest, periods_up_to, plan_validation, split_frame
 from ml.errors import MLError
 
 JAN, FEB, MAR, APR = date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 31), date(2024, 4, 30)
@@ -29,20 +29,6 @@ def frame(periods, users=40, churn_every=4, seed=0) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
-
-
-def test_as_of_accepts_a_month_end_or_a_month():
-    assert parse_as_of("2024-02-29") == FEB
-    assert parse_as_of("2024-02") == FEB
-    assert parse_as_of(" 2024-04-30 ") == APR
-
-
-@pytest.mark.parametrize(
-    ("text", "hint"), [("2024-02-15", "did you mean 2024-02-29"), ("March", "YYYY-MM-DD"), ("2024-13-31", "YYYY-MM-DD")]
-)
-def test_as_of_rejects_what_is_not_a_month_end_with_a_hint(text, hint):
-    with pytest.raises(ValueError, match=hint):
-        parse_as_of(text)
 
 
 def test_a_run_trains_only_on_periods_before_its_as_of():
