@@ -75,11 +75,12 @@ def build_stack(home: Path, users: int, months: int) -> tuple[Settings, list[str
     """A private stack with a champion; returns its settings and the users active at the newest month."""
     from ml.promote import promote
     from ml.train import train
-    from streamflow import features, warehouse
     from streamflow.drops.generator.params import as_of
     from streamflow.drops.generator.run import generate
     from streamflow.drops.ingest import ingest
     from streamflow.features import materialize
+    from streamflow.features.apply import apply
+    from streamflow.warehouse.build import build
 
     settings = Settings(
         _env_file=None,
@@ -92,13 +93,13 @@ def build_stack(home: Path, users: int, months: int) -> tuple[Settings, list[str
     started = time.perf_counter()
     EmbeddedPostgres(settings).up()
     drops = home / "drops"
-    generate(drops, months=months, users=users, seed=42, progress=False)
+    generate(drops, months=months, users=users, seed=42)
     ingest(settings, sorted(drops.glob("month_*")))
-    warehouse.build(settings)
-    features.apply(settings)
+    build(settings)
+    apply(settings)
     ends = [as_of(m) for m in range(months)]
     for month in ends:
-        features.materialize(settings, month)
+        materialize.materialize(settings, month)
     train(settings, ends[-1])
     decision = promote(settings)
     if not decision.decision.promote:

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+
+# Feast, when imported before prometheus_client, switches it to multiprocess mode (it sets
+# PROMETHEUS_MULTIPROCESS_DIR for its own feature server): every metric's value then lives in a file per
+# process and name, shared by all registries of the process. The API's metrics are in-process values of its
+# own registry, whichever was imported first.
+values.ValueClass = values.MutexValue
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PROBABILITY_BUCKETS = tuple(round(i / 20, 2) for i in range(1, 21))

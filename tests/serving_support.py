@@ -1,7 +1,7 @@
 """Helpers for the API's tests: run an app over HTTP on loopback, and local collaborators for the unit tests.
 
 The unit tests need no services: :class:`MemoryFeatures` holds online rows in memory and answers through the
-same business-time rules as the Feast client (``serving.features.rows_from_response``), and
+same business-time rules as the Feast reader (``streamflow.features.catalog.rows_from_response``), and
 :class:`LocalModels` serves scikit-learn pipelines fitted here through the same compiled scorer as the
 registry's. The integration tests use the real Feast, PostgreSQL and MLflow instead.
 """
@@ -18,17 +18,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import uvicorn
+from threadpoolctl import threadpool_limits
 
-from serving.features import (
-    ONLINE,
-    Catalog,
-    PushOutcome,
-    ServiceLayout,
-    StoreUnavailable,
-    UserRow,
-    rows_from_response,
-)
-from serving.model import ServingModel, VersionRef, compile_scorer
+from ml.train import build_pipeline
+from serving.model import ServingModel, VersionRef
+from serving.scorer import compile_scorer
+from streamflow.features.catalog import Catalog, ServiceLayout, UserRow, rows_from_response
+from streamflow.features.online import ONLINE, StoreUnavailable
+from streamflow.features.push import PushResult
 
 CLOCK = datetime(2024, 3, 31, tzinfo=UTC)
 MONTH_TTL = timedelta(days=35)
@@ -50,8 +48,6 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_in_thread(app, timeout: float = 120) -> Iterator[str]:
     """Run an ASGI app with uvicorn on a free loopback port in a daemon thread; yields its base URL."""
-    import uvicorn
-
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
@@ -150,7 +146,7 @@ class MemoryFeatures:
 
     def push(
         self, user_id: str, *, watch_minutes_today: float, last_session_at: datetime, event_time: datetime | None
-    ) -> PushOutcome:
+    ) -> PushResult:
         if self.down:
             raise self._unavailable("pushing a usage event")
         when = event_time or last_session_at
@@ -158,7 +154,7 @@ class MemoryFeatures:
         online = current is None or when >= current[0]
         if online:
             self.rows.setdefault(user_id, {})["realtime"] = (when, {"watch_minutes_today": watch_minutes_today})
-        return PushOutcome(user_id, when, online)
+        return PushResult(user_id, when, online)
 
     def ping(self) -> bool:
         self.online_ok = not self.down
@@ -201,9 +197,6 @@ def training_frame(n: int = 600, seed: int = 0) -> tuple[pd.DataFrame, np.ndarra
 
 
 def fitted_pipeline(family: str = "hist_gradient_boosting", seed: int = 0):
-    from threadpoolctl import threadpool_limits
-
-    from ml.train import build_pipeline
 
     frame, y = training_frame(seed=seed)
     with threadpool_limits(limits=1):  # OpenMP threads only spin against other work on a small shared machine

@@ -19,9 +19,14 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
+from ml.promote import promote
+from ml.train import train
 from streamflow.core.db import connect, connection_parts
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres, _bin_dir
+from streamflow.features import apply, materialize
+from streamflow.features import contract as fc
+from streamflow.features.store import MART_VIEWS, feature_store
 from tests.conftest import free_port, make_settings, settings_env
 
 JAN, FEB, MAR = date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 31)
@@ -121,10 +126,6 @@ def api_server(settings: Settings, log: Path, *extra: str) -> Iterator[tuple[str
 def build_world(home: Path, warehouse: Settings, tmp: Path) -> Settings:
     """Settings of a platform under ``home`` with the built warehouse copied in, Feast applied and January to
     March materialized, and version 1 (trained at March) promoted to champion."""
-    from ml.promote import promote
-    from ml.train import train
-    from streamflow.features import apply, materialize
-
     settings = make_settings(
         home,
         dbt_target_path=warehouse.dbt_target_path,
@@ -162,9 +163,6 @@ def users_by_history(settings: Settings) -> tuple[list[str], list[str]]:
 def write_old_values(settings: Settings, user: str, month: date) -> None:
     """Put a user's values of ``month`` into the online store through Feast (as a write that was never
     followed by newer ones would leave them)."""
-    from streamflow.features import contract as fc
-    from streamflow.features.store import MART_VIEWS, feature_store
-
     store = feature_store(settings)
     stamp = datetime(month.year, month.month, month.day, tzinfo=UTC)
     with connect(settings) as conn:

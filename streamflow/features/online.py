@@ -1,111 +1,367 @@
-"""The feature store: Feast on the dbt marts, in business time.
+"""The one online read path: a user's current features through Feast, judged in business time.
 
-- :func:`feature_store` builds Feast's configuration from the platform's settings: SQL registry in
-  PostgreSQL, PostgreSQL offline store (the marts), PostgreSQL online store by default or Redis.
-- :func:`apply` registers ``feature_repo/`` (the same definitions the ``feast`` CLI reads).
-- :func:`materialize` loads one month into the online store, incrementally, and then removes the
-  users who are no longer active, so the online store holds exactly the users active at that month.
-- :func:`training_frame` and :func:`feature_frame` join features point-in-time with Feast.
-- :func:`online_read` is the low-latency read path (values and the as_of of every view).
-- :func:`push_usage_event` updates real-time usage online at once and records it offline.
+:class:`OnlineReader` is the reader every caller uses: the API holds one per process (reads, pushes, the
+business clock, a health check, a background thread keeping the registry snapshot fresh); the CLI and
+the tests call :func:`online_read` / :func:`online_features`, which read through the reader of their
+settings with a fresh registry snapshot. Every row is judged by the one staleness rule of
+:mod:`streamflow.features.freshness`; pushes go through the same Feast store object the reads use.
 
-All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
-newest month materialized is the :func:`business_clock` staleness is measured against.
+Recovery: Feast's PostgreSQL online store keeps one connection per process and never reconnects, so the
+reader installs its own (with connect and statement timeouts) and drops it after any store error; the
+next read connects again. The registry is cached in memory and re-read by a background thread, so
+requests never wait for it and keep working from the last good copy while it is unreachable.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from datetime import datetime
 
+from feast import FeatureStore
+from feast.online_response import TIMESTAMP_POSTFIX
+
+from streamflow.core.errors import StreamflowError
+from streamflow.core.names import ALL_SERVICE, ENTITY, MODEL_SERVICE
 from streamflow.core.settings import Settings
+from streamflow.features import online_store as ostore
+from streamflow.features.catalog import Catalog, ServiceLayout, UserRow, read_catalog, rows_from_response
+from streamflow.features.push import PushResult, push_usage_event
+from streamflow.features.store import FeaturesError, _quiet_feast, _service, _store_key
 
-if TYPE_CHECKING:
-    from feast import FeatureService, FeatureStore
-from streamflow.features.store import ALL_SERVICE, ENTITY, REGISTRY_CACHE_SECONDS, _errors, _service, feature_store
+log = logging.getLogger("streamflow.features.online")
 
-
-# ---------------------------------------------------------------------------------------
-# online: the low-latency read path
-# ---------------------------------------------------------------------------------------
-@dataclass
-class OnlineFeatures:
-    """One user's online features: values by feature name, and each view's event time (its as_of)."""
-
-    user_id: str
-    values: dict[str, Any]
-    view_of: dict[str, str]  # feature -> view
-    as_of: dict[str, datetime | None]  # view -> event time of its values (None: no value online)
-
-    @property
-    def found(self) -> bool:
-        """True when any materialized or pushed view holds values for the user."""
-        return any(ts is not None for ts in self.as_of.values())
+ONLINE = "online"
+FEATURE_REGISTRY = "feature_registry"
+RETRY_PAUSE_SECONDS = 0.5  # after an online store error, reads fail at once for this long
 
 
-@dataclass
-class _Layout:
-    """A service's (view, feature) pairs and which views are on-demand (computed, no own timestamp)."""
+class StoreUnavailable(StreamflowError):
+    """A backing store did not answer, or holds nothing to serve yet (``store``: online or feature_registry).
+    The API answers 503."""
 
-    pairs: list[tuple[str, str]]
-    on_demand: set[str] = field(default_factory=set)
-
-
-def _layout(store: FeatureStore, service: FeatureService) -> _Layout:
-    pairs = [(p.name_to_use(), f.name) for p in service.feature_view_projections for f in p.features]
-    odfvs = {v.name for v in store.list_on_demand_feature_views(allow_cache=True)}
-    return _Layout(pairs=pairs, on_demand={v for v, _f in pairs if v in odfvs})
+    def __init__(self, store: str, message: str, *, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.store = store
 
 
-_layouts: dict[tuple[int, str], tuple[float, FeatureService, _Layout]] = {}
+class OnlineReader:
+    """Online features through Feast: reads, pushes, the business clock, a health check.
 
-
-def _online_layout(store: FeatureStore, service: str) -> tuple[FeatureService, _Layout]:
-    """The service and its layout, kept as long as the registry cache (the hot path reads no registry)."""
-    key = (id(store), service)
-    hit = _layouts.get(key)
-    now = time.monotonic()
-    if hit is not None and hit[0] > now:
-        return hit[1], hit[2]
-    fs = _service(store, service, cached=True)
-    layout = _layout(store, fs)
-    _layouts[key] = (now + REGISTRY_CACHE_SECONDS, fs, layout)
-    return fs, layout
-
-
-def online_read(settings: Settings, user_ids: list[str], service: str = ALL_SERVICE) -> list[OnlineFeatures]:
-    """Values and event times of a service's features for many users in one online read.
-
-    Derived (on-demand) features have no event time of their own: they are as current as their sources.
-    Feature names are unique across views, so the response uses plain names (with full names, Feast
-    0.67 leaves python-mode on-demand features out of the online response).
+    ``on_error(store)`` is called for every store error (the API counts them); ``refresh_seconds`` is how often
+    the background thread (:meth:`start`) re-reads the registry and checks the online store.
     """
-    from feast.online_response import TIMESTAMP_POSTFIX
 
-    store = feature_store(settings)
-    with _errors(settings, "reading online features"):
-        fs, layout = _online_layout(store, service)
-        response = store.get_online_features(features=fs, entity_rows=[{ENTITY: u} for u in user_ids])
-        data = response.to_dict(include_event_timestamps=True)
-    out = []
-    for i, user in enumerate(user_ids):
-        values: dict[str, Any] = {}
-        view_of: dict[str, str] = {}
-        as_of: dict[str, datetime | None] = {}
-        for view, name in layout.pairs:
-            values[name] = data[name][i]
-            view_of[name] = view
-            if view in layout.on_demand:
-                continue
-            seconds = data[name + TIMESTAMP_POSTFIX][i]
-            if as_of.get(view) is None:
-                as_of[view] = datetime.fromtimestamp(seconds, tz=UTC) if seconds else None
-        out.append(OnlineFeatures(user_id=user, values=values, view_of=view_of, as_of=as_of))
-    return out
+    model_service = MODEL_SERVICE
+    all_service = ALL_SERVICE
+
+    def __init__(self, settings: Settings, *, on_error: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.on_error = on_error or (lambda _store: None)
+        self.refresh_seconds = settings.feature_refresh_seconds
+        self.timeout = settings.online_timeout_seconds
+        self.online_ok = False
+        self.last_error: str | None = None
+        self._store: FeatureStore | None = None
+        self._catalog: Catalog | None = None
+        self._split_ok: dict[str, bool] = {}  # service -> the split read agreed with Feast's (for _split_for)
+        self._split_for: Catalog | None = None
+        self._retry_at = 0.0  # until then reads fail fast: at most one reconnection attempt per pause
+        self._store_lock = threading.Lock()
+        # reads, pushes and pings share the store's one PostgreSQL connection, and a push's write switches it out
+        # of autocommit for its transaction: one at a time
+        self._io_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- the store ------------------------------------------------------------------
+    def feature_store(self) -> FeatureStore:
+        """The Feast store this reader reads and pushes with (built on first use)."""
+        store = self._store
+        if store is not None:
+            return store
+        with self._store_lock:
+            if self._store is None:
+                _quiet_feast()
+                try:
+                    self._store = FeatureStore(config=ostore.reader_config(self.settings, self.timeout))
+                except Exception as exc:
+                    if ostore.is_store_error(exc):
+                        raise StoreUnavailable(
+                            FEATURE_REGISTRY, f"the Feast registry is not reachable ({ostore.first_line(exc)})"
+                        ) from None
+                    raise
+            return self._store
+
+    def _ensure_connection(self) -> None:
+        if self.settings.online_store != "postgres":
+            return
+        online = self.feature_store()._get_provider().online_store
+        if getattr(online, "_conn", None) is None:
+            online._conn = ostore.connect_postgres(self.feature_store(), self.timeout)
+
+    def _reset(self) -> None:
+        if self._store is not None:
+            ostore.reset_connections(self._store)
+
+    def _failed(self, store: str, exc: BaseException, doing: str) -> StoreUnavailable:
+        self.last_error = f"{doing}: {ostore.first_line(exc)}"
+        if store == ONLINE:
+            self.online_ok = False
+            self._retry_at = time.monotonic() + RETRY_PAUSE_SECONDS
+            self._reset()
+        self.on_error(store)
+        log.warning("%s store error while %s (answering 503): %s", store, doing, ostore.first_line(exc))
+        what = "online store" if store == ONLINE else "Feast registry"
+        return StoreUnavailable(store, f"the {what} did not answer while {doing}; retry shortly")
+
+    # ---- the registry snapshot --------------------------------------------------------
+    def catalog(self) -> Catalog:
+        """The registry snapshot reads use. Before the first one is read (the background thread keeps trying),
+        reads fail at once rather than waiting for the registry."""
+        catalog = self._catalog
+        if catalog is None:
+            raise StoreUnavailable(FEATURE_REGISTRY, "the Feast registry has not been read yet; retry shortly")
+        return catalog
+
+    def refresh(self, services: tuple[str, ...] = ()) -> Catalog:
+        """Re-read the registry (services, TTLs, business clock), with the layouts of the model's and the product
+        teams' services and of ``services``. Raises StoreUnavailable when it is unreachable and no snapshot exists
+        (with one, keeps it); FeaturesError naming the known services when one of ``services`` is unknown."""
+        try:
+            store = self.feature_store()
+            store.get_feature_service(self.model_service, allow_cache=False)  # raises when the registry is away
+            store.refresh_registry()
+            for name in services:
+                _service(store, name, cached=True)
+            catalog = read_catalog(store, dict.fromkeys((self.model_service, self.all_service, *services)))
+        except StoreUnavailable:
+            self.on_error(FEATURE_REGISTRY)
+            if self._catalog is None:
+                raise
+            return self._catalog
+        except Exception as exc:
+            if ostore.is_not_applied(exc):
+                self.last_error = ostore.first_line(exc)
+                error = StoreUnavailable(
+                    FEATURE_REGISTRY,
+                    "the feature store is not applied yet "
+                    "(run `streamflow features apply` and `streamflow features materialize`)",
+                    hint="streamflow features apply",
+                )
+            elif ostore.is_store_error(exc):
+                error = self._failed(FEATURE_REGISTRY, exc, "reading the Feast registry")
+            else:
+                raise
+            if self._catalog is None:
+                raise error from None
+            return self._catalog
+        self._catalog = catalog
+        return catalog
+
+    def business_clock(self) -> datetime | None:
+        """The newest month materialized online, as of the registry snapshot (None: nothing yet)."""
+        return self.catalog().clock
+
+    # ---- reads ----------------------------------------------------------------------
+    def read(self, user_ids: list[str], service: str) -> tuple[list[UserRow], Catalog]:
+        """One online read for all ``user_ids`` (in order, duplicates allowed), judged against the clock; with the
+        registry snapshot the rows were judged with."""
+        catalog = self.catalog()
+        if catalog.clock is None:
+            raise StoreUnavailable(
+                ONLINE,
+                "nothing is materialized online yet (run `streamflow features materialize`)",
+                hint="streamflow features materialize",
+            )
+        layout = catalog.services.get(service)
+        if layout is None:
+            known = ", ".join(sorted(catalog.services))
+            raise FeaturesError(f"unknown feature service {service!r}; known: {known}")
+        if time.monotonic() < self._retry_at:  # a read failed just now: answer at once, retry after a pause
+            raise StoreUnavailable(ONLINE, f"the online store did not answer ({self.last_error}); retry shortly")
+        if self._split_for is not catalog:  # a new registry snapshot is checked again
+            self._split_ok, self._split_for = {}, catalog
+        try:
+            with self._io_lock:
+                self._ensure_connection()
+                data = self._read(self.feature_store(), layout, user_ids)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if not ostore.is_store_error(exc):
+                raise
+            raise self._failed(ONLINE, exc, "reading online features") from None
+        self.online_ok = True
+        self._retry_at = 0.0
+        return rows_from_response(data, user_ids, layout, catalog), catalog
+
+    def _read(self, store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
+        verdict = self._split_ok.get(layout.name)
+        if verdict is None:  # first read of this snapshot: compare both ways, keep the split one if equal
+            data = _read_whole(store, layout, user_ids)
+            self._split_ok[layout.name] = _agrees(store, layout, user_ids, data)
+            return data
+        return _read_split(store, layout, user_ids) if verdict else _read_whole(store, layout, user_ids)
+
+    def ping(self) -> bool:
+        """True when the online store answers now."""
+        try:
+            store = self.feature_store()
+            with self._io_lock:
+                self._ensure_connection()
+                ostore.ping(store)
+        except StoreUnavailable:
+            self.online_ok = False
+            return False
+        except Exception as exc:
+            if not ostore.is_store_error(exc):
+                raise
+            self._failed(ONLINE, exc, "checking the online store")
+            return False
+        self.online_ok = True
+        self._retry_at = 0.0
+        return True
+
+    # ---- pushes ---------------------------------------------------------------------
+    def push(
+        self, user_id: str, *, watch_minutes_today: float, last_session_at: datetime, event_time: datetime | None
+    ) -> PushResult:
+        """Push one real-time usage event (online at once, and recorded offline) through the store reads use."""
+        with self._io_lock:  # one push at a time: the check of the event online and the write go together
+            try:
+                self._ensure_connection()
+                result = push_usage_event(
+                    self.settings,
+                    user_id,
+                    watch_minutes_today=watch_minutes_today,
+                    last_session_at=last_session_at,
+                    event_time=event_time,
+                    store=self.feature_store(),
+                )
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                if not (isinstance(exc, FeaturesError) or ostore.is_store_error(exc)):
+                    raise
+                raise self._failed(ONLINE, exc, "pushing a usage event") from None
+        return result
+
+    # ---- background upkeep ------------------------------------------------------------
+    def start(self) -> None:
+        """Read the registry now if possible, then refresh it and check the store in a daemon thread."""
+        if self._thread is not None:
+            return
+        try:
+            self.refresh()
+            self.ping()
+        except StoreUnavailable:
+            pass
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="feature-registry-refresh", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        # without a snapshot (the registry was away at start) retry every few seconds, then at the usual pace
+        while not self._stop.wait(self.refresh_seconds if self._catalog is not None else min(self.refresh_seconds, 2)):
+            try:
+                self.refresh()
+                self.ping()
+            except StoreUnavailable:
+                pass
+            except Exception:  # noqa: BLE001 - the thread must survive anything; the next round retries
+                log.exception("feature registry refresh failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self._reset()
 
 
-def online_features(settings: Settings, user_id: str, service: str = ALL_SERVICE) -> OnlineFeatures:
-    """One user's online features (see :func:`online_read`)."""
+# ---------------------------------------------------------------------------------------
+# the two ways of reading a service
+# ---------------------------------------------------------------------------------------
+def _read_whole(store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
+    """The feature service as Feast serves it, on-demand features included. Feature names are unique across
+    views, so the response uses plain names (with full names, Feast leaves python-mode on-demand features out)."""
+    response = store.get_online_features(features=layout.service, entity_rows=[{ENTITY: u} for u in user_ids])
+    return response.to_dict(include_event_timestamps=True)
+
+
+def _read_split(store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
+    """The stored features from Feast, then each on-demand view's own transformation applied to them: the same
+    values with less work per request (checked equal to :func:`_read_whole` for every registry snapshot)."""
+    response = store.get_online_features(features=list(layout.stored_refs), entity_rows=[{ENTITY: u} for u in user_ids])
+    data = response.to_dict(include_event_timestamps=True)
+    inputs = {k: v for k, v in data.items() if not k.endswith(TIMESTAMP_POSTFIX)}
+    for odfv, outputs in layout.transforms or ():
+        result = odfv.feature_transformation.transform(inputs)  # the view's registered python function
+        for name in outputs:
+            data[name] = list(result[name])
+            data[name + TIMESTAMP_POSTFIX] = [0] * len(user_ids)  # as Feast: derived values have no event time
+    return data
+
+
+def _agrees(store: FeatureStore, layout: ServiceLayout, user_ids: list[str], whole: dict) -> bool:
+    if layout.transforms is None:
+        return False
+    try:
+        split = _read_split(store, layout, user_ids)
+    except Exception as exc:
+        if ostore.is_store_error(exc):
+            raise
+        log.warning("the split read of %s failed (%s): reading the whole service", layout.name, exc)
+        return False
+    same = all(_same(whole.get(k), split.get(k)) for k in whole)
+    if not same:
+        log.warning("the split read of %s differs from Feast's: reading the whole service", layout.name)
+    return same
+
+
+def _same(a: list | None, b: list | None) -> bool:
+    """Two response columns hold the same values (NaN equal to NaN)."""
+    if a is None or b is None or len(a) != len(b):
+        return a is b
+    for x, y in zip(a, b, strict=True):
+        if x != y and not (isinstance(x, float) and isinstance(y, float) and x != x and y != y):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# one-off reads (the CLI, pipelines, tests)
+# ---------------------------------------------------------------------------------------
+_readers: dict[tuple, OnlineReader] = {}
+_readers_lock = threading.Lock()
+
+
+def online_reader(settings: Settings) -> OnlineReader:
+    """The reader of these settings, built once per configuration and kept (no background thread)."""
+    key = (*_store_key(settings), settings.online_timeout_seconds)
+    with _readers_lock:
+        reader = _readers.get(key)
+        if reader is None:
+            reader = _readers[key] = OnlineReader(settings)
+    return reader
+
+
+def online_read(settings: Settings, user_ids: list[str], service: str = ALL_SERVICE) -> list[UserRow]:
+    """Many users' features of ``service`` in one online read, judged against the business clock of the registry
+    as it is now (the reader's snapshot is refreshed first): the rows the API answers from.
+
+    Raises StoreUnavailable (a StreamflowError) when the feature store is not applied, nothing is materialized
+    yet or a store does not answer; FeaturesError for an unknown service.
+    """
+    reader = online_reader(settings)
+    reader.refresh((service,))
+    rows, _catalog = reader.read(list(user_ids), service)
+    return rows
+
+
+def online_features(settings: Settings, user_id: str, service: str = ALL_SERVICE) -> UserRow:
+    """One user's features of ``service`` (see :func:`online_read`)."""
     return online_read(settings, [user_id], service)[0]

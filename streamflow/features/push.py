@@ -1,16 +1,7 @@
-"""The feature store: Feast on the dbt marts, in business time.
+"""Real-time usage pushes: a user's usage online at once (the ``usage_realtime`` view), and recorded offline.
 
-- :func:`feature_store` builds Feast's configuration from the platform's settings: SQL registry in
-  PostgreSQL, PostgreSQL offline store (the marts), PostgreSQL online store by default or Redis.
-- :func:`apply` registers ``feature_repo/`` (the same definitions the ``feast`` CLI reads).
-- :func:`materialize` loads one month into the online store, incrementally, and then removes the
-  users who are no longer active, so the online store holds exactly the users active at that month.
-- :func:`training_frame` and :func:`feature_frame` join features point-in-time with Feast.
-- :func:`online_read` is the low-latency read path (values and the as_of of every view).
-- :func:`push_usage_event` updates real-time usage online at once and records it offline.
-
-All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
-newest month materialized is the :func:`business_clock` staleness is measured against.
+The API pushes through its :class:`streamflow.features.online.OnlineReader`, which passes the Feast store it
+reads with; library callers get the platform's shared store of their settings.
 """
 
 from __future__ import annotations
@@ -18,14 +9,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
+import pandas as pd
+from feast import FeatureStore
+from feast.data_source import PushMode
+from feast.online_response import TIMESTAMP_POSTFIX
+
+from streamflow.core.db import connect
+from streamflow.core.names import ENTITY, PUSH_SOURCE, PUSH_VIEW
 from streamflow.core.settings import Settings
+from streamflow.drops.contract import ID_RE
 from streamflow.features import contract as fc
-
-if TYPE_CHECKING:
-    from feast import FeatureStore
-from streamflow.features.store import ENTITY, PUSH_SOURCE, PUSH_VIEW, FeaturesError, _errors, feature_store
+from streamflow.features.store import FeaturesError, _errors, feature_store
 
 
 # ---------------------------------------------------------------------------------------
@@ -51,20 +46,16 @@ def push_usage_event(
     watch_minutes_today: float,
     last_session_at: datetime,
     event_time: datetime | None = None,
+    store: FeatureStore | None = None,
 ) -> PushResult:
     """Push one user's real-time usage: online at once (usage_realtime), and into its offline table.
 
     ``event_time`` defaults to ``last_session_at`` (the event's own business time, not the wall clock).
     Pushes are ONLINE_AND_OFFLINE in effect: Feast's PostgreSQL offline store cannot write, so the row
     goes to the push source's table here, in the same transaction as the online write. An event older
-    than the one online is recorded offline only.
+    than the one online is recorded offline only. ``store``: the Feast store to read and push with (default:
+    the shared store of ``settings``).
     """
-    import pandas as pd
-    from feast.data_source import PushMode
-
-    from streamflow.core.db import connect
-    from streamflow.drops.contract import ID_RE
-
     if not isinstance(user_id, str) or not ID_RE.match(user_id):
         raise FeaturesError(f"{user_id!r} is not a user id (4 digits, a dash, 5 capitals: 7590-VHVEG)")
     try:
@@ -76,7 +67,7 @@ def push_usage_event(
     session = _utc(last_session_at, "last_session_at")
     when = _utc(event_time, "event_time") if event_time is not None else session
     row = {ENTITY: user_id, fc.USAGE_EVENT_TIMESTAMP: when, "watch_minutes_today": minutes, "last_session_at": session}
-    store = feature_store(settings)
+    store = store if store is not None else feature_store(settings)
     table = f"{fc.USAGE_EVENT_SCHEMA}.{fc.USAGE_EVENT_TABLE}"
     columns = [c for c, _t in fc.USAGE_EVENT_COLUMNS]
     with _errors(settings, "pushing a usage event"), connect(settings) as conn:
@@ -97,7 +88,6 @@ def push_usage_event(
 
 def _online_event_time(store: FeatureStore, user_id: str) -> datetime | None:
     """Event time of the user's pushed usage online, None when there is none."""
-    from feast.online_response import TIMESTAMP_POSTFIX
 
     view = store.get_feature_view(PUSH_VIEW)
     ref = f"{PUSH_VIEW}:{view.features[0].name}"

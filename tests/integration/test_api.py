@@ -15,12 +15,21 @@ import httpx
 import pandas as pd
 import pytest
 import schemathesis
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from ml.tracking import CHALLENGER, configure, load_model_alias, load_version
+from ml.promote import promote
+from ml.tracking import configure, load_model_alias, load_version
+from ml.train import train
+from serving.app import create_app
+from serving.model import MlflowModelSource, ModelHolder
+from streamflow.core.names import CHALLENGER
 from streamflow.core.stack import EmbeddedPostgres
 from streamflow.features import online
+from streamflow.features.online import OnlineReader
 from tests.conftest import server_home
 from tests.serving_support import serve_in_thread
 from tests.serving_world import (
@@ -253,11 +262,6 @@ FUZZ = [(m, p, "positive") for m, p in OPERATIONS] + [(m, p, "negative") for m, 
 def test_fuzzing_the_openapi_schema_finds_no_server_error(world, openapi, method, path, mode):
     """Schemathesis generates requests from the app's own OpenAPI: valid ones (their responses must match the
     documented status codes and schemas) and invalid ones; none may get a 5xx other than a documented 503."""
-    from hypothesis import given
-    from schemathesis import GenerationMode
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
-
     generation = GenerationMode.POSITIVE if mode == "positive" else GenerationMode.NEGATIVE
     checks = [not_a_server_error]
     if generation == GenerationMode.POSITIVE:
@@ -279,12 +283,6 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(world, openapi, method
 # a new champion without a restart
 # ---------------------------------------------------------------------------------------
 def test_promoting_a_new_champion_switches_model_and_predictions_within_the_poll_interval_without_errors(world):
-    from ml.promote import promote
-    from ml.train import train
-    from serving.app import create_app
-    from serving.features import FeastOnlineFeatures
-    from serving.model import MlflowModelSource, ModelHolder
-
     base = world.settings
     swap = base.model_copy(
         update={"model_name": "streamflow_churn_swap", "promotion_margin": -1.0, "promotion_logloss_tolerance": 100.0}
@@ -294,8 +292,7 @@ def test_promoting_a_new_champion_switches_model_and_predictions_within_the_poll
     for version in ("1", "2"):
         client.copy_model_version(f"models:/{base.model_name}/{version}", swap.model_name)
     client.set_registered_model_alias(swap.model_name, "champion", "1")
-
-    app = create_app(swap, FeastOnlineFeatures(swap), ModelHolder(MlflowModelSource(swap), swap.model_poll_seconds))
+    app = create_app(swap, OnlineReader(swap), ModelHolder(MlflowModelSource(swap), swap.model_poll_seconds))
     user = world.active[12]
     seen: list[tuple[float, int, str | None]] = []
     stop = threading.Event()

@@ -5,6 +5,7 @@ script on a real PostgreSQL, and the MLflow server with the compose command and 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,8 +17,14 @@ import httpx
 import pandas as pd
 import psycopg
 import pytest
+import redis
 
+from ml.promote import promote
+from ml.tracking import load_model_alias
+from ml.train import train
+from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres, _bin_dir
+from streamflow.features import apply, materialize, online
 from tests.compose_model import (
     ROOT,
     command_argv,
@@ -28,6 +35,7 @@ from tests.compose_model import (
     read_env_file,
 )
 from tests.conftest import free_port, make_settings
+from tests.serving_world import MAR, api_server, copy_warehouse
 
 pytestmark = pytest.mark.integration
 
@@ -234,10 +242,6 @@ def test_the_compose_healthcheck_of_mlflow_passes_against_the_running_server(mlf
 @pytest.fixture(scope="module")
 def compose_redis(tmp_path_factory):
     """A real redis-server on a free loopback port, standing in for the compose service `redis`."""
-    import shutil
-
-    import redis
-
     binary = shutil.which("redis-server")
     assert binary, "redis-server is needed (installed by `make sysdeps`)"
     port = free_port()
@@ -291,8 +295,6 @@ def _swapped(env: dict[str, str], settings, redis_port: int, mlflow_port: int, h
 
 
 def _settings_of(env: dict[str, str], **overrides):
-    from streamflow.core.settings import Settings
-
     values = {k.removeprefix("STREAMFLOW_").lower(): v for k, v in env.items() if k.startswith("STREAMFLOW_")}
     return Settings(_env_file=None, **{**values, **overrides})
 
@@ -304,12 +306,6 @@ def test_the_api_serves_a_prediction_through_postgres_redis_and_the_mlflow_serve
     service's command and environment variable names (only host names, ports and paths swapped for local ones).
     The job service's environment loads a month online (Redis) and promotes a champion through the MLflow
     server; the api service's environment then answers /predict from Redis with that champion."""
-    from ml.promote import promote
-    from ml.tracking import load_model_alias
-    from ml.train import train
-    from streamflow.features import apply, materialize, online
-    from tests.serving_world import MAR, api_server, copy_warehouse
-
     settings, _, _ = compose_postgres
     mlflow_port, _, _ = mlflow_server
     tmp = tmp_path_factory.mktemp("compose_api")

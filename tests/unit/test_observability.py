@@ -8,14 +8,21 @@ import json
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.app import create_app
 from serving.metrics import METRIC_NAMES
+from serving.model import ModelHolder
+from streamflow.core.runlog import OpsState
+from streamflow.core.settings import Settings
 from tests.compose_model import ROOT, command_argv, option_value, services
+from tests.serving_support import LocalModels, MemoryFeatures, serve_in_thread, serving_model, user_values
 
 PROMETHEUS_DIR = ROOT / "ops" / "prometheus"
 GRAFANA_DIR = ROOT / "ops" / "grafana"
@@ -97,16 +104,6 @@ def live_scrape() -> str:
     """What the real app serves at GET /metrics over HTTP, after requests that touch every metric: a prediction,
     a model swap, an online store failure, and the pipeline and drift state read at scrape time. (Local
     collaborators: online rows in memory and models fitted here; the metric names do not depend on the stores.)"""
-    from datetime import UTC, datetime
-
-    import httpx
-
-    from serving.app import create_app
-    from serving.model import ModelHolder
-    from streamflow.core.runlog import OpsState
-    from streamflow.core.settings import Settings
-    from tests.serving_support import LocalModels, MemoryFeatures, serve_in_thread, serving_model, user_values
-
     features = MemoryFeatures()
     features.add("1111-AAAAA", user_values(0))
     registry = LocalModels({"1": serving_model("1"), "2": serving_model("2", "logistic_regression")}, alias="1")

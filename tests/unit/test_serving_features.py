@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from serving.features import Catalog, ServiceLayout, age_seconds, is_stale, judge, rows_from_response
+from streamflow.features.catalog import Catalog, ServiceLayout, rows_from_response
+from streamflow.features.freshness import age_seconds, is_stale, judge
 
 CLOCK = datetime(2024, 3, 31, tzinfo=UTC)
 MONTH = timedelta(days=35)

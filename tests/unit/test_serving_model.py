@@ -13,7 +13,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from serving.model import ModelHolder, ModelUnavailable, canonical_frame, check_rows, compile_scorer
+from ml.train import build_pipeline
+from serving.model import ModelHolder, ModelUnavailable
+from serving.scorer import canonical_frame, check_rows, compile_scorer
 from tests.serving_support import (
     CATEGORICAL,
     MODEL_FEATURES,
@@ -83,8 +85,6 @@ class SharperLogisticRegression(LogisticRegression):
 
 def test_a_compiled_form_that_disagrees_with_the_pipeline_is_not_used():
     frame, y = training_frame()
-    from ml.train import build_pipeline
-
     pipeline = build_pipeline("logistic_regression", NUMERIC, CATEGORICAL, 0)
     pipeline.steps[-1] = ("classifier", SharperLogisticRegression(max_iter=2000))
     pipeline.fit(frame[MODEL_FEATURES], y)

@@ -1,0 +1,97 @@
+"""The app's shared state and the dependencies routes declare.
+
+:class:`ServingState` holds what every route needs (settings, the online reader, the model holder, metrics)
+and lives on ``app.state.serving``; routes get it with :data:`State` (or from their ``Request`` on the hot
+paths, which read their body themselves). :data:`AUTHORIZED` guards the routes that change state.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from serving.metrics import ApiMetrics
+from serving.model import ModelHolder, ServingModel
+from serving.responses import unavailable
+from serving.telemetry import REGISTRY, Telemetry
+from streamflow.core.runlog import OpsState
+from streamflow.core.settings import Settings
+from streamflow.features.catalog import Catalog, ServiceLayout, UserRow
+from streamflow.features.online import OnlineReader, StoreUnavailable
+
+
+@dataclass
+class ServingState:
+    """The collaborators of one app and what is derived from them once."""
+
+    settings: Settings
+    features: OnlineReader
+    models: ModelHolder
+    metrics: ApiMetrics
+    telemetry: Telemetry
+    read_ops: Callable[[], OpsState]
+    token: bytes | None = field(init=False)
+    # (model, version, service layout) -> inputs the service does not serve
+    _missing_inputs: dict[tuple, list[str]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        api_token = self.settings.api_token
+        self.token = api_token.get_secret_value().encode() if api_token else None
+
+    @property
+    def batch_limit(self) -> int:
+        return self.settings.batch_limit
+
+    def model_or_503(self) -> ServingModel | Response:
+        """The model to answer with, or the 503 saying why there is none."""
+        model = self.models.current
+        if model is None:
+            detail = f"no model loaded yet ({self.models.last_error or 'waiting for the registry'})"
+            return unavailable(detail, REGISTRY)
+        return model
+
+    def read(self, user_ids: list[str], service: str) -> tuple[list[UserRow], Catalog] | Response:
+        """One online read, or the 503 of the store that did not answer."""
+        try:
+            return self.features.read(user_ids, service)
+        except StoreUnavailable as exc:
+            return unavailable(str(exc), exc.store)
+
+    def inputs_missing(self, model: ServingModel, layout: ServiceLayout) -> list[str]:
+        """The model's inputs the service does not serve (computed once per model version and layout)."""
+        key = (model.name, model.version, layout.pairs)
+        absent = self._missing_inputs.get(key)
+        if absent is None:
+            served = set(layout.features)
+            absent = self._missing_inputs[key] = [f for f in model.features if f not in served]
+        return absent
+
+
+async def get_state(request: Request) -> ServingState:
+    """The app's state (async: resolved on the event loop, not in a worker thread)."""
+    return request.app.state.serving
+
+
+State = Annotated[ServingState, Depends(get_state)]
+
+bearer = HTTPBearer(auto_error=False, description="The token in STREAMFLOW_API_TOKEN (only checked when set).")
+
+
+async def require_token(
+    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """401 unless the bearer token matches STREAMFLOW_API_TOKEN (no check when it is not set)."""
+    if state.token is None:
+        return
+    given = credentials.credentials.encode() if credentials is not None else b""
+    if not hmac.compare_digest(given, state.token):
+        raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+AUTHORIZED = Depends(require_token)

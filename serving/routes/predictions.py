@@ -1,0 +1,169 @@
+"""Predictions: the churn probability of one user (/predict) or many (/predict/batch), from one online read.
+
+The body is validated before any I/O (413 too large, 422 invalid); users with missing features are 404,
+users with month-end features older than their TTL 409 (never scored); the rest are scored with the
+serving model at its logged threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from serving import schemas
+from serving.deps import ServingState
+from serving.model import ServingModel
+from serving.responses import (
+    NOT_READY,
+    VALIDATION_FAILED,
+    documented,
+    features_body,
+    invalid,
+    iso,
+    json_response,
+    request_body,
+    stale_body,
+    too_large,
+    unavailable,
+    unknown_body,
+)
+from serving.validation import MAX_BODY_BYTES, USER_IDS, BatchShape, BodyTooLarge, read_body, validation_errors
+from streamflow.features.catalog import ServiceLayout, UserRow
+
+router = APIRouter(tags=["predictions"])
+
+TOO_LARGE = f"body larger than {MAX_BODY_BYTES} bytes"
+
+
+def prediction(state: ServingState, model: ServingModel, row: UserRow, probability: float) -> dict[str, Any]:
+    """One user's answer: probability, decision at the model's threshold, and every input with its as_of."""
+    churn = probability >= model.threshold
+    state.telemetry.predicted(probability, churn)
+    return {
+        "user_id": row.user_id,
+        "churn_probability": probability,
+        "churn": churn,
+        "threshold": model.threshold,
+        "model_version": model.version,
+        "features_as_of": iso(row.oldest),
+        "features": features_body(row, model.features),
+    }
+
+
+def _not_served(state: ServingState, model: ServingModel, layout: ServiceLayout) -> Response | None:
+    """503 when the model needs features its feature service does not serve."""
+    absent = state.inputs_missing(model, layout)
+    if not absent:
+        return None
+    return unavailable(f"model v{model.version} needs features {layout.name} does not serve: {absent}", "online")
+
+
+@router.post(
+    "/predict",
+    summary="Churn probability of one user",
+    response_model=schemas.Prediction,
+    responses=documented(
+        _404=(schemas.UnknownUser, "Unknown user: no current online values; names the missing features."),
+        _409=(schemas.StaleFeatures, "Features older than their view's TTL at the business clock: not scored."),
+        _413=(schemas.ErrorBody, "Body too large."),
+        _422=VALIDATION_FAILED,
+        _503=NOT_READY,
+    ),
+    openapi_extra=request_body(schemas.PredictRequest),
+)
+async def predict(request: Request) -> Response:
+    """Reads the user's churn_model_v1 features online (one read), refuses stale or missing ones, and scores
+    them with the serving model at its logged threshold. The answer names the model version and every
+    feature used with its as_of."""
+    state: ServingState = request.app.state.serving
+    try:
+        user_id = schemas.PredictRequest.model_validate_json(await read_body(request)).user_id
+    except BodyTooLarge:
+        return too_large(TOO_LARGE)
+    except ValidationError as exc:
+        return invalid(validation_errors(exc))
+    model = state.model_or_503()
+    if isinstance(model, Response):
+        return model
+    service = state.features.model_service
+    result = state.read([user_id], service)
+    if isinstance(result, Response):
+        return result
+    (row,), catalog = result
+    layout = catalog.services[service]
+    if row.verdict.missing:
+        return json_response(unknown_body(row), 404)
+    if row.verdict.stale:
+        return json_response(stale_body(row, catalog.ttls, layout.features_of), 409)
+    refused = _not_served(state, model, layout)
+    if refused is not None:
+        return refused
+    probability = float(model.proba([row.values])[0])
+    state.telemetry.served(row, layout.stored)
+    return json_response(prediction(state, model, row, probability))
+
+
+async def _batch_ids(request: Request, limit: int) -> list[str] | Response:
+    """The batch's user ids, or its 413 / 422: the shape first, then the size, then each id."""
+    try:
+        shape = BatchShape.model_validate_json(await read_body(request))
+    except BodyTooLarge:
+        return too_large(TOO_LARGE)
+    except ValidationError as exc:
+        return invalid(validation_errors(exc))
+    if len(shape.user_ids) > limit:
+        return too_large(f"{len(shape.user_ids)} user ids; the limit is {limit} per request")
+    try:
+        return USER_IDS.validate_python(shape.user_ids)
+    except ValidationError as exc:
+        return invalid(validation_errors(exc, "user_ids"))
+
+
+@router.post(
+    "/predict/batch",
+    summary="Churn probabilities of many users (one online read)",
+    response_model=schemas.BatchPrediction,
+    responses=documented(
+        _413=(schemas.ErrorBody, "More user ids than the configured batch limit, or a body too large."),
+        _422=VALIDATION_FAILED,
+        _503=NOT_READY,
+    ),
+    openapi_extra=request_body(schemas.BatchPredictRequest),
+)
+async def predict_batch(request: Request) -> Response:
+    """Every user is answered: predictions for users with current features, and per-user errors (404 unknown,
+    409 stale) for the others. All predictions come from the same model version."""
+    state: ServingState = request.app.state.serving
+    user_ids = await _batch_ids(request, state.batch_limit)
+    if isinstance(user_ids, Response):
+        return user_ids
+    model = state.model_or_503()
+    if isinstance(model, Response):
+        return model
+    result = state.read(user_ids, state.features.model_service)
+    if isinstance(result, Response):
+        return result
+    rows, catalog = result
+    layout = catalog.services[state.features.model_service]
+    refused = _not_served(state, model, layout)
+    if refused is not None:
+        return refused
+    scorable, errors = [], []
+    for row in rows:
+        if row.verdict.missing:
+            errors.append({**unknown_body(row), "status": 404})
+        elif row.verdict.stale:
+            body = stale_body(row, catalog.ttls, layout.features_of)
+            errors.append({"user_id": row.user_id, "status": 409, "detail": body["detail"], "stale": body["stale"]})
+        else:
+            scorable.append(row)
+    predictions = []
+    if scorable:
+        probabilities = model.proba([row.values for row in scorable])
+        for row, probability in zip(scorable, probabilities, strict=True):
+            predictions.append(prediction(state, model, row, float(probability)))
+        state.telemetry.served(scorable[-1], layout.stored)
+    return json_response({"model_version": model.version, "predictions": predictions, "errors": errors})

@@ -1,0 +1,291 @@
+"""The compiled scorer: rows of feature values -> churn probabilities, without the pipeline's overhead.
+
+:func:`compile_scorer` turns the trained scikit-learn pipeline (ColumnTransformer -> classifier) into plain
+arithmetic at load time: imputation, scaling and one-hot encoding become look-ups, and a HistGradientBoosting
+or logistic-regression classifier is evaluated with numpy directly. The result is checked against the
+pipeline's own ``predict_proba`` on the logged input example and on random rows; any difference falls back
+to calling the classifier on the encoded rows, then to the full pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+log = logging.getLogger("streamflow.serving.model")
+
+CHECK_ROWS = 256  # random rows the compiled scorer is checked on at load
+CHECK_TOLERANCE = 1e-12  # largest probability difference accepted against the pipeline
+
+Row = Mapping[str, Any]
+
+
+def canonical_frame(rows: Sequence[Row], features: list[str]) -> pd.DataFrame:
+    """The frame the pipeline scores: one column per model feature in the model's order, missing values as NaN."""
+    frame = pd.DataFrame.from_records([{f: r.get(f) for f in features} for r in rows], columns=features)
+    return frame.fillna(value=np.nan)
+
+
+class _Encoder:
+    """The ColumnTransformer as look-ups: numeric columns imputed and scaled, categorical ones one-hot."""
+
+    def __init__(
+        self,
+        numeric: list[tuple[str, int, float, float, float]],
+        categorical: list[tuple[str, dict[Any, int], Any]],
+        width: int,
+    ):
+        self.numeric = numeric  # (feature, output index, fill, mean, scale)
+        self.categorical = categorical  # (feature, value -> output index, fill value)
+        self.width = width
+
+    def encode(self, rows: Sequence[Row]) -> np.ndarray:
+        out = np.zeros((len(rows), self.width))
+        nan = math.nan
+        for i, row in enumerate(rows):
+            line = out[i]
+            for name, col, fill, mean, scale in self.numeric:
+                value = row.get(name)
+                x = nan if value is None else float(value)
+                if x != x:  # NaN: imputed like SimpleImputer
+                    x = fill
+                line[col] = (x - mean) / scale
+            for name, index, fill in self.categorical:
+                value = row.get(name)
+                if value is None or (isinstance(value, float) and value != value):
+                    value = fill
+                col = index.get(value)
+                if col is not None:  # an unknown category is all zeros (handle_unknown="ignore")
+                    line[col] = 1.0
+        return out
+
+
+def _encoder(pre, features: list[str]) -> _Encoder | None:
+    """An encoder equal to a fitted ColumnTransformer of [imputer, scaler] and [imputer, one-hot] pipelines,
+    or None when the transformer holds anything else."""
+    if not isinstance(pre, ColumnTransformer):
+        return None
+    numeric: list[tuple[str, int, float, float, float]] = []
+    categorical: list[tuple[str, dict[Any, int], Any]] = []
+    width = 0
+    for name, transformer, columns in pre.transformers_:
+        if isinstance(transformer, str):
+            if transformer == "drop" or len(columns) == 0:
+                continue
+            return None  # "passthrough"
+        if not isinstance(columns, list | tuple) or not all(isinstance(c, str) and c in features for c in columns):
+            return None
+        steps = [s for _n, s in transformer.steps] if isinstance(transformer, Pipeline) else [transformer]
+        block = pre.output_indices_[name]
+        if len(steps) != 2 or not isinstance(steps[0], SimpleImputer) or steps[0].add_indicator:
+            return None
+        imputer, last = steps
+        if not (isinstance(imputer.missing_values, float) and math.isnan(imputer.missing_values)):
+            return None
+        if isinstance(last, StandardScaler):
+            fills = np.asarray(imputer.statistics_, dtype=float)
+            if len(fills) != len(columns) or not np.all(np.isfinite(fills)):
+                return None
+            means = last.mean_ if last.with_mean else np.zeros(len(columns))
+            scales = last.scale_ if last.with_std else np.ones(len(columns))
+            for j, column in enumerate(columns):
+                numeric.append((column, block.start + j, float(fills[j]), float(means[j]), float(scales[j])))
+            width = max(width, block.stop)
+        elif isinstance(last, OneHotEncoder):
+            if (
+                last.drop is not None
+                or last.handle_unknown != "ignore"
+                or last.min_frequency is not None
+                or last.max_categories is not None
+                or imputer.strategy != "constant"
+            ):
+                return None
+            offset = block.start
+            for j, column in enumerate(columns):
+                cats = list(last.categories_[j])
+                categorical.append((column, {c: offset + k for k, c in enumerate(cats)}, imputer.statistics_[j]))
+                offset += len(cats)
+            if offset != block.stop:
+                return None
+            width = max(width, block.stop)
+        else:
+            return None
+    return _Encoder(numeric, categorical, width)
+
+
+class _Trees:
+    """A binary HistGradientBoostingClassifier evaluated with numpy: every tree walked at once, level by level,
+    leaf values added in the classifier's own order (baseline, then tree by tree)."""
+
+    def __init__(self, clf):
+        predictors = [p[0] for p in clf._predictors]
+        size = max(len(p.nodes) for p in predictors)
+        n = len(predictors)
+        feature = np.zeros((n, size), dtype=np.intp)
+        threshold = np.zeros((n, size))
+        left = np.zeros((n, size), dtype=np.intp)
+        right = np.zeros((n, size), dtype=np.intp)
+        missing_left = np.zeros((n, size), dtype=bool)
+        value = np.zeros((n, size))
+        depth = 0
+        for t, predictor in enumerate(predictors):
+            nodes = predictor.nodes
+            base = t * size
+            k = len(nodes)
+            leaf = nodes["is_leaf"].astype(bool)
+            feature[t, :k] = nodes["feature_idx"]
+            threshold[t, :k] = nodes["num_threshold"]
+            # leaves (and padding) point at themselves, so a walk simply stays once it arrives
+            own = base + np.arange(size)
+            left[t] = own
+            right[t] = own
+            left[t, :k] = np.where(leaf, own[:k], base + nodes["left"].astype(np.intp))
+            right[t, :k] = np.where(leaf, own[:k], base + nodes["right"].astype(np.intp))
+            missing_left[t, :k] = nodes["missing_go_to_left"].astype(bool)
+            value[t, :k] = nodes["value"]
+            depth = max(depth, int(nodes["depth"].max()))
+        self.feature, self.threshold = feature.ravel(), threshold.ravel()
+        self.left, self.right = left.ravel(), right.ravel()
+        self.missing_left, self.value = missing_left.ravel(), value.ravel()
+        self.roots = np.arange(n, dtype=np.intp) * size
+        self.depth = depth
+        self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        n, width = X.shape
+        flat = X.ravel()
+        offsets = (np.arange(n, dtype=np.intp) * width)[:, None]
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        for _ in range(self.depth):
+            x = flat.take(offsets + self.feature.take(node))
+            go_left = np.where(np.isnan(x), self.missing_left.take(node), x <= self.threshold.take(node))
+            node = np.where(go_left, self.left.take(node), self.right.take(node))
+        leaves = self.value.take(node)
+        summed = np.add.accumulate(np.concatenate([np.full((n, 1), self.baseline), leaves], axis=1), axis=1)
+        return expit(summed[:, -1])
+
+
+class _Linear:
+    """A binary logistic regression as one weighted sum per row and a sigmoid. The sum runs row by row, so a
+    user's probability does not depend on how many rows are scored with it (a matrix product may round the
+    last digit differently for different batch sizes)."""
+
+    def __init__(self, clf):
+        self.coef = np.asarray(clf.coef_, dtype=float).ravel()
+        self.intercept = float(np.asarray(clf.intercept_, dtype=float).ravel()[0])
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        return expit((X * self.coef).sum(axis=1) + self.intercept)
+
+
+def _compiled_classifier(clf, width: int):
+    classes = list(getattr(clf, "classes_", []))
+    if len(classes) != 2 or getattr(clf, "n_features_in_", width) != width:
+        return None
+    if isinstance(clf, HistGradientBoostingClassifier):
+        categorical = getattr(clf, "is_categorical_", None)
+        if clf.n_trees_per_iteration_ != 1 or getattr(clf, "_preprocessor", None) is not None:
+            return None
+        if categorical is not None and np.any(categorical):
+            return None
+        return _Trees(clf)
+    if isinstance(clf, LogisticRegression) and np.asarray(clf.coef_).shape == (1, width):
+        return _Linear(clf)
+    return None
+
+
+@dataclass
+class Scorer:
+    """Churn probabilities for rows of feature values ({feature: value}), by the fastest path that was shown
+    equal to the pipeline: ``compiled`` (numpy only), ``encoded`` (look-up encoding, then the classifier's own
+    predict_proba) or ``pipeline`` (the full scikit-learn pipeline on a frame)."""
+
+    kind: str
+    features: list[str]
+    pipeline: Any
+    encoder: _Encoder | None = None
+    classifier: Any = None  # _Trees / _Linear for "compiled", the fitted estimator for "encoded"
+    max_difference: float = 0.0  # largest difference to the pipeline seen at load
+
+    def proba(self, rows: Sequence[Row]) -> np.ndarray:
+        if self.kind == "compiled":
+            return self.classifier.proba(self.encoder.encode(rows))
+        if self.kind == "encoded":
+            return self.classifier.predict_proba(self.encoder.encode(rows))[:, 1]
+        return self.pipeline.predict_proba(canonical_frame(rows, self.features))[:, 1]
+
+
+def check_rows(pipeline, features: list[str], count: int = CHECK_ROWS, seed: int = 0) -> list[dict[str, Any]]:
+    """Random rows around what the pipeline was fitted on: numbers drawn from each column's mean and spread
+    (some missing, some integral), categories from the known ones plus unknown and missing values."""
+    rng = np.random.default_rng(seed)
+    steps = getattr(pipeline, "steps", [])
+    encoder = _encoder(steps[0][1], features) if len(steps) > 1 else None
+    spread: dict[str, tuple[float, float]] = {}
+    categories: dict[str, list[Any]] = {}
+    if encoder is not None:
+        spread = {name: (mean, scale) for name, _c, _f, mean, scale in encoder.numeric}
+        categories = {name: list(index) for name, index, _f in encoder.categorical}
+    rows = []
+    for i in range(count):
+        row: dict[str, Any] = {}
+        for name in features:
+            roll = rng.random()
+            if roll < 0.05:
+                row[name] = None
+            elif name in categories:
+                known = categories[name]
+                row[name] = "unknown-category" if roll > 0.95 or not known else known[rng.integers(len(known))]
+            else:
+                mean, scale = spread.get(name, (0.0, 1.0))
+                x = float(rng.normal(mean, 2 * scale if scale > 0 else 1.0))
+                row[name] = round(x) if i % 2 else x
+        rows.append(row)
+    return rows
+
+
+def compile_scorer(pipeline, features: list[str], example: Sequence[Row] = (), *, fast: bool = True) -> Scorer:
+    """The fastest scorer that agrees with ``pipeline.predict_proba`` on ``example`` and on random rows
+    (``fast=False``: the pipeline itself)."""
+    fallback = Scorer("pipeline", features, pipeline)
+    steps = getattr(pipeline, "steps", None)
+    if not fast or not steps or len(steps) != 2:
+        return fallback
+    rows = list(example) + check_rows(pipeline, features)
+    reference = pipeline.predict_proba(canonical_frame(rows, features))[:, 1]
+    encoder = _encoder(steps[0][1], features)
+    if encoder is None:
+        log.info("model pipeline has an unsupported preprocessor: scoring with the full pipeline")
+        return fallback
+    clf = steps[1][1]
+    candidates = []
+    compiled = _compiled_classifier(clf, encoder.width)
+    if compiled is not None:
+        candidates.append(Scorer("compiled", features, pipeline, encoder, compiled))
+    if hasattr(clf, "predict_proba"):
+        candidates.append(Scorer("encoded", features, pipeline, encoder, clf))
+    for scorer in candidates:
+        try:
+            got = scorer.proba(rows)
+        except Exception as exc:  # noqa: BLE001 - any failure of a faster path means: use a slower one
+            log.warning("%s scorer failed its check (%s): trying a slower one", scorer.kind, exc)
+            continue
+        difference = float(np.max(np.abs(got - reference))) if len(rows) else 0.0
+        if got.shape == reference.shape and difference <= CHECK_TOLERANCE:
+            scorer.max_difference = difference
+            return scorer
+        log.warning("%s scorer differs from the pipeline by %.3g: trying a slower one", scorer.kind, difference)
+    return fallback
