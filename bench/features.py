@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from streamflow.core.db import connect
+from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres
 from streamflow.drops.generator.run import generate
@@ -132,7 +133,7 @@ def bench_materialize(settings: Settings, as_of: date) -> dict:
     result = materialize.materialize(settings, as_of)
     total = time.perf_counter() - t0
     users_x_views = sum(result.written.values())
-    n_features = sum(len(feast_store.get_feature_view(m).features) for m in fc.MARTS)
+    n_features = sum(len(feast_store.get_feature_view(m).features) for m in FEATURE_MARTS)
 
     ts = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
     manifest = fc.load_manifest(fc.ensure_manifest(settings))
@@ -140,7 +141,7 @@ def bench_materialize(settings: Settings, as_of: date) -> dict:
         conn.execute("drop schema if exists bench_online cascade")
         conn.execute("create schema bench_online")
         statements = []
-        for mart in fc.MARTS:
+        for mart in FEATURE_MARTS:
             source = online_store.online_table(settings, mart)
             target = f"bench_online.{mart}"
             conn.execute(f"create table {target} (like {source} including all)")

@@ -1,0 +1,1 @@
+"""The model lifecycle: training frames, training, evaluation, promotion, batch scoring, drift, tracking."""

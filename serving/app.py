@@ -30,7 +30,6 @@ from serving.metrics import ApiMetrics, build_metrics
 from serving.model import MlflowModelSource, ModelHolder
 from serving.responses import invalid, json_response
 from serving.routes import ROUTERS
-from serving.run import example_request, serve  # noqa: F401 - `streamflow serve` imports them from here
 from serving.telemetry import REGISTRY, MetricsMiddleware, Telemetry, warehouse_ops_state
 from serving.validation import jsonable
 from streamflow.core.runlog import OpsState

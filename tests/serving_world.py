@@ -22,11 +22,12 @@ import pandas as pd
 from ml.promote import promote
 from ml.train import train
 from streamflow.core.db import connect, connection_parts
+from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres, _bin_dir
 from streamflow.features import apply, materialize
 from streamflow.features import contract as fc
-from streamflow.features.store import MART_VIEWS, feature_store
+from streamflow.features.store import feature_store
 from tests.conftest import free_port, make_settings, settings_env
 
 JAN, FEB, MAR = date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 31)
@@ -166,7 +167,7 @@ def write_old_values(settings: Settings, user: str, month: date) -> None:
     store = feature_store(settings)
     stamp = datetime(month.year, month.month, month.day, tzinfo=UTC)
     with connect(settings) as conn:
-        for view in MART_VIEWS:
+        for view in FEATURE_MARTS:
             cur = conn.execute(f"select * from marts.{view} where user_id = %s and as_of = %s", (user, stamp))
             frame = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
             assert len(frame) == 1, (view, user, month)

@@ -1,3 +1,5 @@
+"""`streamflow generate` and `streamflow ingest`: monthly drops written and loaded."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,3 +1,5 @@
+"""`streamflow features apply | materialize | get` and `streamflow dataset`."""
+
 from __future__ import annotations
 
 import json
@@ -126,36 +128,38 @@ def features_get_cmd(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one machine-readable object."),
 ) -> None:
-    """Print a user's online features with the as_of of each feature view (what the API serves).
+    """Print a user's online features with the as_of of each feature view: what the API serves, judged by
+    the same read path and staleness rule.
 
-    Exit status 1 when the user has no current features (not an active subscriber at the newest
-    materialized month, or an unknown id).
+    Exit status 1 when the API would not serve them: the user has no current features (not an active
+    subscriber at the newest materialized month, or an unknown id: the API's 404) or a view is older than
+    its TTL (the API's 409). Pushed real-time values past their TTL are served and marked stale.
     """
     from streamflow.drops.contract import ID_RE
     from streamflow.features.online import online_features
-    from streamflow.features.store import business_clock
 
     if not ID_RE.match(user_id):
         fail(f"{user_id!r} is not a user id (4 digits, a dash, 5 capitals, e.g. 7590-VHVEG)")
-    settings = get_settings()
-
     with err_console.status("reading online features ..."):
-        result, clock = online_features(settings, user_id, service), business_clock(settings)
+        result = online_features(get_settings(), user_id, service)
+    clock = result.clock
     if not result.found:
-        if clock is None:
-            fail("nothing is materialized yet: run `streamflow features materialize`")
         fail(
             f"user {user_id} has no current features online: not an active subscriber at {clock.date()} "
             f"(the newest materialized month), or an unknown id"
         )
+    if result.verdict.stale:
+        views = ", ".join(f"{v} (as_of {ts.date()})" for v, ts in result.verdict.stale.items())
+        fail(f"the features of {user_id} are stale at {clock.date()}: {views}; the API refuses to score them")
     if as_json:
         print(
             json.dumps(
                 {
                     "user_id": user_id,
                     "service": service,
-                    "business_clock": clock.isoformat() if clock else None,
+                    "business_clock": clock.isoformat(),
                     "as_of": {v: ts.isoformat() if ts else None for v, ts in result.as_of.items()},
+                    "stale_views": sorted(result.verdict.flagged),
                     "features": {
                         k: cell_text(v) if not isinstance(v, int | float | bool) else v
                         for k, v in result.values.items()
@@ -164,14 +168,12 @@ def features_get_cmd(
             )
         )
         return
-    console.print(
-        f"[bold]{user_id}[/] · service {service} · business clock {clock.date() if clock else '-'}", highlight=False
-    )
+    console.print(f"[bold]{user_id}[/] · service {service} · business clock {clock.date()}", highlight=False)
     views = Table()
     views.add_column("view")
     views.add_column("as_of")
     for view, ts in result.as_of.items():
-        views.add_row(view, cell_text(ts))
+        views.add_row(view, cell_text(ts) + ("  (stale)" if view in result.verdict.flagged else ""))
     console.print(views)
     table = Table()
     for col in ("feature", "value", "view"):

@@ -1,3 +1,5 @@
+"""`streamflow train | promote | model show | drift | score | evaluate | mlflow`."""
+
 from __future__ import annotations
 
 import json

@@ -1,3 +1,5 @@
+"""`streamflow run` (one DAG run through Airflow) and `streamflow airflow` (the local UI)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,3 +1,5 @@
+"""`streamflow serve`: the prediction API."""
+
 from __future__ import annotations
 
 import typer
@@ -35,7 +37,7 @@ def serve_cmd(
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one-row predictions: more threads only cost CPU
-    from serving.app import example_request, serve
+    from serving.run import example_request, serve
 
     settings = get_settings()
     host = host or settings.api_host

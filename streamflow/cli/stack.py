@@ -1,3 +1,5 @@
+"""`streamflow stack up | down | status | env` and `streamflow stop`."""
+
 from __future__ import annotations
 
 import json

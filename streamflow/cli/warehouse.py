@@ -1,3 +1,5 @@
+"""`streamflow build`, `streamflow dbt ...` and `streamflow docs`: the dbt warehouse."""
+
 from __future__ import annotations
 
 import typer

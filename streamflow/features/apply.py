@@ -1,17 +1,4 @@
-"""The feature store: Feast on the dbt marts, in business time.
-
-- :func:`feature_store` builds Feast's configuration from the platform's settings: SQL registry in
-  PostgreSQL, PostgreSQL offline store (the marts), PostgreSQL online store by default or Redis.
-- :func:`apply` registers ``feature_repo/`` (the same definitions the ``feast`` CLI reads).
-- :func:`materialize` loads one month into the online store, incrementally, and then removes the
-  users who are no longer active, so the online store holds exactly the users active at that month.
-- :func:`training_frame` and :func:`feature_frame` join features point-in-time with Feast.
-- :func:`online_read` is the low-latency read path (values and the as_of of every view).
-- :func:`push_usage_event` updates real-time usage online at once and records it offline.
-
-All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
-newest month materialized is the :func:`business_clock` staleness is measured against.
-"""
+"""`streamflow features apply`: register ``feature_repo/`` in the SQL registry, idempotently."""
 
 from __future__ import annotations
 
@@ -28,18 +15,11 @@ from feast.diff.registry_diff import TransitionType
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
 from streamflow.core.db import connect
+from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
-from streamflow.features.store import (
-    MART_VIEWS,
-    FeaturesError,
-    _errors,
-    _kind,
-    _registered_views,
-    _silenced,
-    feature_store,
-)
+from streamflow.features.store import FeaturesError, _errors, _kind, _registered_views, _silenced, feature_store
 
 if TYPE_CHECKING:
     from feast.repo_contents import RepoContents
@@ -111,7 +91,7 @@ def apply(settings: Settings, progress: Progress = SILENT) -> ApplyResult:
     progress.start("reading the dbt manifest")
     with _errors(settings, "reading the marts"):
         manifest = _manifest(settings)
-        relations = [fc.mart_contract(manifest, m).relation for m in MART_VIEWS]
+        relations = [fc.mart_contract(manifest, m).relation for m in FEATURE_MARTS]
         with connect(settings) as conn:
             missing = _missing_relations(conn, relations)
             if missing:

@@ -23,14 +23,13 @@ import feast.types as ft
 from feast import Field
 
 from streamflow.core.errors import StreamflowError
+from streamflow.core.names import ENTITY, FEATURE_MARTS
 from streamflow.core.settings import get_settings
 from streamflow.warehouse import runner
 
 if TYPE_CHECKING:
     from streamflow.core.settings import Settings
 
-MARTS = ("subscriptions_profile", "usage_agg_30d", "payments_agg_90d", "support_agg_90d")
-ENTITY_COLUMN = "user_id"
 TIMESTAMP_COLUMN = "as_of"
 DBT_PACKAGE = "streamflow"
 
@@ -39,7 +38,7 @@ USAGE_EVENT_SCHEMA = "feast_push"
 USAGE_EVENT_TABLE = "usage_events"
 USAGE_EVENT_TIMESTAMP = "event_timestamp"
 USAGE_EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
-    (ENTITY_COLUMN, "text"),
+    (ENTITY, "text"),
     (USAGE_EVENT_TIMESTAMP, "timestamptz"),
     ("watch_minutes_today", "double precision"),
     ("last_session_at", "timestamptz"),
@@ -89,7 +88,7 @@ class MartContract:
     @property
     def features(self) -> tuple[tuple[str, str], ...]:
         """The columns that are features: all but the entity key and the timestamp."""
-        return tuple(c for c in self.columns if c[0] not in (ENTITY_COLUMN, TIMESTAMP_COLUMN))
+        return tuple(c for c in self.columns if c[0] not in (ENTITY, TIMESTAMP_COLUMN))
 
 
 def relation(manifest: dict[str, Any], model: str) -> str:
@@ -124,7 +123,7 @@ def mart_contract(manifest: dict[str, Any], mart: str) -> MartContract:
     if untyped:
         raise ContractError(f"the contract of {mart!r} gives no data_type for {', '.join(untyped)}")
     names = [c[0] for c in columns]
-    for required in (ENTITY_COLUMN, TIMESTAMP_COLUMN):
+    for required in (ENTITY, TIMESTAMP_COLUMN):
         if required not in names:
             raise ContractError(f"the contract of {mart!r} lacks the column {required!r} that Feast joins on")
     schema, table = relation(manifest, mart).split(".", 1)
@@ -200,7 +199,7 @@ def mart_table(mart: str) -> str:
 def mart_fields(mart: str) -> list[Field]:
     """The entity column and every feature of a mart, typed from its contract (for the feature views)."""
     contract = mart_contract(_active_manifest(), mart)
-    key = [c for c in contract.columns if c[0] == ENTITY_COLUMN]
+    key = [c for c in contract.columns if c[0] == ENTITY]
     return to_fields(key + list(contract.features))
 
 
@@ -212,7 +211,7 @@ def usage_event_fields() -> list[Field]:
 def usage_event_ddl() -> str:
     """CREATE statements of the push source's offline table (idempotent)."""
     cols = ",\n    ".join(
-        f"{name} {data_type} not null" if name in (ENTITY_COLUMN, USAGE_EVENT_TIMESTAMP) else f"{name} {data_type}"
+        f"{name} {data_type} not null" if name in (ENTITY, USAGE_EVENT_TIMESTAMP) else f"{name} {data_type}"
         for name, data_type in USAGE_EVENT_COLUMNS
     )
     table = f"{USAGE_EVENT_SCHEMA}.{USAGE_EVENT_TABLE}"
@@ -220,7 +219,7 @@ def usage_event_ddl() -> str:
         f"create schema if not exists {USAGE_EVENT_SCHEMA};\n"
         f"create table if not exists {table} (\n    {cols}\n);\n"
         f"create index if not exists {USAGE_EVENT_TABLE}_user_ts\n"
-        f"    on {table} ({ENTITY_COLUMN}, {USAGE_EVENT_TIMESTAMP});\n"
+        f"    on {table} ({ENTITY}, {USAGE_EVENT_TIMESTAMP});\n"
         f"comment on table {table} is 'Real-time usage events pushed to the Feast push source usage_events "
         "(written by streamflow.features.push_usage_event); the offline history of the usage_realtime view.';"
     )
@@ -237,7 +236,7 @@ def disagreements(feature_views, manifest: dict[str, Any]) -> list[str]:
     """
     problems: list[str] = []
     by_name = {fv.name: fv for fv in feature_views}
-    for mart in MARTS:
+    for mart in FEATURE_MARTS:
         fv = by_name.get(mart)
         if fv is None:
             problems.append(f"{mart}: no feature view for the mart")

@@ -1,17 +1,4 @@
-"""The feature store: Feast on the dbt marts, in business time.
-
-- :func:`feature_store` builds Feast's configuration from the platform's settings: SQL registry in
-  PostgreSQL, PostgreSQL offline store (the marts), PostgreSQL online store by default or Redis.
-- :func:`apply` registers ``feature_repo/`` (the same definitions the ``feast`` CLI reads).
-- :func:`materialize` loads one month into the online store, incrementally, and then removes the
-  users who are no longer active, so the online store holds exactly the users active at that month.
-- :func:`training_frame` and :func:`feature_frame` join features point-in-time with Feast.
-- :func:`online_read` is the low-latency read path (values and the as_of of every view).
-- :func:`push_usage_event` updates real-time usage online at once and records it offline.
-
-All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
-newest month materialized is the :func:`business_clock` staleness is measured against.
-"""
+"""Materialization: one month of the marts into the online store, then the users who left removed."""
 
 from __future__ import annotations
 
@@ -22,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamflow.core import months
 from streamflow.core.db import connect
+from streamflow.core.names import ENTITY, FEATURE_MARTS, PUSH_VIEW
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
@@ -35,9 +23,6 @@ from streamflow.features.online_store import (
     online_entities,
 )
 from streamflow.features.store import (
-    ENTITY,
-    MART_VIEWS,
-    PUSH_VIEW,
     FeaturesError,
     _errors,
     _require_applied,
@@ -145,11 +130,11 @@ def materialize(
                 f"{as_of} would serve stale features as current"
             )
         views = {v.name: v for v in store.list_feature_views(allow_cache=False)}
-        progress.start("materializing", total=len(MART_VIEWS) + 1)
+        progress.start("materializing", total=len(FEATURE_MARTS) + 1)
         written: dict[str, int] = {}
         skipped: list[str] = []
         feast_seconds = 0.0
-        for i, name in enumerate(MART_VIEWS):
+        for i, name in enumerate(FEATURE_MARTS):
             progress.advance(0 if i == 0 else 1, name)
             view = views[name]
             last = view.most_recent_end_time
@@ -174,7 +159,7 @@ def materialize(
         progress.advance(1, "removing users who left")
         removed = remove_departed(settings, as_of, users)
         progress.advance(1, "done")
-        online = {name: len(online_entities(settings, name)) for name in (*MART_VIEWS, PUSH_VIEW)}
+        online = {name: len(online_entities(settings, name)) for name in (*FEATURE_MARTS, PUSH_VIEW)}
         clock = business_clock(settings, refresh=True)
     return MaterializeResult(
         as_of=as_of,
@@ -199,7 +184,7 @@ def remove_departed(settings: Settings, as_of: date, active: list[str] | None = 
     cutoff = business_timestamp(as_of) + timedelta(days=1)
     removed: dict[str, int] = {}
     with _errors(settings, "removing departed users from the online store"):
-        for name in (*MART_VIEWS, PUSH_VIEW):
+        for name in (*FEATURE_MARTS, PUSH_VIEW):
             view = store.get_feature_view(name)
             before = cutoff if name == PUSH_VIEW else None
             removed[name] = _delete_online(settings, store, view, keep, before)

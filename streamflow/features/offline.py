@@ -1,17 +1,4 @@
-"""The feature store: Feast on the dbt marts, in business time.
-
-- :func:`feature_store` builds Feast's configuration from the platform's settings: SQL registry in
-  PostgreSQL, PostgreSQL offline store (the marts), PostgreSQL online store by default or Redis.
-- :func:`apply` registers ``feature_repo/`` (the same definitions the ``feast`` CLI reads).
-- :func:`materialize` loads one month into the online store, incrementally, and then removes the
-  users who are no longer active, so the online store holds exactly the users active at that month.
-- :func:`training_frame` and :func:`feature_frame` join features point-in-time with Feast.
-- :func:`online_read` is the low-latency read path (values and the as_of of every view).
-- :func:`push_usage_event` updates real-time usage online at once and records it offline.
-
-All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
-newest month materialized is the :func:`business_clock` staleness is measured against.
-"""
+"""Training frames: features joined point-in-time with Feast (``get_historical_features``)."""
 
 from __future__ import annotations
 
@@ -20,14 +7,13 @@ from datetime import date
 import pandas as pd
 
 from streamflow.core.db import connect
+from streamflow.core.names import ENTITY, MODEL_SERVICE
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
 from streamflow.features.apply import _relation
 from streamflow.features.materialize import active_users, built_months
 from streamflow.features.store import (
-    ENTITY,
     ENTITY_TS,
-    MODEL_SERVICE,
     FeaturesError,
     _errors,
     _require_applied,

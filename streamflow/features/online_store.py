@@ -29,17 +29,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.conninfo import make_conninfo
 
 from streamflow.core.db import connect
+from streamflow.core.names import ENTITY, ONLINE_SCHEMA
 from streamflow.core.settings import Settings
 from streamflow.features.apply import _missing_relations
-from streamflow.features.store import (
-    ENTITY,
-    KEY_SERIALIZATION,
-    ONLINE_SCHEMA,
-    FeaturesError,
-    _errors,
-    feature_store,
-    repo_config,
-)
+from streamflow.features.store import KEY_SERIALIZATION, FeaturesError, _errors, feature_store, repo_config
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,17 +1,5 @@
-"""The feature store: Feast on the dbt marts, in business time.
-
-- :func:`feature_store` builds Feast's configuration from the platform's settings: SQL registry in
-  PostgreSQL, PostgreSQL offline store (the marts), PostgreSQL online store by default or Redis.
-- :func:`apply` registers ``feature_repo/`` (the same definitions the ``feast`` CLI reads).
-- :func:`materialize` loads one month into the online store, incrementally, and then removes the
-  users who are no longer active, so the online store holds exactly the users active at that month.
-- :func:`training_frame` and :func:`feature_frame` join features point-in-time with Feast.
-- :func:`online_read` is the low-latency read path (values and the as_of of every view).
-- :func:`push_usage_event` updates real-time usage online at once and records it offline.
-
-All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
-newest month materialized is the :func:`business_clock` staleness is measured against.
-"""
+"""The feature store object built from the platform's settings, its registry reads (services, TTLs,
+the business clock) and the errors a user can act on."""
 
 from __future__ import annotations
 
@@ -33,19 +21,20 @@ from feast.repo_config import RepoConfig
 
 from streamflow.core.db import connection_parts, database_url, registry_url
 from streamflow.core.errors import StreamflowError
+from streamflow.core.names import (
+    ALL_SERVICE,
+    FEATURE_MARTS,
+    MODEL_SERVICE,
+    ONLINE_SCHEMA,
+    PUSH_VIEW,
+)
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
+from streamflow.features.catalog import clock_of
 
 if TYPE_CHECKING:
     from feast import FeatureService
 
-MART_VIEWS = fc.MARTS
-PUSH_SOURCE = "usage_events"
-PUSH_VIEW = "usage_realtime"
-MODEL_SERVICE = "churn_model_v1"
-ALL_SERVICE = "customer_360"
-ONLINE_SCHEMA = "feast_online"  # PostgreSQL online store: tables <project>_<view> in this schema
-ENTITY = fc.ENTITY_COLUMN
 ENTITY_TS = "event_timestamp"  # the entity frame's timestamp column, as Feast expects it
 KEY_SERIALIZATION = 3
 REGISTRY_CACHE_SECONDS = 60
@@ -212,7 +201,7 @@ def _require_applied(store: FeatureStore) -> None:
         names = {v.name for v in store.list_feature_views(allow_cache=False)}
     except (fe.ProjectNotFoundException, fe.ProjectObjectNotFoundException):
         names = set()
-    missing = [v for v in (*MART_VIEWS, PUSH_VIEW) if v not in names]
+    missing = [v for v in (*FEATURE_MARTS, PUSH_VIEW) if v not in names]
     if missing:
         raise FeaturesError(
             f"the feature store is not applied (missing views: {', '.join(missing)}): "
@@ -257,20 +246,13 @@ def business_clock(settings: Settings, *, refresh: bool = False) -> datetime | N
     Read from the registry's materialization intervals of the mart views (cached for up to
     REGISTRY_CACHE_SECONDS; ``refresh=True`` reads it afresh).
     """
-
     store = feature_store(settings)
     not_applied = (fe.FeatureViewNotFoundException, fe.ProjectNotFoundException, fe.ProjectObjectNotFoundException)
     with _errors(settings, "reading the registry"):
         if refresh:
             store.refresh_registry()
-        ends = []
-        for name in MART_VIEWS:
-            try:
-                view = store.get_feature_view(name, allow_registry_cache=True)
-            except not_applied:
-                return None
-            end = view.most_recent_end_time
-            if end is None:
-                return None
-            ends.append(end if end.tzinfo else end.replace(tzinfo=UTC))
-    return min(ends).astimezone(UTC)
+        try:
+            views = {name: store.get_feature_view(name, allow_registry_cache=True) for name in FEATURE_MARTS}
+        except not_applied:
+            return None
+    return clock_of(views)

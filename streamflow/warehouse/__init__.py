@@ -1,0 +1,1 @@
+"""The dbt warehouse from Python: dbt in-process, the quality gate, the monthly build, the docs."""

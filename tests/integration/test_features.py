@@ -21,8 +21,10 @@ import psycopg
 import pytest
 
 from streamflow import pipeline
+from streamflow.core import names
 from streamflow.core.db import connect
 from streamflow.core.env import tool_environment
+from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.stack import EmbeddedPostgres
 from streamflow.features import apply, materialize, offline, online_store, push, store
 from streamflow.features import contract as fc
@@ -126,7 +128,7 @@ def redis_url(tmp_path_factory):
 # ---------------------------------------------------------------------------------------
 def _contract_columns(settings) -> dict[str, list[str]]:
     manifest = fc.load_manifest(fc.ensure_manifest(settings))
-    return {m: [c for c, _t in fc.mart_contract(manifest, m).features] for m in fc.MARTS}
+    return {m: [c for c, _t in fc.mart_contract(manifest, m).features] for m in FEATURE_MARTS}
 
 
 def sql_as_of_join(settings, entities_sql: str, columns: list[str], *, leaky: bool = False) -> pd.DataFrame:
@@ -212,7 +214,7 @@ def test_feature_views_agree_with_the_dbt_contracts_and_the_warehouse(applied):
     assert fc.disagreements(views, manifest) == []
     # the contracts are enforced: the live tables carry the same names and types
     with connect(applied) as conn:
-        for mart in fc.MARTS:
+        for mart in FEATURE_MARTS:
             live = conn.execute(
                 "select column_name, data_type from information_schema.columns where table_schema = 'marts' "
                 "and table_name = %s order by ordinal_position",
@@ -403,7 +405,7 @@ def test_after_materializing_a_month_active_users_get_that_months_values(online,
     for user in people["stayers"][:3] + people["joiners"][:2]:
         got = online_reads.online_features(settings, user)
         assert got.found
-        for mart in fc.MARTS:
+        for mart in FEATURE_MARTS:
             assert got.as_of[mart] == ts(FEB)
             expected = _mart_row(settings, mart, user, FEB)
             for name in _contract_columns(settings)[mart]:
@@ -419,7 +421,7 @@ def expected_fee_ratio(settings, user, day):
 def test_the_online_store_holds_exactly_the_users_active_at_the_month(online, people):
     settings, result = online
     active = {u for u, m in people["months"].items() if FEB in m}
-    for mart in fc.MARTS:
+    for mart in FEATURE_MARTS:
         assert online_store.online_entities(settings, mart) == active, mart
         assert result.online_users[mart] == len(active)
         assert result.removed[mart] == len([u for u, m in people["months"].items() if JAN in m and FEB not in m])
@@ -435,7 +437,7 @@ def test_a_user_who_cancelled_is_not_served_as_current(online, people):
 def _online_snapshot(settings) -> dict:
     out = {}
     with connect(settings) as conn:
-        for view in (*fc.MARTS, store.PUSH_VIEW):
+        for view in (*FEATURE_MARTS, names.PUSH_VIEW):
             table = online_store.online_table(settings, view)
             out[view] = conn.execute(
                 f"select entity_key, feature_name, value, event_ts, created_ts from {table} order by 1, 2"
@@ -467,7 +469,7 @@ def test_rerunning_apply_and_materialize_changes_nothing(online):
     online_before, registry_before = _online_snapshot(settings), _registry_snapshot(settings)
     assert apply.apply(settings).unchanged
     again = materialize.materialize(settings, FEB)
-    assert sorted(again.skipped) == sorted(fc.MARTS)
+    assert sorted(again.skipped) == sorted(FEATURE_MARTS)
     assert set(again.removed.values()) == {0}
     assert _online_snapshot(settings) == online_before
     assert _registry_snapshot(settings) == registry_before
@@ -499,10 +501,10 @@ def test_the_scheduled_materialization_loads_the_newest_built_month_once(base_se
     first = pipeline.materialize_newest(settings)
     assert first["as_of"] == MAR.isoformat() and first["skipped"] == []
     active = len([u for u, m in people["months"].items() if MAR in m])
-    assert {first["online_users"][mart] for mart in fc.MARTS} == {active}
+    assert {first["online_users"][mart] for mart in FEATURE_MARTS} == {active}
     assert online_reads.online_features(settings, people["stayers"][0]).as_of["usage_agg_30d"] == ts(MAR)
     again = pipeline.materialize_newest(settings)
-    assert sorted(again["skipped"]) == sorted(fc.MARTS) and set(again["removed"].values()) == {0}
+    assert sorted(again["skipped"]) == sorted(FEATURE_MARTS) and set(again["removed"].values()) == {0}
 
 
 def test_the_scheduled_materialization_skips_while_nothing_is_built(base_settings):
@@ -534,7 +536,7 @@ def test_force_rewrites_a_month_that_is_already_online(base_settings, people):
         conn.execute(f"delete from {table} where entity_key = %s", (online_store.entity_key_bytes(user),))
         conn.commit()
     assert not online_reads.online_features(settings, user).as_of["subscriptions_profile"]
-    assert materialize.materialize(settings, JAN).skipped == list(fc.MARTS)
+    assert materialize.materialize(settings, JAN).skipped == list(FEATURE_MARTS)
     result = materialize.materialize(settings, JAN, force=True)
     assert result.skipped == [] and result.online_users["subscriptions_profile"] == len(
         [u for u, m in people["months"].items() if JAN in m]
@@ -554,7 +556,7 @@ def test_a_push_is_served_at_once_and_survives_the_next_materialization(base_set
     pushed = push.push_usage_event(settings, stayer, watch_minutes_today=42.5, last_session_at=at)
     assert pushed.online and pushed.event_time == at
     got = online_reads.online_features(settings, stayer)
-    assert got.values["watch_minutes_today"] == 42.5 and got.as_of[store.PUSH_VIEW] == at
+    assert got.values["watch_minutes_today"] == 42.5 and got.as_of[names.PUSH_VIEW] == at
     assert got.values["last_session_at"] == at
     assert got.as_of["subscriptions_profile"] == ts(JAN), "the monthly views are untouched by a push"
     # an older event is history, not the current value
@@ -572,11 +574,11 @@ def test_a_push_is_served_at_once_and_survives_the_next_materialization(base_set
 
     result = materialize.materialize(settings, FEB)
     got = online_reads.online_features(settings, stayer)
-    assert got.values["watch_minutes_today"] == 42.5 and got.as_of[store.PUSH_VIEW] == at
+    assert got.values["watch_minutes_today"] == 42.5 and got.as_of[names.PUSH_VIEW] == at
     assert got.as_of["subscriptions_profile"] == ts(FEB)
     assert not online_reads.online_features(settings, leaver).found, "a user who left loses pushed values too"
-    assert result.removed[store.PUSH_VIEW] == 1
-    assert online_store.online_entities(settings, store.PUSH_VIEW) == {stayer}
+    assert result.removed[names.PUSH_VIEW] == 1
+    assert online_store.online_entities(settings, names.PUSH_VIEW) == {stayer}
     # the offline history serves point-in-time too (customer_360 includes the pushed view)
     hist = offline.historical_features(
         settings, pd.DataFrame({"user_id": [stayer], "event_timestamp": [at + timedelta(hours=1)]}), "customer_360"
@@ -614,13 +616,13 @@ def test_redis_online_store_round_trip(base_settings, people, redis_url):
     result = materialize.materialize(settings, FEB)
 
     active = {u for u, m in people["months"].items() if FEB in m}
-    for mart in fc.MARTS:
+    for mart in FEATURE_MARTS:
         assert online_store.online_entities(settings, mart) == active, mart
-    assert online_store.online_entities(settings, store.PUSH_VIEW) == {stayer}
+    assert online_store.online_entities(settings, names.PUSH_VIEW) == {stayer}
     assert result.business_clock == ts(FEB)
     for user in (stayer, joiner):
         got = online_reads.online_features(settings, user)
-        assert {got.as_of[m] for m in fc.MARTS} == {ts(FEB)}
+        assert {got.as_of[m] for m in FEATURE_MARTS} == {ts(FEB)}
         expected = _mart_row(settings, "usage_agg_30d", user, FEB)
         assert got.values["watch_hours_30d"] == expected["watch_hours_30d"]
         assert got.values["unique_devices_30d"] == expected["unique_devices_30d"]
@@ -629,7 +631,7 @@ def test_redis_online_store_round_trip(base_settings, people, redis_url):
 
     before = _redis_snapshot(redis_url)
     again = materialize.materialize(settings, FEB)
-    assert sorted(again.skipped) == sorted(fc.MARTS) and set(again.removed.values()) == {0}
+    assert sorted(again.skipped) == sorted(FEATURE_MARTS) and set(again.removed.values()) == {0}
     assert _redis_snapshot(redis_url) == before
 
 
