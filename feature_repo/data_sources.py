@@ -7,6 +7,7 @@ its business timestamp `as_of` (00:00 UTC of the month-end date).
 from feast import PushSource
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 
+from streamflow.core.names import PUSH_SOURCE
 from streamflow.features.contract import (
     TIMESTAMP_COLUMN,
     USAGE_EVENT_SCHEMA,
@@ -52,7 +53,7 @@ usage_events_log = PostgreSQLSource(
 )
 
 usage_events = PushSource(
-    name="usage_events",
+    name=PUSH_SOURCE,
     batch_source=usage_events_log,
-    description="Real-time usage pushed between monthly runs (POST /events, streamflow.features.push_usage_event).",
+    description="Real-time usage pushed between monthly runs (POST /events, streamflow.features.push).",
 )

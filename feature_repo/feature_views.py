@@ -19,6 +19,7 @@ from data_sources import (
 from entities import user
 from feast import FeatureView
 
+from streamflow.core.names import PUSH_VIEW
 from streamflow.features.contract import mart_fields, usage_event_fields
 
 MONTH_END_TTL = timedelta(days=31 + 4)
@@ -69,7 +70,7 @@ support_agg_90d = FeatureView(
 )
 
 usage_realtime = FeatureView(
-    name="usage_realtime",
+    name=PUSH_VIEW,
     entities=[user],
     ttl=REALTIME_TTL,
     schema=usage_event_fields(),

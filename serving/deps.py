@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from serving.metrics import ApiMetrics
 from serving.model import ModelHolder, ServingModel
-from serving.responses import unavailable
+from serving.responses import json_response, stale_body, unavailable, unknown_body
 from serving.telemetry import REGISTRY, Telemetry
 from streamflow.core.runlog import OpsState
 from streamflow.core.settings import Settings
@@ -62,6 +62,20 @@ class ServingState:
             return self.features.read(user_ids, service)
         except StoreUnavailable as exc:
             return unavailable(str(exc), exc.store)
+
+    def read_user(self, user_id: str, service: str) -> tuple[UserRow, ServiceLayout] | Response:
+        """One user's judged row of ``service`` and the service's layout, or the answer that refuses it:
+        404 naming the missing features, 409 naming the stale views, 503 when the store is down."""
+        result = self.read([user_id], service)
+        if isinstance(result, Response):
+            return result
+        (row,), catalog = result
+        layout = catalog.services[service]
+        if row.verdict.missing:
+            return json_response(unknown_body(row), 404)
+        if row.verdict.stale:
+            return json_response(stale_body(row, catalog.ttls, layout.features_of), 409)
+        return row, layout
 
     def inputs_missing(self, model: ServingModel, layout: ServiceLayout) -> list[str]:
         """The model's inputs the service does not serve (computed once per model version and layout)."""

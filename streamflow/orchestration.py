@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from streamflow.core.db import database_url
 from streamflow.core.env import settings_environment, tool_environment
 from streamflow.core.errors import StreamflowError
+from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.core.stack import get_stack
 from streamflow.warehouse import runner
@@ -129,10 +129,10 @@ def run_dag(
     settings: Settings,
     dag_id: str,
     conf: dict,
-    on_task_done: Callable[[str], None] | None = None,
+    progress: Progress = SILENT,
 ) -> DagRunResult:
     """Run one DAG run in this process tree with ``airflow dags test`` and read every task's outcome
-    from Airflow's metadata database."""
+    from Airflow's metadata database. ``progress`` advances by one as each task ends, named after it."""
     ensure_metadata_db(settings)
     logs = airflow_home(settings) / "runs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -147,8 +147,8 @@ def run_dag(
         for line in proc.stdout:
             log.write(line)
             m = _END_TASK.search(line)
-            if m and on_task_done:
-                on_task_done(m.group(1))
+            if m:
+                progress.advance(1, f"{m.group(1)} done")
             if run_id is None and "DagRun Finished" in line:
                 rm = _RUN_ID.search(line)
                 run_id = rm.group(1) if rm else None

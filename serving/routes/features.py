@@ -16,8 +16,6 @@ from serving.responses import (
     features_body,
     iso,
     json_response,
-    stale_body,
-    unknown_body,
 )
 from streamflow.drops.contract import ID_PATTERN
 
@@ -43,15 +41,10 @@ async def user_features(user_id: UserId, state: State) -> Response:
     """Values with their feature view and as_of. Pushed real-time values older than their TTL are shown
     with ``stale: true``; month-end values older than their TTL refuse the request (409)."""
     service = state.features.all_service
-    result = state.read([user_id], service)
+    result = state.read_user(user_id, service)
     if isinstance(result, Response):
         return result
-    (row,), catalog = result
-    layout = catalog.services[service]
-    if row.verdict.missing:
-        return json_response(unknown_body(row), 404)
-    if row.verdict.stale:
-        return json_response(stale_body(row, catalog.ttls, layout.features_of), 409)
+    row, layout = result
     state.telemetry.served(row, layout.stored)
     return json_response(
         {

@@ -89,15 +89,10 @@ async def predict(request: Request) -> Response:
     if isinstance(model, Response):
         return model
     service = state.features.model_service
-    result = state.read([user_id], service)
+    result = state.read_user(user_id, service)
     if isinstance(result, Response):
         return result
-    (row,), catalog = result
-    layout = catalog.services[service]
-    if row.verdict.missing:
-        return json_response(unknown_body(row), 404)
-    if row.verdict.stale:
-        return json_response(stale_body(row, catalog.ttls, layout.features_of), 409)
+    row, layout = result
     refused = _not_served(state, model, layout)
     if refused is not None:
         return refused

@@ -25,7 +25,7 @@ from streamflow.core import months as business_months
 from streamflow.core import services
 from streamflow.core.db import connect
 from streamflow.core.errors import StreamflowError
-from streamflow.core.names import MART_SCHEMA
+from streamflow.core.names import CHAMPION, MART_SCHEMA
 from streamflow.core.settings import Settings, get_settings
 from streamflow.core.stack import get_stack
 from streamflow.orchestration import MONTHLY_DAG, airflow_environment, prepare_orchestration, run_dag
@@ -178,15 +178,9 @@ def _run_months(settings: Settings, console: Console, timings: Timings, drops: l
 
 def _run_month(settings: Settings, console: Console, timings: Timings, drop: Path, as_of: date) -> None:
     t0 = time.perf_counter()
-    finished: list[str] = []
     with RichProgress(console) as progress:
-        progress.start(f"{MONTHLY_DAG} {as_of}: starting")
-
-        def on_task(task_id: str) -> None:
-            finished.append(task_id)
-            progress.advance(1, f"{len(finished)} tasks done, last {task_id}")
-
-        result = run_dag(settings, MONTHLY_DAG, {"drop": str(drop), "mode": "monthly"}, on_task_done=on_task)
+        progress.start(f"{MONTHLY_DAG} {as_of}")
+        result = run_dag(settings, MONTHLY_DAG, {"drop": str(drop), "mode": "monthly"}, progress=progress)
     seconds = time.perf_counter() - t0
     if not result.ok:
         failed = [t.task_id for t in result.tasks if t.state == "failed"]
@@ -218,7 +212,7 @@ def _show_champion(settings: Settings, console: Console, newest: date, oracle_di
     from ml.tracking import model_summary
 
     summary = model_summary(settings)
-    champion = summary.get("champion")
+    champion = summary.get(CHAMPION)
     if not champion:
         raise DemoError("no champion model after the monthly runs: see `streamflow model show`")
     metrics = champion.get("metrics", {})

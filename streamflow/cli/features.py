@@ -10,6 +10,7 @@ from rich.table import Table
 
 from streamflow.cli.console import RichProgress, cell_text, console, err_console, fail
 from streamflow.cli.options import month_option
+from streamflow.core.names import ALL_SERVICE, MODEL_SERVICE
 from streamflow.core.settings import get_settings
 
 # ---------------------------------------------------------------------------------------
@@ -122,9 +123,9 @@ def features_materialize_cmd(
 def features_get_cmd(
     user_id: str = typer.Argument(..., help="A user id, e.g. 7590-VHVEG.", show_default=False),
     service: str = typer.Option(
-        "customer_360",
+        ALL_SERVICE,
         "--service",
-        help="Feature service: customer_360 (everything) or churn_model_v1 (the model's inputs).",
+        help=f"Feature service: {ALL_SERVICE} (everything) or {MODEL_SERVICE} (the model's inputs).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one machine-readable object."),
 ) -> None:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from streamflow.cli.console import RichProgress, console, err_console
 from streamflow.cli.options import month_option
+from streamflow.core.names import CHALLENGER, CHAMPION
 from streamflow.core.settings import get_settings
 
 # ---------------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def model_show_cmd(as_json: bool = typer.Option(False, "--json", help="Print one
         print(json.dumps(summary))
         return
     console.print(f"model [bold]{summary['model']}[/] ({summary['tracking_uri']})", highlight=False)
-    present = {alias: summary[alias] for alias in ("champion", "challenger") if summary[alias]}
+    present = {alias: summary[alias] for alias in (CHAMPION, CHALLENGER) if summary[alias]}
     if not present:
         console.print("no versions yet: `streamflow train --as-of M`, then `streamflow promote`")
         return
@@ -132,7 +133,7 @@ def model_show_cmd(as_json: bool = typer.Option(False, "--json", help="Print one
             "validation metrics (each on its own validation rows)", {a: v["metrics"] for a, v in present.items()}
         )
     )
-    if "champion" not in present:
+    if CHAMPION not in present:
         console.print("no champion yet: `streamflow promote`")
 
 

@@ -62,7 +62,7 @@ def run_cmd(
         prepare_orchestration(settings)
     with RichProgress() as progress:
         progress.start(f"{MONTHLY_DAG}: starting")
-        result = run_dag(settings, MONTHLY_DAG, conf, on_task_done=lambda t: progress.advance(1, f"{t} done"))
+        result = run_dag(settings, MONTHLY_DAG, conf, progress=progress)
     if as_json:
         print(
             json.dumps(

