@@ -79,7 +79,7 @@ def defines_scores_table(text: str) -> bool:
 def _repository_files():
     this = Path(__file__).resolve()  # holds the patterns and the examples below
     for folder, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not (d.startswith(".") and d != ".github")]
         for name in files:
             path = Path(folder) / name
             if path.resolve() != this and path.stat().st_size < 2_000_000:
