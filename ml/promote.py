@@ -25,6 +25,7 @@ from ml.tracking import (
     load_version,
     version_by_alias,
 )
+from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import CHALLENGER, CHAMPION
 from streamflow.core.settings import Settings
 
@@ -148,42 +149,68 @@ def _validation_frame(run_id: str):
     return pd.read_parquet(local)
 
 
-def promote(settings: Settings) -> PromotionResult:
-    """Compare challenger and champion on the challenger's validation rows; move ``champion`` if it wins."""
+def promote(settings: Settings, version: str | None = None) -> PromotionResult:
+    """Compare a candidate with the champion on the candidate's validation rows; move ``champion`` if it wins.
+
+    The candidate is ``version`` (the version a run registered), else the ``challenger`` alias. Under the
+    pipeline lock, the champion is read again just before the alias moves; if it changed meanwhile, the
+    candidate is compared with the new one first (compare-and-set), so the champion never regresses
+    through a race.
+    """
     client = configure(settings)
     name = settings.model_name
-    policy = Policy.from_settings(settings)
+    with pipeline_lock(settings, "promote"):
+        candidate = _candidate(client, name, version)
+        challenger = load_version(settings, candidate, client)
+        valid = _validation_frame(challenger.run_id)
+        y = valid["churn_label"].astype(bool).to_numpy()
+        with limited_threads(settings):
+            challenger_scores = _scores(y, challenger.predict_proba(valid))
+        return _decide_and_move(settings, client, challenger, valid, y, challenger_scores)
+
+
+def _candidate(client: MlflowClient, name: str, version: str | None) -> str:
+    if version is not None:
+        return str(version)
     challenger_mv = version_by_alias(client, name, CHALLENGER)
     if challenger_mv is None:
         raise MLError(f"model {name!r} has no challenger: train one with `streamflow train --as-of M`")
+    return str(challenger_mv.version)
+
+
+def _current_champion(client: MlflowClient, name: str) -> str | None:
     champion_mv = version_by_alias(client, name, CHAMPION)
+    return str(champion_mv.version) if champion_mv is not None else None
 
-    challenger = load_version(settings, challenger_mv.version, client)
-    valid = _validation_frame(challenger.run_id)
-    y = valid["churn_label"].astype(bool).to_numpy()
-    with limited_threads(settings):
-        challenger_scores = _scores(y, challenger.predict_proba(valid))
 
-    before = str(champion_mv.version) if champion_mv is not None else None
-    if before == challenger.version:
-        # nothing to compare; the tags of the promotion that made it champion stay as they are
-        decision = Decision(KEEP, (f"version {challenger.version} is already the champion",))
+def _decide_and_move(
+    settings: Settings, client: MlflowClient, challenger: LoadedModel, valid: pd.DataFrame, y, challenger_scores
+) -> PromotionResult:
+    """Decide against the champion of the moment; move the alias only if the champion is still that one."""
+    name, policy = settings.model_name, Policy.from_settings(settings)
+    for _attempt in range(3):
+        before = _current_champion(client, name)
+        if before == challenger.version:
+            # nothing to compare; the tags of the promotion that made it champion stay as they are
+            decision = Decision(KEEP, (f"version {challenger.version} is already the champion",))
+            return PromotionResult(
+                decision, challenger.version, before, before, challenger_scores, challenger_scores, len(valid), policy
+            )
+        champion_scores = None
+        if before is not None:
+            champion_scores = _champion_scores(settings, client, before, valid, y)
+        decision = decide(challenger_scores, champion_scores, policy)
+        if _current_champion(client, name) != before:
+            continue  # the champion moved while we scored: compare with the new one
+        _record(client, name, decision, challenger, before, challenger_scores, champion_scores)
+        after = before
+        if decision.promote:
+            client.set_registered_model_alias(name, CHAMPION, challenger.version)
+            after = challenger.version
         return PromotionResult(
-            decision, challenger.version, before, before, challenger_scores, challenger_scores, len(valid), policy
+            decision, challenger.version, before, after, challenger_scores, champion_scores, len(valid), policy
         )
-
-    champion_scores = None
-    if champion_mv is not None:
-        champion_scores = _champion_scores(settings, client, champion_mv.version, valid, y)
-    decision = decide(challenger_scores, champion_scores, policy)
-    _record(client, name, decision, challenger, before, challenger_scores, champion_scores)
-    after = before
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        after = challenger.version
-    return PromotionResult(
-        decision, challenger.version, before, after, challenger_scores, champion_scores, len(valid), policy
-    )
+    raise MLError("the champion kept moving while this promotion compared against it; run `streamflow promote` again")
 
 
 def _champion_scores(settings: Settings, client: MlflowClient, version, valid: pd.DataFrame, y) -> Scores:

@@ -19,7 +19,9 @@ from ml.dataset import FeastSource, FeatureSource
 from ml.errors import MLError
 from ml.threads import limited_threads
 from ml.tracking import load_model_alias
+from streamflow.core import runlog
 from streamflow.core.db import connect
+from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import CHAMPION, CHURN_SCORES
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
@@ -64,7 +66,7 @@ def score_frame(frame: pd.DataFrame, model, as_of: date, scored_at: datetime) ->
 
 def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
     """Replace the rows of ``as_of`` in ml.churn_scores with ``rows``; returns how many were replaced."""
-    with connect(settings) as conn, conn.transaction():
+    with pipeline_lock(settings, "score", as_of), connect(settings) as conn, conn.transaction():
         if not _table_exists(conn):
             raise MLError(
                 f"the warehouse has no {CHURN_SCORES} table yet: run `streamflow build` first "
@@ -85,6 +87,8 @@ def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
                         rec.scored_at,
                     )
                 )
+        version = int(rows["model_version"].iloc[0]) if len(rows) else None
+        runlog.record_month(conn, as_of, "scored", {"rows": len(rows), "model_version": version})
     return replaced
 
 

@@ -53,6 +53,9 @@ from ml.tracking import (
     ensure_experiment,
     git_commit,
 )
+from streamflow.core import runlog
+from streamflow.core.db import connect
+from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import CHALLENGER
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
@@ -281,9 +284,12 @@ def train(
 
     progress.start("logging the run and registering the model")
     started = time.perf_counter()
-    run_id, model_version = _log_and_register(
-        settings, client, as_of, best, candidates, lineage, train_df, valid_df, features
-    )
+    with pipeline_lock(settings, "train", as_of):  # registering moves the challenger alias: one writer
+        run_id, model_version = _log_and_register(
+            settings, client, as_of, best, candidates, lineage, train_df, valid_df, features
+        )
+        with connect(settings) as conn:
+            runlog.record_month(conn, as_of, "trained", {"model_version": model_version, "run_id": run_id})
     log_seconds = time.perf_counter() - started
     timings = {"data_seconds": data_seconds, "train_seconds": train_seconds, "log_register_seconds": log_seconds}
     client.set_tag(run_id, "streamflow.timings", json.dumps({k: round(v, 3) for k, v in timings.items()}))

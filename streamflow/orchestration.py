@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from streamflow.core import lock
 from streamflow.core.db import database_url
 from streamflow.core.env import settings_environment, tool_environment
 from streamflow.core.errors import StreamflowError
@@ -77,7 +78,7 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         )
     # tasks build their own Settings from STREAMFLOW_* variables: hand them exactly ours
     for key in [k for k in env if k.startswith("STREAMFLOW_")]:
-        if key not in derived:
+        if key not in derived and key != lock.ENV_VAR:  # a run holding the pipeline lock hands it to its tasks
             del env[key]
     env.update(settings_environment(settings))
     return env
@@ -134,6 +135,19 @@ def run_dag(
     """Run one DAG run in this process tree with ``airflow dags test`` and read every task's outcome
     from Airflow's metadata database. ``progress`` advances by one as each task ends, named after it."""
     ensure_metadata_db(settings)
+    month = conf.get("as_of") or _drop_month(conf.get("drop"))
+    with lock.pipeline_lock(settings, dag_id, month):  # one run at a time; its tasks inherit the lock
+        return _run_and_read(settings, dag_id, conf, progress)
+
+
+def _drop_month(drop: str | None) -> str | None:
+    try:
+        return json.loads((Path(drop) / "manifest.json").read_text())["as_of"] if drop else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _run_and_read(settings: Settings, dag_id: str, conf: dict, progress: Progress) -> DagRunResult:
     logs = airflow_home(settings) / "runs"
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"{dag_id}-{time.strftime('%Y%m%dT%H%M%S')}.log"

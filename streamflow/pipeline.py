@@ -15,7 +15,7 @@ import json
 from datetime import date
 from pathlib import Path
 
-from streamflow.core import months
+from streamflow.core import months, runlog
 from streamflow.core.db import connect
 from streamflow.core.errors import StreamflowError
 from streamflow.core.months import as_month
@@ -160,11 +160,17 @@ def train(as_of: str, settings: Settings | None = None) -> dict:
     return _jsonable(result.as_dict())
 
 
-def promote(settings: Settings | None = None) -> dict:
-    """Move the champion alias to the challenger when it passes the promotion gate."""
+def promote(trained: dict | None = None, as_of: str | None = None, settings: Settings | None = None) -> dict:
+    """Move the champion alias to the version this run trained (``trained``; else the challenger) when it
+    passes the promotion gate, and note the month as promoted."""
     from ml.promote import promote as promote_model
 
-    result = promote_model(_settings(settings))
+    settings = _settings(settings)
+    version = (trained or {}).get("model_version")
+    result = promote_model(settings, version=str(version) if version else None)
+    if as_of:
+        with connect(settings) as conn:
+            runlog.record_month(conn, as_month(as_of), "promoted", result.as_dict())
     return _jsonable(result.as_dict())
 
 
@@ -203,11 +209,21 @@ def monthly_drift(as_of: str, mode: str = "monthly", settings: Settings | None =
 def drift_of_latest_months(settings: Settings | None = None) -> dict:
     """The monitor's check: drift between the two newest built months, with its decision. A month
     loaded but stopped at the quality gate has no features, so it is not compared."""
+    settings = _settings(settings)
     built = built_months(settings)
     if len(built) < 2:
         raise NothingToDo("fewer than two months are built: nothing to compare")
     result = drift(built[-1].isoformat(), built[-2].isoformat(), settings=settings)
-    return {**result, "reference": built[-2].isoformat(), "current": built[-1].isoformat()}
+    advised = bool(result.get("retrain"))
+    # while drift persists, the daily check advises a retrain every day: trigger one per pair of months
+    first = advised and runlog.claim_retrain(settings, built[-2], built[-1])
+    return {
+        **result,
+        "retrain": first,
+        "retrain_advised": advised,
+        "reference": built[-2].isoformat(),
+        "current": built[-1].isoformat(),
+    }
 
 
 def materialize_newest(settings: Settings | None = None) -> dict:

@@ -86,8 +86,8 @@ with DAG(
         return run_step(pipeline.train, month["as_of"])
 
     @task
-    def promote() -> dict:
-        return run_step(pipeline.promote)
+    def promote(month: dict, trained: dict) -> dict:
+        return run_step(pipeline.promote, trained, month["as_of"])
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def batch_score(month: dict) -> dict:
@@ -118,7 +118,7 @@ with DAG(
     recorded >> applied >> online
     trained = train(month)
     [online, retrain_only] >> trained
-    promoted = promote()
+    promoted = promote(month, trained)
     scored = batch_score(month)
     drifted = drift(month)
     trained >> promoted >> scored >> drifted

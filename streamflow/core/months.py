@@ -2,8 +2,8 @@
 
 Everything in the platform is dated by the drop's ``as_of``, the last day of its month. This module
 parses and validates months, computes month ends, and answers which months are loaded, built and
-labelled, from the run logs the steps write (``raw.load_log`` when a drop is loaded, the dbt build
-log when a month's snapshots and marts are built) and never from a mart's contents, so a half-built
+labelled, from the run logs the steps write (``raw.load_log`` when a drop is loaded, the month log
+``ops.month_log`` as each later step completes) and never from a mart's contents, so a half-built
 month stays invisible to every consumer. (Which month the online store serves is Feast's own record:
 ``streamflow.features.store.business_clock``.)
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, date, datetime
 
+from streamflow.core import runlog
 from streamflow.core.settings import Settings
 
 BUILD_LOG_TABLE = "dbt_build_log"
@@ -93,12 +94,16 @@ def loaded_manifests(conn) -> dict[date, str]:
     return dict(conn.execute("select as_of, manifest_sha256 from raw.load_log order by as_of").fetchall())
 
 
+def months_in(conn, settings: Settings, state: str) -> list[date]:
+    """Every month whose ``state`` step (see :data:`streamflow.core.runlog.STATES`) has completed, oldest
+    first, from the month log."""
+    runlog.ensure_month_log(conn, build_log(settings))
+    return runlog.months_in(conn, state)
+
+
 def built_months(conn, settings: Settings) -> list[date]:
-    """Every month whose snapshots and marts are completely built (the dbt build log), oldest first."""
-    log = build_log(settings)
-    if not _exists(conn, log):
-        return []
-    return [r[0] for r in conn.execute(f"select as_of from {log} order by as_of")]
+    """Every month whose snapshots and marts are completely built, oldest first."""
+    return months_in(conn, settings, "built")
 
 
 def labelled_periods(conn, settings: Settings) -> list[date]:

@@ -1,4 +1,10 @@
-"""Operational history in the warehouse (schema ``ops``): pipeline runs and drift decisions.
+"""Operational history in the warehouse (schema ``ops``): each month's state, pipeline runs and drift
+decisions.
+
+The month log is the state machine every consumer asks: a month is ``loaded`` -> ``gated`` -> ``built``
+-> ``materialized`` -> ``trained`` -> ``promoted`` -> ``scored``, each state recorded only when its step
+has completed (in the step's own transaction where it has one). Reloading a month forgets its states;
+``ingest --rebuild`` forgets every month's.
 
 Pipelines write here when they finish; the API exports the latest state as Prometheus metrics, so
 alerting needs nothing but the API's ``/metrics``. Timestamps here are wall-clock (when something ran),
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from streamflow.core.db import connect
+from streamflow.core.lock import pipeline_lock
 from streamflow.core.settings import Settings
 
 DDL = [
@@ -40,9 +47,68 @@ DDL = [
 ]
 
 
+STATES = ("loaded", "gated", "built", "materialized", "trained", "promoted", "scored")
+MONTH_LOG = "ops.month_log"
+MONTH_LOG_DDL = f"""create table if not exists {MONTH_LOG} (
+    as_of date not null,
+    state text not null check (state in ({", ".join(f"'{s}'" for s in STATES)})),
+    recorded_at timestamptz not null default now(),
+    detail jsonb not null default '{{}}'::jsonb,
+    primary key (as_of, state)
+)"""
+
+
 def ensure_schema(conn) -> None:
     for stmt in DDL:
         conn.execute(stmt)
+
+
+def ensure_month_log(conn, build_log: str | None = None) -> None:
+    """Create the month log; when it is new, fill it from the logs that came before it (the drops in
+    raw.load_log are loaded; the months in the dbt build log ``build_log`` are gated and built)."""
+    if conn.execute("select to_regclass(%s)", (MONTH_LOG,)).fetchone()[0] is not None:
+        return
+    conn.execute("create schema if not exists ops")
+    conn.execute(MONTH_LOG_DDL)
+    conn.execute(f"comment on table {MONTH_LOG} is 'Each month''s completed steps, in business time (as_of).'")
+    if conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is not None:
+        conn.execute(f"insert into {MONTH_LOG} (as_of, state) select as_of, 'loaded' from raw.load_log")
+        if build_log and conn.execute("select to_regclass(%s)", (build_log,)).fetchone()[0] is not None:
+            for state in ("gated", "built"):
+                conn.execute(
+                    f"insert into {MONTH_LOG} (as_of, state) select b.as_of, %s from {build_log} b "
+                    "join raw.load_log l using (as_of) on conflict do nothing",
+                    (state,),
+                )
+
+
+def record_month(conn, as_of: date, state: str, detail: dict | None = None) -> None:
+    """Note that ``state``'s step completed for month ``as_of`` (replacing an earlier record of it)."""
+    if state not in STATES:
+        raise ValueError(f"unknown month state {state!r}; known: {', '.join(STATES)}")
+    ensure_month_log(conn)
+    conn.execute(
+        f"""insert into {MONTH_LOG} (as_of, state, detail) values (%s, %s, %s)
+            on conflict (as_of, state) do update set recorded_at = now(), detail = excluded.detail""",
+        (as_of, state, json.dumps(detail or {}, default=str)),
+    )
+
+
+def forget_months(conn, as_of: date | None = None, *, states: tuple[str, ...] = STATES) -> None:
+    """Forget month ``as_of``'s ``states`` (every month's when ``as_of`` is None)."""
+    ensure_month_log(conn)
+    states = list(states)
+    if as_of is None:
+        conn.execute(f"delete from {MONTH_LOG} where state = any(%s)", (states,))
+    else:
+        conn.execute(f"delete from {MONTH_LOG} where as_of = %s and state = any(%s)", (as_of, states))
+
+
+def months_in(conn, state: str) -> list[date]:
+    """Every month whose ``state`` step has completed, oldest first."""
+    if conn.execute("select to_regclass(%s)", (MONTH_LOG,)).fetchone()[0] is None:
+        return []
+    return [r[0] for r in conn.execute(f"select as_of from {MONTH_LOG} where state = %s order by as_of", (state,))]
 
 
 def record_run(
@@ -79,7 +145,7 @@ def record_drift(
 ) -> None:
     """Store (or replace) the decision of one drift comparison."""
 
-    with connect(settings) as conn:
+    with pipeline_lock(settings, "drift", current_as_of), connect(settings) as conn:
         ensure_schema(conn)
         conn.execute(
             """insert into ops.drift_reports (reference_as_of, current_as_of, drifted_share, drifted_features,
@@ -99,6 +165,26 @@ def record_drift(
                 report_path,
             ),
         )
+
+
+def claim_retrain(settings: Settings, reference_as_of: date, current_as_of: date) -> bool:
+    """True exactly once per pair of months: the monitor triggers at most one retrain for one drift."""
+    with connect(settings) as conn:
+        ensure_schema(conn)
+        conn.execute(
+            """create table if not exists ops.retrain_triggers (
+                reference_as_of date not null,
+                current_as_of date not null,
+                triggered_at timestamptz not null default now(),
+                primary key (reference_as_of, current_as_of)
+            )"""
+        )
+        row = conn.execute(
+            "insert into ops.retrain_triggers (reference_as_of, current_as_of) values (%s, %s) "
+            "on conflict do nothing returning 1",
+            (reference_as_of, current_as_of),
+        ).fetchone()
+    return row is not None
 
 
 @dataclass

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     airflow_db: str = Field(default="airflow", description="Embedded server: Airflow metadata database.")
     feast_registry_db: str = Field(default="feast", description="Embedded server: Feast SQL registry database.")
 
+    lock_wait_seconds: float = Field(
+        default=900.0,
+        description="How long a step that writes the warehouse waits for the pipeline lock another writer "
+        "holds before it gives up (exit 1).",
+    )
+
     # --- dbt -----------------------------------------------------------------------------
     dbt_target_schema: str = Field(default="analytics", description="Base schema dbt builds into.")
     dbt_threads: int = Field(default=4, description="dbt threads.")

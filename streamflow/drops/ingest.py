@@ -22,13 +22,14 @@ from pathlib import Path
 
 import psycopg
 
+from streamflow.core import runlog
 from streamflow.core.db import connect
+from streamflow.core.lock import pipeline_lock
+from streamflow.core.names import CHURN_SCORES
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.drops import contract
 from streamflow.drops.checks import CHUNK, Drop, DropFile, IngestError, Problem, read_drop, scan_values
-
-LOCK_KEY = 804_121_001  # advisory lock: one ingestion at a time
 
 
 # ---------------------------------------------------------------------------------------
@@ -84,30 +85,50 @@ def ingest(
 
     ``progress`` counts the bytes loaded."""
     drops = _read_drops(drop_dirs)
-    results: list[DropResult] = []
     progress.start("loading", total=sum(f.path.stat().st_size for d in drops for f in d.files.values()))
-    with connect(settings) as conn, conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+    with pipeline_lock(settings, "ingest", drops[-1].as_of), connect(settings) as conn, conn.transaction():
         conn.execute("set local timezone = 'UTC'")
         conn.execute("set local datestyle = 'ISO, YMD'")
         ensure_raw_schema(conn)
+        runlog.ensure_month_log(conn)
         loaded = {r[0]: r[1] for r in conn.execute("select as_of, manifest_sha256 from raw.load_log")}
         if rebuild:
-            for as_of in sorted(loaded):
-                _drop_month(conn, as_of)
-            conn.execute("delete from raw.load_log")
+            _forget_history(conn, loaded, {d.as_of for d in drops})
             loaded = {}
-        for d in drops:
-            if loaded.get(d.as_of) == d.manifest_sha256:
-                results.append(DropResult(d.name, d.as_of, "unchanged", {t: f.rows for t, f in d.files.items()}, 0))
-                continue
-            _refuse_rewrite(d, loaded)
-            start = time.perf_counter()
-            status = "replaced" if d.as_of in loaded else "loaded"
-            rows = _load_drop(conn, d, progress)
-            loaded[d.as_of] = d.manifest_sha256
-            results.append(DropResult(d.name, d.as_of, status, rows, time.perf_counter() - start))
+        results = [_load_one(conn, d, loaded, progress) for d in drops]
     return results
+
+
+def _load_one(conn, d: Drop, loaded: dict[date, str], progress: Progress) -> DropResult:
+    """Load one drop unless this very drop is loaded already; a month reloaded forgets its later states."""
+    if loaded.get(d.as_of) == d.manifest_sha256:
+        return DropResult(d.name, d.as_of, "unchanged", {t: f.rows for t, f in d.files.items()}, 0)
+    _refuse_rewrite(d, loaded)
+    start = time.perf_counter()
+    status = "replaced" if d.as_of in loaded else "loaded"
+    rows = _load_drop(conn, d, progress)
+    loaded[d.as_of] = d.manifest_sha256
+    runlog.forget_months(conn, d.as_of)
+    runlog.record_month(conn, d.as_of, "loaded", {"drop": d.name, "manifest_sha256": d.manifest_sha256})
+    return DropResult(d.name, d.as_of, status, rows, time.perf_counter() - start)
+
+
+def _forget_history(conn, loaded: dict[date, str], kept: set[date]) -> None:
+    """``--rebuild``: drop every loaded month, forget every month's states, and remove what was derived
+    from months the new history no longer has (their batch scores and drift decisions)."""
+    for as_of in sorted(loaded):
+        _drop_month(conn, as_of)
+    conn.execute("delete from raw.load_log")
+    runlog.forget_months(conn)
+    gone = sorted(set(loaded) - kept)
+    if not gone:
+        return
+    if conn.execute("select to_regclass(%s)", (CHURN_SCORES,)).fetchone()[0] is not None:
+        conn.execute(f"delete from {CHURN_SCORES} where as_of = any(%s)", (gone,))
+    if conn.execute("select to_regclass('ops.drift_reports')").fetchone()[0] is not None:
+        conn.execute(
+            "delete from ops.drift_reports where reference_as_of = any(%s) or current_as_of = any(%s)", (gone, gone)
+        )
 
 
 def _read_drops(drop_dirs: Iterable[Path]) -> list[Drop]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from streamflow.core import months
+from streamflow.core import months, runlog
 from streamflow.core.db import connect
+from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import ENTITY, FEATURE_MARTS, PUSH_VIEW
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
@@ -114,21 +115,12 @@ def materialize(
     """
     started = time.perf_counter()
     store = feature_store(settings)
-    with _errors(settings, "materializing"):
+    with pipeline_lock(settings, "materialize", as_of), _errors(settings, "materializing"):
         _require_applied(store)
         end = business_timestamp(as_of)
-        users = active_users(settings, as_of)
-        if not users:
-            months = ", ".join(d.isoformat() for d in built_months(settings)) or "none"
-            raise FeaturesError(
-                f"the marts hold no month {as_of} (built months: {months}): ingest and `streamflow build` it first"
-            )
+        users = _month_to_serve(settings, as_of)
         clock = business_clock(settings, refresh=True)
-        if clock is not None and clock > end:
-            raise FeaturesError(
-                f"the online store already serves {clock.date()}; materializing the older month "
-                f"{as_of} would serve stale features as current"
-            )
+        force = force or _rewrite_needed(settings, as_of, clock)
         views = {v.name: v for v in store.list_feature_views(allow_cache=False)}
         progress.start("materializing", total=len(FEATURE_MARTS) + 1)
         written: dict[str, int] = {}
@@ -136,31 +128,17 @@ def materialize(
         feast_seconds = 0.0
         for i, name in enumerate(FEATURE_MARTS):
             progress.advance(0 if i == 0 else 1, name)
-            view = views[name]
-            last = view.most_recent_end_time
-            if last is not None and last.tzinfo is None:
-                last = last.replace(tzinfo=UTC)
-            if force:
-                _clear_view(settings, store, view)
-                last = None
-            elif last is not None and last >= end:
-                skipped.append(name)
-                written[name] = 0
-                continue
-            start = last if last is not None else end - view.ttl
-            written[name] = _month_rows(settings, name, start, end)
-            t0 = time.perf_counter()
-            with _silenced():
-                if last is None:
-                    store.materialize(start_date=start, end_date=end, feature_views=[name])
-                else:
-                    store.materialize_incremental(end_date=end, feature_views=[name])
-            feast_seconds += time.perf_counter() - t0
+            seconds = _materialize_view(settings, store, views[name], end, force, written, skipped)
+            feast_seconds += seconds
         progress.advance(1, "removing users who left")
         removed = remove_departed(settings, as_of, users)
+        if clock is not None and clock > end:
+            _rewind_clock(settings, store, end)
         progress.advance(1, "done")
         online = {name: len(online_entities(settings, name)) for name in (*FEATURE_MARTS, PUSH_VIEW)}
         clock = business_clock(settings, refresh=True)
+        with connect(settings) as conn:
+            runlog.record_month(conn, as_of, "materialized", {"written": written, "removed": removed})
     return MaterializeResult(
         as_of=as_of,
         written=written,
@@ -171,6 +149,74 @@ def materialize(
         feast_seconds=feast_seconds,
         business_clock=clock,
     )
+
+
+def _month_to_serve(settings: Settings, as_of: date) -> list[str]:
+    """The users active at ``as_of``, once the run log says the month is completely built."""
+    built = built_months(settings)
+    if as_of not in built:
+        months_built = ", ".join(d.isoformat() for d in built) or "none"
+        raise FeaturesError(
+            f"month {as_of} is not built (built months: {months_built}): ingest and `streamflow build` it first"
+        )
+    return active_users(settings, as_of)
+
+
+def _rewrite_needed(settings: Settings, as_of: date, clock: datetime | None) -> bool:
+    """Whether the online store's values must be rewritten rather than extended.
+
+    The store serving ``as_of`` or later, while the run log does not count ``as_of`` as materialized, means
+    the month was reloaded or the history rebuilt since: rewrite it. A store serving a later month that is
+    still built is refused: that would serve stale features as current."""
+    if clock is None or clock < business_timestamp(as_of):
+        return False
+    with connect(settings) as conn:
+        built = months.built_months(conn, settings)
+        materialized = months.months_in(conn, settings, "materialized")
+    if clock.date() > as_of and clock.date() in built:
+        raise FeaturesError(
+            f"the online store already serves {clock.date()}; materializing the older month "
+            f"{as_of} would serve stale features as current"
+        )
+    return as_of not in materialized
+
+
+def _rewind_clock(settings: Settings, store: FeatureStore, end: datetime) -> None:
+    """After a shorter, rebuilt history is materialized: the mart views' materialization intervals end at
+    ``end`` again (Feast only ever extends them), so the business clock says which month is served."""
+    for name in FEATURE_MARTS:
+        view = store.registry.get_feature_view(name, settings.feast_project, allow_cache=False)
+        view.materialization_intervals = [(end - view.ttl, end)]
+        store.registry.apply_feature_view(view, settings.feast_project, commit=True)
+    store.refresh_registry()
+
+
+def _materialize_view(
+    settings: Settings, store: FeatureStore, view, end: datetime, force: bool, written: dict, skipped: list
+) -> float:
+    """One view up to ``end``: incrementally, skipped when already there, or rewritten over its whole TTL
+    window when ``force`` (values are upserted over the old ones, so active users never go missing; Redis
+    keeps a value only when it is newer, so there the view is cleared first). Returns Feast's seconds."""
+    last = view.most_recent_end_time
+    if last is not None and last.tzinfo is None:
+        last = last.replace(tzinfo=UTC)
+    if force:
+        if settings.online_store == "redis":
+            _clear_view(settings, store, view)
+        last = None
+    elif last is not None and last >= end:
+        skipped.append(view.name)
+        written[view.name] = 0
+        return 0.0
+    start = last if last is not None else end - view.ttl
+    written[view.name] = _month_rows(settings, view.name, start, end)
+    t0 = time.perf_counter()
+    with _silenced():
+        if last is None:
+            store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+        else:
+            store.materialize_incremental(end_date=end, feature_views=[view.name])
+    return time.perf_counter() - t0
 
 
 def remove_departed(settings: Settings, as_of: date, active: list[str] | None = None) -> dict[str, int]:

@@ -10,14 +10,14 @@ anything is touched, so a bad drop leaves snapshots and marts exactly as they we
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
+from streamflow.core import runlog
+from streamflow.core.lock import pipeline_lock
 from streamflow.core.months import BUILD_LOG_TABLE, build_log
 from streamflow.core.names import MART_SCHEMA, MARTS, SNAPSHOT_SCHEMA, SNAPSHOTS
 from streamflow.core.progress import SILENT, Progress
@@ -30,8 +30,6 @@ from streamflow.warehouse.runner import DbtError, _exception_text, _run_results,
 if TYPE_CHECKING:
     from dbt.cli.main import dbtRunnerResult
     from dbt.contracts.graph.manifest import Manifest
-
-BUILD_LOCK_KEY = 804_121_002  # advisory lock: one build at a time per database
 
 
 # ---------------------------------------------------------------------------------------
@@ -176,8 +174,9 @@ def build(
     Raises PlanError when nothing can be built as asked, DbtError when dbt itself fails.
     """
     started = time.perf_counter()
-    with warehouse_connection(settings, autocommit=True) as conn, _build_lock(conn):
+    with pipeline_lock(settings, "build", as_of), warehouse_connection(settings, autocommit=True) as conn:
         log = _ensure_build_log(conn, settings)
+        runlog.ensure_month_log(conn, log)
         loaded = _loaded_versions(conn)
         built = {r[0]: r[1] for r in conn.execute(f"select as_of, drop_version from {log}")}
         plan = plan_for_warehouse(loaded, built, _existing_relations(conn), as_of, full_refresh)
@@ -196,17 +195,6 @@ def build(
             _build_months(settings, conn, log, manifest, plan, loaded, result, bar)
     result.seconds = time.perf_counter() - started
     return result
-
-
-@contextlib.contextmanager
-def _build_lock(conn) -> Iterator[None]:
-    """One build at a time per warehouse: a DbtError when another one holds the lock."""
-    if not conn.execute("select pg_try_advisory_lock(%s)", (BUILD_LOCK_KEY,)).fetchone()[0]:
-        raise DbtError("another `streamflow build` is running on this warehouse; try again when it ends")
-    try:
-        yield
-    finally:
-        conn.execute("select pg_advisory_unlock(%s)", (BUILD_LOCK_KEY,))
 
 
 def plan_for_warehouse(
@@ -238,6 +226,7 @@ def _gate_months(
         result.gate_reports.append(report)
         if not report.ok:
             raise GateFailed(report)
+        runlog.record_month(conn, month, "gated", {"warnings": report.warnings})
 
 
 def _reset_snapshots(conn, log: str) -> None:
@@ -245,6 +234,7 @@ def _reset_snapshots(conn, log: str) -> None:
     for snap in SNAPSHOTS:
         conn.execute(f"drop table if exists {SNAPSHOT_SCHEMA}.{snap}")
     conn.execute(f"delete from {log}")
+    runlog.forget_months(conn, states=("built",))  # no month counts as built until it is built again
 
 
 def _build_months(
@@ -265,6 +255,7 @@ def _build_months(
         res = invoke(settings, args, manifest=manifest, callbacks=[bar.callback])
         _raise_for_build(res, month)
         _log_built(conn, log, month, loaded[month])
+        runlog.record_month(conn, month, "built", {"drop_version": loaded[month]})
         result.month_seconds[month] = time.perf_counter() - t0
 
 
@@ -293,12 +284,15 @@ def record_built(settings: Settings, as_of: date) -> None:
     """Note drop month ``as_of`` as built in the build log, as `streamflow build` does, after its dbt
     nodes ran elsewhere (Airflow runs them one task per node). The next `streamflow build` then
     starts after it, or rebuilds from the raw history if that drop is reloaded later."""
-    with warehouse_connection(settings, autocommit=True) as conn:
+    with pipeline_lock(settings, "build", as_of), warehouse_connection(settings) as conn, conn.transaction():
         log = _ensure_build_log(conn, settings)
+        runlog.ensure_month_log(conn, log)
         version = _loaded_versions(conn).get(as_of)
         if version is None:
             raise PlanError(f"as_of {as_of} is not a loaded drop: nothing to record")
         _log_built(conn, log, as_of, version)
+        runlog.record_month(conn, as_of, "gated")  # its dbt nodes ran after the gate's task passed
+        runlog.record_month(conn, as_of, "built", {"drop_version": version})
 
 
 def _log_built(conn, log: str, as_of: date, version: str) -> None:

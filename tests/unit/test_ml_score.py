@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from datetime import UTC, date, datetime
@@ -13,11 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 
-import ml.score
 from ml.errors import MLError
-from ml.score import COLUMNS, score_frame, write_scores
+from ml.score import COLUMNS, score_frame
 from ml.tracking import LoadedModel
-from tests.conftest import ROOT, make_settings
+from tests.conftest import ROOT
 
 AS_OF = date(2024, 3, 31)
 MACRO = ROOT / "dbt_project" / "macros" / "ml_churn_scores.sql"
@@ -128,43 +126,6 @@ def test_every_build_creates_the_scores_table_before_the_mart_that_reads_it():
     model = (ROOT / "dbt_project" / "models" / "marts" / "churn_predictions.sql").read_text()
     assert re.search(r"pre_hook\s*=\s*\"\{\{\s*ensure_churn_scores_table\(\)\s*\}\}\"", model), model
     assert "{% macro ensure_churn_scores_table() -%}" in MACRO.read_text()
-
-
-class _NoTable:
-    """A warehouse connection where ml.churn_scores does not exist; fails on any write."""
-
-    def __init__(self):
-        self.statements: list[str] = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @contextlib.contextmanager
-    def transaction(self):
-        yield
-
-    def execute(self, sql, params=None):
-        self.statements.append(sql)
-        assert sql.startswith("select to_regclass"), f"wrote to a missing table: {sql}"
-        assert params == ("ml.churn_scores",)
-        return self
-
-    def fetchone(self):
-        return (None,)
-
-
-def test_scoring_into_a_missing_table_says_to_run_the_build_first(tmp_path, monkeypatch):
-    conn = _NoTable()
-    monkeypatch.setattr(ml.score, "connect", lambda _settings: conn)
-    rows = score_frame(
-        pd.DataFrame({"user_id": ["0001-AAAAA"], "monthly_fee": [20.0]}), model(), AS_OF, datetime.now(UTC)
-    )
-    with pytest.raises(MLError, match=r"no ml\.churn_scores table yet: run `streamflow build` first"):
-        write_scores(make_settings(tmp_path / "home"), AS_OF, rows)
-    assert len(conn.statements) == 1  # nothing is created or written: the table has one definition, dbt's
 
 
 def test_dbt_declares_every_column_of_the_scores_table_as_a_source():
