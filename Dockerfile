@@ -14,6 +14,9 @@ WORKDIR /app
 COPY . .
 ENV UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1
 RUN --mount=type=cache,target=/root/.cache/uv make venv
+# The DAG processor builds the monthly DAG's dbt tasks from the parsed manifest: parse it into the image.
+# `dbt parse` opens no connection; the URL only fills the profile.
+RUN STREAMFLOW_DATABASE_URL=postgresql://parse@localhost:5432/parse .venv/bin/streamflow dbt parse
 
 # ---- runtime: the venv and the sources, run by an unprivileged user -------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -28,6 +31,7 @@ WORKDIR /app
 # root-owned, read-only for the app. .dockerignore keeps .venv, .env and local state out of `COPY .`.
 COPY --chown=streamflow:streamflow . /app
 COPY --from=build /app/.venv /app/.venv
+COPY --from=build --chown=streamflow:streamflow /app/dbt_project/target/manifest.json /app/dbt_project/target/manifest.json
 ENV PATH=/app/.venv/bin:$PATH \
     VIRTUAL_ENV=/app/.venv \
     PYTHONUNBUFFERED=1 \

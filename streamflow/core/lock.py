@@ -42,6 +42,10 @@ class LockTimeout(StreamflowError):
     """Another writer held the pipeline lock for longer than this step would wait."""
 
 
+class DatabaseUnreachable(StreamflowError):
+    """The warehouse database does not answer."""
+
+
 def _holder(conn) -> str | None:
     """Who holds the lock now: the application name of its session (step, month, pid, since)."""
     row = conn.execute(
@@ -126,7 +130,7 @@ def _connect(url: str, **kwargs) -> psycopg.Connection:
         return psycopg.connect(url, **kwargs)
     except psycopg.OperationalError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LockTimeout(
+        raise DatabaseUnreachable(
             f"the warehouse database is not reachable ({first})",
             hint="start it with `streamflow stack up`, or check STREAMFLOW_DATABASE_URL",
         ) from None

@@ -6,6 +6,7 @@ file is ignored, and `stop_all` ends them all. Used by `streamflow demo` and `st
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from streamflow.core.settings import Settings
 
@@ -59,13 +62,24 @@ def log_file(settings: Settings, name: str) -> Path:
 
 
 def running_pid(settings: Settings, name: str) -> int | None:
-    """The pid of the service when its process is alive, else None (a stale pid file is ignored)."""
+    """The pid of the service while the very process it started is alive, else None.
+
+    The pid file holds the pid and the process's start time: a pid the system has since given to another
+    process is not ours, and is never signalled."""
     try:
-        pid = int(_pid_file(settings, name).read_text().strip())
-        os.kill(pid, 0)
+        recorded = json.loads(_pid_file(settings, name).read_text())
+        pid, started = int(recorded["pid"]), float(recorded["started"])
+        process = psutil.Process(pid)
+        if abs(process.create_time() - started) > 1.0:
+            return None
         return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+    except (FileNotFoundError, ValueError, KeyError, TypeError, psutil.Error):
         return None
+
+
+def _record_pid(settings: Settings, name: str, pid: int) -> None:
+    started = psutil.Process(pid).create_time()
+    _pid_file(settings, name).write_text(json.dumps({"pid": pid, "started": started}))
 
 
 def answers(url: str, timeout: float = 2.0) -> bool:
@@ -95,7 +109,7 @@ def start(settings: Settings, service: Service, env: dict[str, str], wait: float
                 start_new_session=True,
                 cwd=str(settings.project_dir),
             )
-        _pid_file(settings, service.name).write_text(str(proc.pid))
+        _record_pid(settings, service.name, proc.pid)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if answers(service.health):

