@@ -481,7 +481,7 @@ def test_materializing_an_older_or_unbuilt_month_is_refused(online):
         materialize.materialize(settings, JAN)
     with pytest.raises(
         store.FeaturesError,
-        match=r"no month 2024-04-30 \(built months: 2024-01-31, "
+        match=r"month 2024-04-30 is not built \(built months: 2024-01-31, "
         r"2024-02-29, 2024-03-31\)",
     ):
         materialize.materialize(settings, date(2024, 4, 30))
