@@ -5,6 +5,7 @@ Imported by the DAG files at parse time, so it imports nothing heavy (no dbt, Fe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,8 @@ SERVICE_TASK_ARGS: dict[str, Any] = {
 }
 # Data checks (the quality gate, dbt tests) give the same answer on a retry: fail at once.
 DATA_TASK_ARGS: dict[str, Any] = {"retries": 0, "execution_timeout": timedelta(minutes=30)}
+
+log = logging.getLogger(__name__)
 
 
 def run_step(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -56,9 +59,24 @@ def _dbt_project_profile():
     return project, profile
 
 
+def gate_warnings(context: dict[str, Any]) -> list[str]:
+    """cosmos' `on_warning_callback` for the gate tasks: log each source test of severity warn that
+    found rows. dbt reports such a test with status `warn` and the run as a success, so the task
+    passes and the month goes on; the warning stays visible in the task log."""
+    lines = [
+        f"quality gate warning: {name}: {message}"
+        for name, message in zip(context.get("test_names") or [], context.get("test_results") or [], strict=False)
+    ]
+    for line in lines:
+        log.warning(line)
+    return lines
+
+
 def quality_gate(group_id: str, dbt_vars: dict[str, Any]):
     """The quality gate: one cosmos `dbt test` task per raw table (its source tests), so ops see
-    which table failed. Retrying cannot change a data check, so these tasks do not retry."""
+    which table failed. Retrying cannot change a data check, so these tasks do not retry. A test of
+    severity warn does not fail its task (dbt: status `warn`, success); it is logged by
+    :func:`gate_warnings`."""
     from airflow.sdk import TaskGroup
     from cosmos.constants import InvocationMode
     from cosmos.operators.local import DbtTestLocalOperator
@@ -77,6 +95,7 @@ def quality_gate(group_id: str, dbt_vars: dict[str, Any]):
                 vars=dbt_vars,
                 install_deps=False,
                 invocation_mode=InvocationMode.DBT_RUNNER,
+                on_warning_callback=gate_warnings,
                 **DATA_TASK_ARGS,
             )
     return group

@@ -27,7 +27,8 @@ def build_cmd(
 
     Every pending month passes the source tests first; on any failure nothing is changed, a report
     names the test, column, failing rows (up to five samples) and the drop file, and the exit status
-    is 1. Warnings (e.g. source freshness) are shown, not fatal. After `streamflow ingest --rebuild`
+    is 1. Warnings (gate rules on values no feature reads, such as an unseen ticket category, and
+    source freshness) are shown with the same details, not fatal. After `streamflow ingest --rebuild`
     or a re-ingested month, snapshots and marts are rebuilt from the raw history.
     """
     from streamflow.warehouse.build import build, mart_row_counts
@@ -37,6 +38,13 @@ def build_cmd(
         result = build(settings, as_of, full_refresh=full_refresh, progress=progress)
     for warning in result.warnings:
         err_console.print(Text("warning: ", style="bold yellow") + Text(warning))
+    for report in result.gate_reports:
+        for warned in report.warned:  # a gate rule of severity warn: shown with its rows, not fatal
+            first, *details = warned.render().splitlines()
+            line = f"quality gate, drop {report.as_of}: {first.removeprefix('! ')}"
+            err_console.print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
+            for detail in details:
+                err_console.print(Text(detail), soft_wrap=True)
     if result.up_to_date:
         console.print(f"nothing to build: {result.reason}", highlight=False)
         return

@@ -1,7 +1,9 @@
 """The quality gate: a drop month's source tests (``dbt test --select source:raw``) and its report,
 which names every failing test with sample rows and the drop files they came from.
 
-A month that fails the gate is not built: snapshots and marts stay exactly as they were.
+A month that fails the gate is not built: snapshots and marts stay exactly as they were. A test
+whose severity is ``warn`` (a rule on a value no mart or feature reads, such as an unseen ticket
+category) never fails the month: it is reported, with the same details, in ``GateReport.warned``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class GateFailed(DbtError):
 # ---------------------------------------------------------------------------------------
 @dataclass
 class FailedTest:
-    """One failing (or erroring) test of the gate, with where its rows came from."""
+    """One failing, erroring or warning test of the gate, with where its rows came from."""
 
     test: str  # generic test name, e.g. expect_column_values_to_be_between
     node: str  # dbt's unique test name
@@ -86,27 +88,37 @@ class GateReport:
     as_of: date
     drop: str | None = None  # drop folder
     failures: list[FailedTest] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # not about one test, e.g. source freshness
     tests_run: int = 0
+    warned: list[FailedTest] = field(default_factory=list)  # tests of severity warn that found rows
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
+    def warning_lines(self) -> list[str]:
+        """Every warning in one line each: the warned tests (test, table.column, failing rows), then
+        the other warnings."""
+        return [w.render().splitlines()[0].removeprefix("! ") for w in self.warned] + list(self.warnings)
+
     def render(self) -> str:
         head = f"Quality gate failed for drop {self.as_of}" + (f" ({self.drop})" if self.drop else "")
         if self.ok:
             head = f"Quality gate passed for drop {self.as_of}: {self.tests_run} tests"
+            if self.warned:
+                head += f", {len(self.warned)} warned (the month goes on)"
             lines = [head]
         else:
             n = len(self.failures)
             lines = [f"{head}: {n} of {self.tests_run} tests failed. Snapshots and marts were not changed.", ""]
             lines += [f.render() for f in self.failures]
-        if self.warnings:
-            lines += ["", "warnings:"] + [f"! {w}" for w in self.warnings]
+        if self.warned or self.warnings:
+            lines += ["", "warnings:"] + [w.render() for w in self.warned] + [f"! {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
+        """The report as JSON-ready data: failures and warned tests with their test, table, column,
+        failing rows, sample rows and drop files; ``warnings`` for the others."""
         out = asdict(self)
         out["as_of"] = self.as_of.isoformat()
         out["ok"] = self.ok
@@ -247,10 +259,10 @@ def gate(
             status = _status(r)
             if status in ("fail", "error", "runtime error"):
                 report.failures.append(_failure_from_result(conn, r, as_of))
-            elif status == "warn":
-                w = _failure_from_result(conn, r, as_of)
-                report.warnings.append(f"{w.test} on {w.table}.{w.column}: {w.failing_rows} rows")
-    report.failures.sort(key=lambda f: (f.table, f.column or "", f.test))
+            elif status == "warn":  # severity warn: reported with the same details, never fatal
+                report.warned.append(_failure_from_result(conn, r, as_of))
+    for tests in (report.failures, report.warned):
+        tests.sort(key=lambda f: (f.table, f.column or "", f.test))
     return report
 
 

@@ -37,6 +37,33 @@ class DbtError(StreamflowError):
     """dbt could not do its job (compile or database error, a failing model test): a clear message."""
 
 
+class DbtParseError(DbtError):
+    """The dbt project does not parse (a Jinja, YAML or reference error in a model, test or macro)."""
+
+
+def _parse_error(what: str, settings: Settings, text: str) -> DbtParseError:
+    """One line naming what failed and where, and the command that checks the fix."""
+    return DbtParseError(
+        f"{what}: {one_line(text)}",
+        hint=f"fix the file it names under {settings.dbt_project_dir}, then check with `streamflow dbt parse`",
+    )
+
+
+def one_line(text: str, parts: int = 3) -> str:
+    """dbt's multi-line error as one line: its first lines up to the quoted source or a rule."""
+    out: list[str] = []
+    for raw in text.strip().splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("---") or line.startswith("Raw Error") or "|" in line[:6]:
+            break
+        out.append(line.rstrip(":"))
+        if len(out) == parts:
+            break
+    return ": ".join(out) or "see the dbt log"
+
+
 # ---------------------------------------------------------------------------------------
 # running dbt in-process
 # ---------------------------------------------------------------------------------------
@@ -117,30 +144,37 @@ def ensure_packages(settings: Settings) -> None:
         fcntl.flock(fh, fcntl.LOCK_EX)
         if all((install / name).exists() for name in wanted):
             return
-        res = invoke(settings, ["deps", "--quiet"])
+        res = invoke(settings, ["deps", "--quiet", "--log-level", "none"])
         if not res.success:
-            raise DbtError(f"dbt deps failed: {res.exception or 'see the dbt log in ' + str(settings.dbt_log_dir)}")
+            raise _parse_error("dbt deps failed", settings, _exception_text(res))
 
 
 def _package_names(project: Path) -> list[str]:
     """Names the packages of packages.yml install under (local packages: their dbt_project.yml name)."""
-    spec = yaml.safe_load((project / "packages.yml").read_text()) or {}
-    names = []
-    for pkg in spec.get("packages") or []:
-        if "local" in pkg:
-            meta = yaml.safe_load((project / pkg["local"] / "dbt_project.yml").read_text())
-            names.append(meta["name"])
-        elif "package" in pkg:
-            names.append(pkg["package"].split("/")[-1])
+    try:
+        spec = yaml.safe_load((project / "packages.yml").read_text()) or {}
+        names = []
+        for pkg in spec.get("packages") or []:
+            if "local" in pkg:
+                meta = yaml.safe_load((project / pkg["local"] / "dbt_project.yml").read_text())
+                names.append(meta["name"])
+            elif "package" in pkg:
+                names.append(pkg["package"].split("/")[-1])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise DbtParseError(
+            f"the dbt packages of {project} cannot be read: {one_line(str(exc))}",
+            hint=f"fix {project / 'packages.yml'} (and the local packages it names), then run `streamflow dbt parse`",
+        ) from None
     return names
 
 
 def parse(settings: Settings) -> Manifest:
     """`dbt parse`: the manifest (written to target/manifest.json). Needs no database."""
     ensure_packages(settings)
-    res = invoke(settings, ["parse", "--quiet", "--vars", json.dumps(dbt_vars(settings))])
+    # dbt's own error output is left out: the error below says it in one line (the dbt log has it all)
+    res = invoke(settings, ["parse", "--quiet", "--log-level", "none", "--vars", json.dumps(dbt_vars(settings))])
     if not res.success or res.result is None:
-        raise DbtError(f"dbt parse failed: {_exception_text(res)}")
+        raise _parse_error("the dbt project does not parse", settings, _exception_text(res))
     return res.result
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -277,3 +278,20 @@ def test_the_sql_passes_sqlfluff_with_the_dbt_templater(built_warehouse):
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "FAIL" not in proc.stdout
+
+
+def test_cli_build_says_in_one_line_what_to_fix_when_the_dbt_project_does_not_parse(warehouse_copy, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "dbt_project", project / "dbt_project", ignore=shutil.ignore_patterns("target", "logs"))
+    model = project / "dbt_project" / "models" / "marts" / "labels.sql"
+    model.write_text(model.read_text() + "\n{{ config(materialized= }}\n")
+    settings = warehouse_copy("dbt_guards").model_copy(update={"project_dir": project})
+
+    proc = run_cli(settings, "build", check=False)
+
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "the dbt project does not parse" in errors[0]
+    assert "models/marts/labels.sql" in errors[0]
+    assert "next: fix the file it names" in proc.stderr and "streamflow dbt parse" in proc.stderr

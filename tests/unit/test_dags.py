@@ -37,6 +37,7 @@ PROBE = textwrap.dedent(
                 "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                 "kind": type(t).__name__,
                 "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule)),
+                "on_warning": getattr(getattr(t, "on_warning_callback", None), "__name__", None),
             }
         out["dags"][dag_id] = {"tasks": tasks, "schedule": str(getattr(dag.timetable, "expression", ""))}
     print("RESULT" + json.dumps(out))
@@ -122,6 +123,8 @@ def test_the_quality_gate_runs_before_any_snapshot_or_mart_and_the_cycle_is_in_o
         f"quality_gate.raw_{t}"
         for t in ("users", "subscriptions", "sessions", "payments", "tickets", "labels", "load_log")
     } == gate
+    # a gate rule of severity warn passes its task (dbt: status warn, success) and is logged
+    assert {tasks[t]["on_warning"] for t in gate} == {"gate_warnings"}
     dbt_nodes = [t for t in tasks if t.startswith("dbt.")]
     assert any("snap_subscriptions" in t for t in dbt_nodes) and any("usage_agg_30d" in t for t in dbt_nodes)
     for t in dbt_nodes:

@@ -10,7 +10,7 @@ import pytest
 from streamflow.core.env import dbt_environment
 from streamflow.warehouse.build import PlanError, build_args, drop_version, plan_build, plan_for_warehouse
 from streamflow.warehouse.gate import FailedTest, GateReport, _sample_columns
-from streamflow.warehouse.runner import dbt_vars
+from streamflow.warehouse.runner import dbt_vars, one_line
 from tests.conftest import make_settings
 
 JAN, FEB, MAR, APR = date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 31), date(2024, 4, 30)
@@ -175,3 +175,45 @@ def test_a_test_that_could_not_run_shows_its_error_instead_of_a_count():
     )
     text = failure.render()
     assert "could not run" in text and 'relation "raw.tickets" does not exist' in text
+
+
+def test_a_dbt_parse_error_becomes_one_line_naming_the_file():
+    text = (
+        "Compilation Error in model labels (models/marts/labels.sql)\n"
+        "  expected token ',', got 'x'\n"
+        "    line 19\n"
+        "      select {{ broken( from x\n"
+    )
+    assert one_line(text) == (
+        "Compilation Error in model labels (models/marts/labels.sql): expected token ',', got 'x': line 19"
+    )
+    yaml_error = (
+        "Parsing Error\n  Error reading streamflow: staging/__sources.yml - Runtime Error\n"
+        "    Syntax error near line 10\n    ------------------------------\n    9  |     tables: [\n"
+    )
+    assert one_line(yaml_error) == (
+        "Parsing Error: Error reading streamflow: staging/__sources.yml - Runtime Error: Syntax error near line 10"
+    )
+    assert one_line("") == "see the dbt log"
+
+
+def test_a_report_with_a_warned_test_passes_and_shows_it_with_its_rows():
+    warned = FailedTest(
+        test="expect_column_values_to_be_in_set",
+        node="n",
+        table="raw.tickets",
+        column="category",
+        status="warn",
+        failing_rows=3,
+        columns=["ticket_id", "category"],
+        rows=[["T1", "other"]],
+        files=["/drops/month_003/tickets.csv"],
+    )
+    report = GateReport(as_of=APR, drop="month_003", tests_run=66, warned=[warned])
+    assert report.ok
+    text = report.render()
+    assert text.splitlines()[0] == "Quality gate passed for drop 2024-04-30: 66 tests, 1 warned (the month goes on)"
+    assert "! expect_column_values_to_be_in_set  raw.tickets.category  3 failing rows" in text and "other" in text
+    assert report.warning_lines() == ["expect_column_values_to_be_in_set  raw.tickets.category  3 failing rows"]
+    data = report.as_dict()
+    assert data["ok"] and data["warned"][0]["rows"] == [["T1", "other"]] and data["warned"][0]["status"] == "warn"

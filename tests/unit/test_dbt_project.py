@@ -184,10 +184,19 @@ def test_the_quality_gate_checks_each_rule_of_the_contract(manifest, test, table
     assert (test, table, column) in _gate(manifest)
 
 
+def _is_gate_test(node) -> bool:
+    """A source test on raw.* (the quality gate)."""
+    parents = node["depends_on"]["nodes"]
+    return bool(parents) and all(d.startswith("source.streamflow.raw.") for d in parents)
+
+
 def test_gate_tests_check_only_the_drop_being_processed(manifest):
+    checked = 0
     for node in manifest["nodes"].values():
-        if node["resource_type"] == "test" and all(d.startswith("source.raw") for d in node["depends_on"]["nodes"]):
+        if node["resource_type"] == "test" and _is_gate_test(node):
             assert "__as_of__" in node["config"]["where"], node["name"]
+            checked += 1
+    assert checked >= 60
 
 
 def test_the_subscriber_change_threshold_comes_from_a_dbt_var(manifest):
@@ -232,3 +241,125 @@ def test_exposures_declare_the_feature_services_the_model_and_the_api(manifest):
     exposures = {e["name"]: e for e in manifest["exposures"].values()}
     assert set(exposures) >= {"feast_churn_model_v1", "feast_customer_360", "streamflow_churn_model", "streamflow_api"}
     assert "model.streamflow.labels" in exposures["streamflow_churn_model"]["depends_on"]["nodes"]
+
+
+# Every source test of the quality gate, its severity and why: (table, column, test) -> (severity, protects).
+# `error` fails the month: the rule protects a feature, a key, a join or the label. `warn` reports and goes
+# on: no mart or feature reads the value. A new rule fails the test below until it is reviewed here.
+FAILS, WARNS = "error", "warn"
+GATE_SEVERITIES: dict[tuple[str, str | None, str], tuple[str, str]] = {
+    ("users", None, "expect_compound_columns_to_be_unique"): (FAILS, "key of snap_users"),
+    ("users", "user_id", "expect_column_values_to_not_be_null"): (FAILS, "key of every join"),
+    ("users", "user_id", "expect_column_values_to_match_regex"): (FAILS, "key of every join"),
+    ("users", "gender", "expect_column_values_to_be_in_set"): (FAILS, "feature gender (customer_360)"),
+    ("users", "signup_date", "expect_column_values_to_not_be_null"): (WARNS, "read by no mart or feature"),
+    ("users", "signup_date", "expect_column_values_to_be_between"): (WARNS, "read by no mart or feature"),
+    ("subscriptions", None, "expect_compound_columns_to_be_unique"): (FAILS, "key of snapshots and marts"),
+    ("subscriptions", "user_id", "expect_column_values_to_not_be_null"): (FAILS, "key"),
+    ("subscriptions", "user_id", "expect_column_values_to_match_regex"): (FAILS, "key"),
+    ("subscriptions", "user_id", "relationships_within_drop"): (FAILS, "join to users (profile features)"),
+    ("subscriptions", "user_id", "expect_column_distinct_count_to_be_greater_than"): (FAILS, "every mart's rows"),
+    ("subscriptions", "user_id", "month_over_month_change_within"): (FAILS, "every mart's rows"),
+    ("subscriptions", "contract_type", "expect_column_values_to_not_be_null"): (FAILS, "feature contract_type"),
+    ("subscriptions", "contract_type", "expect_column_values_to_be_in_set"): (FAILS, "feature contract_type"),
+    ("subscriptions", "months_active", "expect_column_values_to_not_be_null"): (FAILS, "feature months_active"),
+    ("subscriptions", "months_active", "expect_column_values_to_be_between"): (FAILS, "feature months_active"),
+    ("subscriptions", "monthly_fee", "expect_column_values_to_not_be_null"): (FAILS, "feature monthly_fee"),
+    ("subscriptions", "monthly_fee", "expect_column_values_to_be_between"): (FAILS, "feature monthly_fee"),
+    ("subscriptions", "payment_method", "expect_column_values_to_be_in_set"): (FAILS, "feature payment_method"),
+    ("subscriptions", "net_service", "expect_column_values_to_not_be_null"): (FAILS, "feature net_service"),
+    ("subscriptions", "net_service", "expect_column_values_to_be_in_set"): (FAILS, "feature net_service"),
+    ("sessions", "session_id", "expect_column_values_to_not_be_null"): (FAILS, "event key"),
+    ("sessions", "session_id", "expect_column_values_to_be_unique"): (FAILS, "event key"),
+    ("sessions", "user_id", "expect_column_values_to_not_be_null"): (FAILS, "join to subscribers"),
+    ("sessions", "user_id", "expect_column_values_to_match_regex"): (FAILS, "join to subscribers"),
+    ("sessions", "user_id", "relationships_within_drop"): (FAILS, "join to subscribers"),
+    ("sessions", "started_at", "expect_column_values_to_not_be_null"): (FAILS, "usage windows"),
+    ("sessions", "started_at", "event_within_drop_month"): (FAILS, "usage windows, no leakage"),
+    ("sessions", "device_id", "expect_column_values_to_not_be_null"): (FAILS, "feature unique_devices_30d"),
+    ("sessions", "minutes", "expect_column_values_to_not_be_null"): (FAILS, "feature watch_hours_30d"),
+    ("sessions", "minutes", "expect_column_values_to_be_between"): (FAILS, "feature watch_hours_30d"),
+    ("sessions", "skips", "expect_column_values_to_not_be_null"): (FAILS, "feature skips_7d"),
+    ("sessions", "skips", "expect_column_values_to_be_between"): (FAILS, "feature skips_7d"),
+    ("sessions", "rebuffer_events", "expect_column_values_to_not_be_null"): (FAILS, "feature rebuffer_events_7d"),
+    ("sessions", "rebuffer_events", "expect_column_values_to_be_between"): (FAILS, "feature rebuffer_events_7d"),
+    ("payments", "payment_id", "expect_column_values_to_not_be_null"): (FAILS, "event key"),
+    ("payments", "payment_id", "expect_column_values_to_be_unique"): (FAILS, "event key"),
+    ("payments", "user_id", "expect_column_values_to_not_be_null"): (FAILS, "join to subscribers"),
+    ("payments", "user_id", "expect_column_values_to_match_regex"): (FAILS, "join to subscribers"),
+    ("payments", "user_id", "relationships_within_drop"): (FAILS, "join to subscribers"),
+    ("payments", "attempted_at", "expect_column_values_to_not_be_null"): (FAILS, "payment window"),
+    ("payments", "attempted_at", "event_within_drop_month"): (FAILS, "payment window, no leakage"),
+    ("payments", "status", "expect_column_values_to_not_be_null"): (FAILS, "feature failed_payments_90d"),
+    ("payments", "status", "expect_column_values_to_be_in_set"): (FAILS, "feature failed_payments_90d"),
+    ("payments", "amount", "expect_column_values_to_not_be_null"): (WARNS, "read by no mart or feature"),
+    ("payments", "amount", "expect_column_values_to_be_between"): (WARNS, "read by no mart or feature"),
+    ("tickets", None, "expect_column_pair_values_A_to_be_greater_than_B"): (FAILS, "ticket_avg_resolution_hrs_90d"),
+    ("tickets", "ticket_id", "expect_column_values_to_not_be_null"): (FAILS, "event key"),
+    ("tickets", "ticket_id", "expect_column_values_to_be_unique"): (FAILS, "event key"),
+    ("tickets", "user_id", "expect_column_values_to_not_be_null"): (FAILS, "join to subscribers"),
+    ("tickets", "user_id", "expect_column_values_to_match_regex"): (FAILS, "join to subscribers"),
+    ("tickets", "user_id", "relationships_within_drop"): (FAILS, "join to subscribers"),
+    ("tickets", "opened_at", "expect_column_values_to_not_be_null"): (FAILS, "feature support_tickets_90d"),
+    ("tickets", "opened_at", "event_within_drop_month"): (FAILS, "ticket window, no leakage"),
+    ("tickets", "resolved_at", "event_within_drop_month"): (FAILS, "ticket_avg_resolution_hrs_90d, no leakage"),
+    ("tickets", "category", "expect_column_values_to_not_be_null"): (WARNS, "free text read by no mart or feature"),
+    ("tickets", "category", "expect_column_values_to_be_in_set"): (WARNS, "free text read by no mart or feature"),
+    ("labels", None, "expect_compound_columns_to_be_unique"): (FAILS, "the label: one per user and period"),
+    ("labels", None, "expect_column_pair_values_A_to_be_greater_than_B"): (FAILS, "the label: past periods only"),
+    ("labels", "user_id", "expect_column_values_to_not_be_null"): (FAILS, "the label's join to features"),
+    ("labels", "user_id", "expect_column_values_to_match_regex"): (FAILS, "the label's join to features"),
+    ("labels", "user_id", "relationships_within_drop"): (FAILS, "the label's join to features"),
+    ("labels", "user_id", "user_active_at_period_start"): (FAILS, "the label's join to features"),
+    ("labels", "period_start", "expect_column_values_to_not_be_null"): (FAILS, "the label's period"),
+    ("labels", "churn_label", "expect_column_values_to_not_be_null"): (FAILS, "the label"),
+}
+
+
+def _gate_severities(manifest) -> dict[tuple[str, str | None, str], str]:
+    out = {}
+    for node in manifest["nodes"].values():
+        if node["resource_type"] == "test" and _is_gate_test(node):
+            table = re.search(r"source\('raw', '(\w+)'\)", node["test_metadata"]["kwargs"]["model"]).group(1)
+            key = (table, node.get("column_name"), node["test_metadata"]["name"])
+            assert key not in out, f"two gate tests share {key}: give the table above a finer key"
+            out[key] = node["config"]["severity"].lower()
+    return out
+
+
+def test_every_gate_rule_has_the_reviewed_severity(manifest):
+    found = _gate_severities(manifest)
+    unreviewed = sorted(set(found) - set(GATE_SEVERITIES), key=str)
+    assert not unreviewed, f"gate rules with no reviewed severity (add them to GATE_SEVERITIES): {unreviewed}"
+    assert set(GATE_SEVERITIES) <= set(found), sorted(set(GATE_SEVERITIES) - set(found), key=str)
+    assert found == {key: severity for key, (severity, _) in GATE_SEVERITIES.items()}
+
+
+def test_a_rule_warns_only_when_no_mart_or_feature_reads_its_column(manifest):
+    """A warned column appears in no mart's SQL: reading it in a mart makes its rules fail the month."""
+    marts = [n for n in _nodes(manifest, "model").values() if n["schema"] == "marts"]
+    assert marts
+    warned = {(t, c) for (t, c, _), (s, _) in GATE_SEVERITIES.items() if s == WARNS}
+    assert ("tickets", "category") in warned
+    for table, column in warned:
+        readers = [n["name"] for n in marts if re.search(rf"\b{column}\b", n["raw_code"])]
+        assert not readers, f"raw.{table}.{column} only warns, but {readers} read it: make its rules fail the month"
+
+
+def _readme_gate_table() -> dict[tuple[str, str | None, str], str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Quality gate rules and their severity", 1)[1].split("\n## ", 1)[0]
+    out = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[1].startswith("`"):
+            continue
+        where, rules, _, severity = cells
+        table, _, column = where.partition(".") if " (" not in where else (where.split(" (")[0], "", "")
+        for rule in re.findall(r"`(\w+)`", rules):
+            out[(table, column or None, rule)] = {"fails the month": FAILS, "warns": WARNS}[severity]
+    return out
+
+
+def test_the_readme_gate_table_lists_every_rule_with_its_severity():
+    assert _readme_gate_table() == {key: severity for key, (severity, _) in GATE_SEVERITIES.items()}
