@@ -226,7 +226,8 @@ def _gate_months(
         result.gate_reports.append(report)
         if not report.ok:
             raise GateFailed(report)
-        runlog.record_month(conn, month, "gated", {"warnings": report.warnings})
+        recorded = report.as_dict()  # the warned tests (test, column, rows, samples) and other warnings
+        runlog.record_month(conn, month, "gated", {k: recorded[k] for k in ("warned", "warnings")})
 
 
 def _reset_snapshots(conn, log: str) -> None:

@@ -241,6 +241,12 @@ def test_an_unseen_ticket_category_warns_and_the_month_is_built(session_drops, w
 
     with connect(settings) as conn:
         assert months.built_months(conn, settings)[-1] == as_of
+        (recorded,) = conn.execute(
+            "select detail from ops.month_log where as_of = %s and state = 'gated'", (as_of,)
+        ).fetchone()
+        assert [(w["test"], w["column"], w["failing_rows"]) for w in recorded["warned"]] == [
+            ("expect_column_values_to_be_in_set", "category", 3)
+        ]
         reference = expected_marts(read_drops([*session_drops[:WAREHOUSE_MONTHS], drop]))
         for mart in FEATURE_MARTS:  # the month's features are what they are for any ticket category
             actual = read_table(conn, f"marts.{mart}", "as_of, user_id")
