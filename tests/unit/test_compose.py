@@ -583,7 +583,8 @@ def _make_recipe_prerequisites(target: str) -> list[str]:
 
 def test_the_dockerfile_installs_with_the_command_make_test_runs():
     build, runtime = _dockerfile_stages()
-    install = [cmd for cmd in build["run"] if "venv" in cmd or "uv " in cmd or "pip " in cmd]
+    installs = [cmd for cmd in build["run"] if "venv" in cmd or "uv " in cmd or "pip " in cmd]
+    install = [cmd for cmd in installs if not cmd.endswith(".venv/bin/streamflow dbt parse")]  # runs, installs nothing
     assert install == ["make venv"]
     assert "venv" in _make_recipe_prerequisites("test")
     assert re.search(r"^make test$", (ROOT / ".ci/run").read_text(), re.M)
