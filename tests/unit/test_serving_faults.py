@@ -199,7 +199,7 @@ def test_a_chunked_body_over_the_limit_is_413_while_it_streams(world, path):
     _client, _features, _registry, _models, url = world
     answer, sent = chunked_post(url, path)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert sent < 4 * MAX_BODY_BYTES, sent  # refused soon after the limit, never read to the end
+    assert sent < 16 * MAX_BODY_BYTES, sent  # refused long before the end (socket buffers hold a few MiB)
 
 
 @pytest.mark.parametrize("path", ["/predict", "/events"])
