@@ -31,7 +31,7 @@ from serving.model import MlflowModelSource, ModelHolder
 from serving.responses import invalid, json_response
 from serving.routes import ROUTERS
 from serving.telemetry import REGISTRY, MetricsMiddleware, Telemetry, warehouse_ops_state
-from serving.validation import jsonable
+from serving.validation import BodyLimit, jsonable
 from streamflow.core.runlog import OpsState
 from streamflow.core.settings import Settings, get_settings
 from streamflow.features.online import OnlineReader
@@ -53,9 +53,12 @@ online from Feast. Time is business time: features are judged against the newest
 (the business clock), never the wall clock.
 
 Errors: `404` unknown user (with the missing features), `409` features older than their view's TTL
-(with their as_of; never scored), `413` batch over the limit, `422` invalid body or id, `503` online
-store or model registry unreachable (the service recovers by itself), `401` missing or wrong bearer
-token on `/events` and `/admin/*` when a token is configured.
+(with their as_of; never scored), `413` batch over the limit or a body over 1 MiB (refused while it
+streams in), `422` invalid body or id, or an event time beyond the business clock, `503` (with
+`Retry-After`) online store or model registry unreachable or slower than the online timeout (the service
+recovers by itself), `401` missing or wrong bearer token on `/events` and `/admin/*` when a token is
+configured. A champion that fails to load, or needs features the service does not serve, never replaces
+the serving model: `/ready` names it in `model_load_failure`.
 """
 
 
@@ -108,6 +111,7 @@ def create_app(
     features.on_error = telemetry.store_error
     models.on_swap = telemetry.model_swapped
     models.on_error = lambda _exc: telemetry.store_error(REGISTRY)
+    models.on_load_failure = lambda _failure: metrics.model_load_failures.inc()
     if models.current is not None:
         telemetry.model_swapped(models.current, None)
     state = ServingState(
@@ -120,11 +124,13 @@ def create_app(
         openapi_tags=TAGS,
         lifespan=_lifespan(state, manage_collaborators, tune_process),
     )
+    models.accept = state.refusal  # a champion needing features the service does not serve never replaces one
     app.state.serving = state
     app.state.settings = settings
     app.state.features = features
     app.state.models = models
     app.state.metrics = metrics
+    app.add_middleware(BodyLimit)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(RequestValidationError, _invalid_request)

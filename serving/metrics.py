@@ -31,6 +31,7 @@ METRIC_NAMES = {
     "streamflow_model_version": "Registry version number of the serving model.",
     "streamflow_model_created_timestamp_seconds": "When the serving model version was registered (Unix time).",
     "streamflow_model_reloads": "Model swaps after the champion alias moved.",
+    "streamflow_model_load_failures": "Champion versions that failed to load or were refused (old model kept serving).",
     "streamflow_ready": "1 when the model is loaded and the online store answers, else 0.",
     "streamflow_online_feature_age_seconds": "Business-time age of the online features last served, by feature view.",
     "streamflow_store_errors": "Errors talking to a backing store, by store (online, registry).",
@@ -52,6 +53,7 @@ class ApiMetrics:
     model_version: Gauge
     model_created: Gauge
     model_reloads: Counter
+    model_load_failures: Counter
     ready: Gauge
     feature_age: Gauge
     store_errors: Counter
@@ -92,6 +94,7 @@ def build_metrics() -> ApiMetrics:
             "streamflow_model_created_timestamp_seconds", h["streamflow_model_created_timestamp_seconds"], registry=r
         ),
         model_reloads=Counter("streamflow_model_reloads", h["streamflow_model_reloads"], registry=r),
+        model_load_failures=Counter("streamflow_model_load_failures", h["streamflow_model_load_failures"], registry=r),
         ready=Gauge("streamflow_ready", h["streamflow_ready"], registry=r),
         feature_age=Gauge(
             "streamflow_online_feature_age_seconds",

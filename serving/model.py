@@ -4,6 +4,11 @@
 finishes on that model, so a swap never changes a prediction half-way. A background thread polls the alias
 every ``model_poll_seconds``; registry errors keep the current model and are counted. The scorer each model
 predicts with is compiled by :mod:`serving.scorer`.
+
+A version that fails to load, or that ``accept`` refuses (the app refuses a model needing features its feature
+service does not serve), never replaces the serving model: the failure is recorded (``load_failure``, shown by
+/ready), reported (``on_load_failure``: the load-failure counter), and that version is tried again only after
+``retry_failed_seconds``.
 """
 
 from __future__ import annotations
@@ -60,6 +65,27 @@ class VersionRef:
 
     version: str
     created: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A version the alias points at that is not served: which, why, when (Unix time)."""
+
+    version: str
+    reason: str
+    at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "reason": self.reason, "at": datetime.fromtimestamp(self.at, UTC).isoformat()}
+
+
+class ModelRefused(StreamflowError):
+    """A version that loaded but must not serve (``accept`` gave the reason)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 class ModelSource(Protocol):
@@ -138,7 +164,8 @@ class ModelHolder:
     """The model being served, replaced atomically when the alias moves.
 
     ``current`` is read once per request: the request finishes on that model even if a swap happens meanwhile.
-    ``on_swap(new, old)`` and ``on_error(exc)`` let the app update its metrics.
+    ``on_swap(new, old)``, ``on_error(exc)`` (registry unreachable) and ``on_load_failure(failure)`` let the app
+    update its metrics; ``accept(model)`` returns why a loaded model must not replace a serving one (None: fine).
     """
 
     def __init__(
@@ -148,15 +175,20 @@ class ModelHolder:
         *,
         on_swap: Callable[[ServingModel, ServingModel | None], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        retry_failed_seconds: float = 60.0,
     ):
         self.source = source
         self.poll_seconds = poll_seconds
+        self.retry_failed_seconds = retry_failed_seconds
         self.current: ServingModel | None = None
         self.registry_ok = False
         self.last_error: str | None = None
         self.last_poll: float | None = None
+        self.load_failure: LoadFailure | None = None
         self.on_swap = on_swap
         self.on_error = on_error
+        self.on_load_failure: Callable[[LoadFailure], None] | None = None
+        self.accept: Callable[[ServingModel], str | None] | None = None
         self._lock = threading.Lock()  # one poll at a time (the thread and /admin/model/reload)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -164,36 +196,66 @@ class ModelHolder:
     def poll(self) -> bool:
         """Check the alias once; load and swap when it points at another version. True when the model changed.
 
-        Errors keep the current model: they are recorded (``registry_ok``, ``last_error``) and reported.
+        Errors keep the current model: an unreachable registry is recorded (``registry_ok``, ``last_error``), a
+        version that fails to load or is refused is recorded in ``load_failure``; both are reported.
         """
         with self._lock:
             try:
                 ref = self.source.current()
-                if ref is None:
-                    self.registry_ok = True
-                    self.last_error = f"the registry has no {self.source.alias} version yet"
-                    return False
-                old = self.current
-                if old is not None and old.version == ref.version:
-                    self.registry_ok, self.last_error = True, None
-                    return False
-                new = self.source.load(ref)
             except Exception as exc:  # noqa: BLE001 - any registry failure keeps the model being served
-                self.registry_ok = False
-                text = str(exc).strip()
-                self.last_error = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-                log.warning("model registry poll failed (the current model keeps serving): %s", self.last_error)
-                if self.on_error is not None:
-                    self.on_error(exc)
+                self._unreachable(exc)
                 return False
             finally:
                 self.last_poll = time.time()
+            self.registry_ok = True
+            if ref is None:
+                self.last_error = f"the registry has no {self.source.alias} version yet"
+                return False
+            self.last_error = None
+            old = self.current
+            if old is not None and old.version == ref.version:
+                self.load_failure = None  # the alias is back on the serving version
+                return False
+            if self._failed_recently(ref.version):
+                return False
+            try:
+                new = self._load(ref, old)
+            except Exception as exc:  # noqa: BLE001 - a version that cannot serve keeps the model being served
+                self._load_failed(ref.version, exc)
+                return False
             self.current = new  # the swap: one reference assignment
-            self.registry_ok, self.last_error = True, None
+            self.load_failure = None
             if self.on_swap is not None:
                 self.on_swap(new, old)
             log.info("serving model %s v%s (%s)", new.name, new.version, new.alias)
             return True
+
+    def _failed_recently(self, version: str) -> bool:
+        """``version`` failed less than ``retry_failed_seconds`` ago: it is tried again after that."""
+        failed = self.load_failure
+        return failed is not None and failed.version == version and time.time() - failed.at < self.retry_failed_seconds
+
+    def _load(self, ref: VersionRef, old: ServingModel | None) -> ServingModel:
+        new = self.source.load(ref)
+        reason = self.accept(new) if self.accept is not None and old is not None else None
+        if reason is not None:
+            raise ModelRefused(f"refused: {reason}")
+        return new
+
+    def _unreachable(self, exc: BaseException) -> None:
+        self.registry_ok = False
+        self.last_error = _one_line(exc)
+        log.warning("model registry poll failed (the current model keeps serving): %s", self.last_error)
+        if self.on_error is not None:
+            self.on_error(exc)
+
+    def _load_failed(self, version: str, exc: BaseException) -> None:
+        reason = str(exc) if isinstance(exc, ModelRefused) else _one_line(exc)
+        failure = self.load_failure = LoadFailure(version, reason)
+        serving = f"v{self.current.version} keeps serving" if self.current is not None else "no model to serve"
+        log.error("%s v%s was not loaded (%s): %s", self.source.alias, version, reason, serving)
+        if self.on_load_failure is not None:
+            self.on_load_failure(failure)
 
     def start(self) -> None:
         """Poll now, then every ``poll_seconds`` in a daemon thread."""
@@ -214,8 +276,15 @@ class ModelHolder:
             self._thread.join(timeout=30)
             self._thread = None
 
+    def why_none(self) -> str:
+        """Why no model is served (when ``current`` is None)."""
+        failure = self.load_failure
+        if failure is not None:
+            return f"{self.source.alias} v{failure.version} failed to load: {failure.reason}"
+        return self.last_error or "waiting for the registry"
+
     def require(self) -> ServingModel:
         model = self.current
         if model is None:
-            raise ModelUnavailable(self.last_error or "no model loaded yet")
+            raise ModelUnavailable(self.why_none())
         return model

@@ -315,6 +315,12 @@ class Health(BaseModel):
     status: str
 
 
+class ModelLoadFailure(BaseModel):
+    version: str = Field(description="The registry version the alias points at that is not served.")
+    reason: str = Field(description="Why: the load error, or the features the service does not serve.")
+    at: datetime = Field(description="When the last attempt failed (wall clock, UTC).")
+
+
 class Readiness(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -340,6 +346,11 @@ class Readiness(BaseModel):
     )
     model_version: str | None = None
     business_clock: datetime | None = None
+    model_load_failure: ModelLoadFailure | None = Field(
+        default=None,
+        description="The champion version that was not loaded (it failed to load, or needs features the service "
+        "does not serve) while the model in model_version keeps serving; null when there is none.",
+    )
     detail: dict[str, str] = Field(default_factory=dict)
 
 

@@ -124,11 +124,11 @@ def api_server(settings: Settings, log: Path, *extra: str) -> Iterator[tuple[str
                 os.killpg(proc.pid, 9)
 
 
-def build_world(home: Path, warehouse: Settings, tmp: Path) -> Settings:
+def build_world(home: Path, warehouse: Settings, tmp: Path, **overrides) -> Settings:
     """Settings of a platform under ``home`` with the built warehouse copied in, Feast applied and January to
-    March materialized, and version 1 (trained at March) promoted to champion."""
-    settings = make_settings(
-        home,
+    March materialized, and version 1 (trained at March) promoted to champion. ``overrides``: other settings (the
+    Redis online store, say)."""
+    values = dict(
         dbt_target_path=warehouse.dbt_target_path,
         api_token=TOKEN,
         model_poll_seconds=1.0,
@@ -136,6 +136,7 @@ def build_world(home: Path, warehouse: Settings, tmp: Path) -> Settings:
         batch_limit=150,
         promotion_min_roc_auc=0.5,
     )
+    settings = make_settings(home, **{**values, **overrides})
     EmbeddedPostgres(settings).up()
     copy_warehouse(warehouse, "dbt_warehouse_template", settings, tmp / "warehouse.dump")
     apply.apply(settings)

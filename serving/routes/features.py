@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from serving import schemas
-from serving.deps import State
+from serving.deps import ServingState, State
 from serving.responses import (
     NOT_READY,
     VALIDATION_FAILED,
@@ -40,6 +40,10 @@ UserId = Annotated[
 async def user_features(user_id: UserId, state: State) -> Response:
     """Values with their feature view and as_of. Pushed real-time values older than their TTL are shown
     with ``stale: true``; month-end values older than their TTL refuse the request (409)."""
+    return await state.off_loop(_user_features, state, user_id, doing="reading online features")
+
+
+def _user_features(state: ServingState, user_id: str) -> Response:
     service = state.features.all_service
     result = state.read_user(user_id, service)
     if isinstance(result, Response):

@@ -1,8 +1,9 @@
 """Predictions: the churn probability of one user (/predict) or many (/predict/batch), from one online read.
 
-The body is validated before any I/O (413 too large, 422 invalid); users with missing features are 404,
-users with month-end features older than their TTL 409 (never scored); the rest are scored with the
-serving model at its logged threshold.
+The body is validated on the event loop before any I/O (413 too large, 422 invalid); the read and the scoring
+run in the threadpool under the route's deadline (:meth:`serving.deps.ServingState.off_loop`). Users with
+missing features are 404, users with month-end features older than their TTL 409 (never scored); the rest are
+scored with the serving model at its logged threshold.
 """
 
 from __future__ import annotations
@@ -30,12 +31,10 @@ from serving.responses import (
     unavailable,
     unknown_body,
 )
-from serving.validation import MAX_BODY_BYTES, USER_IDS, BatchShape, BodyTooLarge, read_body, validation_errors
+from serving.validation import TOO_LARGE, USER_IDS, BatchShape, BodyTooLarge, read_body, validation_errors
 from streamflow.features.catalog import ServiceLayout, UserRow
 
 router = APIRouter(tags=["predictions"])
-
-TOO_LARGE = f"body larger than {MAX_BODY_BYTES} bytes"
 
 
 def prediction(state: ServingState, model: ServingModel, row: UserRow, probability: float) -> dict[str, Any]:
@@ -85,6 +84,11 @@ async def predict(request: Request) -> Response:
         return too_large(TOO_LARGE)
     except ValidationError as exc:
         return invalid(validation_errors(exc))
+    return await state.off_loop(_predict_one, state, user_id, doing="reading online features")
+
+
+def _predict_one(state: ServingState, user_id: str) -> Response:
+    """/predict after validation (in the threadpool): read, judge, score."""
     model = state.model_or_503()
     if isinstance(model, Response):
         return model
@@ -135,6 +139,11 @@ async def predict_batch(request: Request) -> Response:
     user_ids = await _batch_ids(request, state.batch_limit)
     if isinstance(user_ids, Response):
         return user_ids
+    return await state.off_loop(_predict_many, state, user_ids, doing="reading online features")
+
+
+def _predict_many(state: ServingState, user_ids: list[str]) -> Response:
+    """/predict/batch after validation (in the threadpool): one read, then each user judged and scored."""
     model = state.model_or_503()
     if isinstance(model, Response):
         return model

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from streamflow.core.months import business_timestamp, month_end
+
 
 def is_stale(as_of: datetime, clock: datetime, ttl: timedelta | None) -> bool:
     """True when a value is older than its view's TTL at the business clock (a TTL of 0 or None never expires).
@@ -24,6 +26,14 @@ def is_stale(as_of: datetime, clock: datetime, ttl: timedelta | None) -> bool:
     if not ttl:
         return False
     return as_of < clock - ttl
+
+
+def latest_push_time(clock: datetime, ttl: timedelta | None) -> datetime:
+    """The latest business time a pushed event may carry at the business ``clock``: events happen during the
+    month after the newest materialized one, so the end of that month (its last day included) plus the pushed
+    view's TTL. Later ones are beyond the business clock (a wall-clock timestamp, a wrong year) and refused."""
+    following = month_end(clock.date() + timedelta(days=1))
+    return business_timestamp(following + timedelta(days=1)) + (ttl or timedelta(0))
 
 
 def age_seconds(as_of: datetime, clock: datetime) -> float:

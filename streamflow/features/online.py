@@ -9,20 +9,26 @@ settings with a fresh registry snapshot. Every row is judged by the one stalenes
 Recovery: Feast's PostgreSQL online store keeps one connection per process and never reconnects, so the
 reader installs its own (with connect and statement timeouts) and drops it after any store error; the
 next read connects again. The registry is cached in memory and re-read by a background thread, so
-requests never wait for it and keep working from the last good copy while it is unreachable.
+requests never wait for it and keep working from the last good copy while it is unreachable. Every wait is
+bounded by ``online_timeout_seconds``: connecting, each statement, and waiting for the store's connection
+while another call uses it. Pushes record their offline row over one kept connection (with the same
+timeouts), dropped after an error like the online one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
+import psycopg
 from feast import FeatureStore
 from feast.online_response import TIMESTAMP_POSTFIX
 
+from streamflow.core.db import connect
 from streamflow.core.errors import StreamflowError
 from streamflow.core.names import ALL_SERVICE, ENTITY, MODEL_SERVICE
 from streamflow.core.settings import Settings
@@ -73,6 +79,7 @@ class OnlineReader:
         # reads, pushes and pings share the store's one PostgreSQL connection, and a push's write switches it out
         # of autocommit for its transaction: one at a time
         self._io_lock = threading.Lock()
+        self._push_conn: psycopg.Connection | None = None  # the offline record of pushes (under _io_lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -105,6 +112,36 @@ class OnlineReader:
     def _reset(self) -> None:
         if self._store is not None:
             ostore.reset_connections(self._store)
+        conn, self._push_conn = self._push_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # broken already
+                conn.close()
+
+    @contextlib.contextmanager
+    def _io(self, doing: str) -> Iterator[None]:
+        """The store's connections for one call; StoreUnavailable when another call holds them longer than the
+        online timeout (a stalled store: the caller answers 503 instead of queueing behind it)."""
+        if not self._io_lock.acquire(timeout=self.timeout):
+            self.on_error(ONLINE)
+            raise StoreUnavailable(
+                ONLINE, f"the online store is busy or stalled: no answer within {self.timeout:g} s while {doing}"
+            )
+        try:
+            yield
+        finally:
+            self._io_lock.release()
+
+    def _offline_conn(self) -> psycopg.Connection:
+        """The kept connection pushes record their offline row with (connect and statement timeouts)."""
+        conn = self._push_conn
+        if conn is None or conn.closed:
+            conn = self._push_conn = connect(
+                self.settings,
+                connect_timeout=max(1, round(self.timeout)),
+                options=f"-c statement_timeout={int(self.timeout * 1000)}",
+                autocommit=True,
+            )
+        return conn
 
     def _failed(self, store: str, exc: BaseException, doing: str) -> StoreUnavailable:
         self.last_error = f"{doing}: {ostore.first_line(exc)}"
@@ -185,7 +222,7 @@ class OnlineReader:
         if self._split_for is not catalog:  # a new registry snapshot is checked again
             self._split_ok, self._split_for = {}, catalog
         try:
-            with self._io_lock:
+            with self._io("reading online features"):
                 self._ensure_connection()
                 data = self._read(self.feature_store(), layout, user_ids)
         except StoreUnavailable:
@@ -210,7 +247,7 @@ class OnlineReader:
         """True when the online store answers now."""
         try:
             store = self.feature_store()
-            with self._io_lock:
+            with self._io("checking the online store"):
                 self._ensure_connection()
                 ostore.ping(store)
         except StoreUnavailable:
@@ -230,7 +267,9 @@ class OnlineReader:
         self, user_id: str, *, watch_minutes_today: float, last_session_at: datetime, event_time: datetime | None
     ) -> PushResult:
         """Push one real-time usage event (online at once, and recorded offline) through the store reads use."""
-        with self._io_lock:  # one push at a time: the check of the event online and the write go together
+        with self._io(
+            "pushing a usage event"
+        ):  # one at a time: the check of the event online and the write go together
             try:
                 self._ensure_connection()
                 result = push_usage_event(
@@ -240,6 +279,7 @@ class OnlineReader:
                     last_session_at=last_session_at,
                     event_time=event_time,
                     store=self.feature_store(),
+                    conn=self._offline_conn(),
                 )
             except StoreUnavailable:
                 raise

@@ -6,11 +6,13 @@ reads with; library callers get the platform's shared store of their settings.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pandas as pd
+import psycopg
 from feast import FeatureStore
 from feast.data_source import PushMode
 from feast.online_response import TIMESTAMP_POSTFIX
@@ -47,6 +49,7 @@ def push_usage_event(
     last_session_at: datetime,
     event_time: datetime | None = None,
     store: FeatureStore | None = None,
+    conn: psycopg.Connection | None = None,
 ) -> PushResult:
     """Push one user's real-time usage: online at once (usage_realtime), and into its offline table.
 
@@ -54,7 +57,8 @@ def push_usage_event(
     Pushes are ONLINE_AND_OFFLINE in effect: Feast's PostgreSQL offline store cannot write, so the row
     goes to the push source's table here, in the same transaction as the online write. An event older
     than the one online is recorded offline only. ``store``: the Feast store to read and push with (default:
-    the shared store of ``settings``).
+    the shared store of ``settings``). ``conn``: a warehouse connection to record the offline row with, kept
+    open by the caller (default: a new one for this event).
     """
     if not isinstance(user_id, str) or not ID_RE.match(user_id):
         raise FeaturesError(f"{user_id!r} is not a user id (4 digits, a dash, 5 capitals: 7590-VHVEG)")
@@ -70,10 +74,12 @@ def push_usage_event(
     store = store if store is not None else feature_store(settings)
     table = f"{fc.USAGE_EVENT_SCHEMA}.{fc.USAGE_EVENT_TABLE}"
     columns = [c for c, _t in fc.USAGE_EVENT_COLUMNS]
-    with _errors(settings, "pushing a usage event"), connect(settings) as conn:
-        conn.execute(
+    kept = contextlib.nullcontext(conn) if conn is not None else connect(settings)
+    # the offline row commits only once the online write is done
+    with _errors(settings, "pushing a usage event"), kept as c, c.transaction():
+        c.execute(
             f"insert into {table} ({', '.join(columns)}) values ({', '.join(['%s'] * len(columns))})",
-            [row[c] for c in columns],
+            [row[col] for col in columns],
         )
         current = _online_event_time(store, user_id)
         online = current is None or when >= current
@@ -82,7 +88,6 @@ def push_usage_event(
             for col in (fc.USAGE_EVENT_TIMESTAMP, "last_session_at"):
                 frame[col] = pd.to_datetime(frame[col], utc=True)
             store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
-        conn.commit()
     return PushResult(user_id=user_id, event_time=when, online=online)
 
 

@@ -36,6 +36,7 @@ ALERTS = {
     "StreamflowApi5xxRateHigh",
     "StreamflowApiNotReady",
     "StreamflowApiDown",
+    "StreamflowChampionLoadFailed",
     "StreamflowOnlineFeaturesStale",
     "StreamflowMonthlyRunFailed",
     "StreamflowMaterializationFailed",
