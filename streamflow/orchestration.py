@@ -61,6 +61,10 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
             "AIRFLOW__API__PORT": str(settings.airflow_port),
+            "AIRFLOW__API__HOST": "127.0.0.1",  # the local UI listens on loopback only
+            # `airflow standalone` starts its components as `airflow` from PATH: the project's first,
+            # whatever the caller's PATH (a new user never activates the virtualenv)
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)]),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "SCARF_ANALYTICS": "false",
             "DO_NOT_TRACK": "true",
