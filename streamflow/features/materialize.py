@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from streamflow.core import months, runlog
+from streamflow.core import faults, months, runlog
 from streamflow.core.db import connect
 from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import ENTITY, FEATURE_MARTS, PUSH_VIEW
@@ -130,6 +130,8 @@ def materialize(
             progress.advance(0 if i == 0 else 1, name)
             seconds = _materialize_view(settings, store, views[name], end, force, written, skipped)
             feast_seconds += seconds
+            if i == 0:
+                faults.pause("materialize.view")
         progress.advance(1, "removing users who left")
         removed = remove_departed(settings, as_of, users)
         if clock is not None and clock > end:
