@@ -25,6 +25,7 @@ from ml.tracking import (
     load_version,
     version_by_alias,
 )
+from streamflow.core import faults
 from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import CHALLENGER, CHAMPION
 from streamflow.core.settings import Settings
@@ -203,6 +204,7 @@ def _decide_and_move(
         if _current_champion(client, name) != before:
             continue  # the champion moved while we scored: compare with the new one
         _record(client, name, decision, challenger, before, challenger_scores, champion_scores)
+        faults.pause("promote.alias")
         after = before
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, challenger.version)

@@ -53,7 +53,7 @@ from ml.tracking import (
     ensure_experiment,
     git_commit,
 )
-from streamflow.core import runlog
+from streamflow.core import faults, runlog
 from streamflow.core.db import connect
 from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import CHALLENGER
@@ -451,6 +451,7 @@ def _register(
         "roc_auc": f"{best.metrics['roc_auc']:.6f}",
     }.items():
         client.set_model_version_tag(name, version, key, value)
+    faults.pause("train.registered")
     registered = client.get_registered_model(name)
     if not registered.description:
         client.update_registered_model(

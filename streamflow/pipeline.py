@@ -130,14 +130,10 @@ def materialize(as_of: str | None = None, settings: Settings | None = None) -> d
     from streamflow.features import materialize
 
     settings = _settings(settings)
-    if as_of:
-        month = as_month(as_of)
-    else:
-        built = built_months(settings)
-        if not built:
-            raise NothingToDo("no month is built yet: nothing to materialize")
-        month = built[-1]
-    result = materialize.materialize(settings, month)
+    if not as_of and not built_months(settings):
+        raise NothingToDo("no month is built yet: nothing to materialize")
+    # without as_of, the newest built month is chosen under the pipeline lock, after any build that holds it
+    result = materialize.materialize(settings, as_month(as_of) if as_of else None)
     return _jsonable(result.as_dict())
 
 

@@ -85,18 +85,12 @@ def features_materialize_cmd(
 
     Rerunning a month that is already online changes nothing. Pushed real-time usage is kept.
     """
-    from streamflow.features.materialize import built_months, materialize
-    from streamflow.features.store import FeaturesError
+    from streamflow.features.materialize import materialize
 
     settings = get_settings()
     with RichProgress() as progress:
         progress.start("importing Feast")
-        if as_of is None:
-            months = built_months(settings)
-            if not months:
-                raise FeaturesError("no month is built: run `streamflow ingest` and `streamflow build` first")
-            as_of = months[-1]
-        result = materialize(settings, as_of, force=force, progress=progress)
+        result = materialize(settings, as_of, force=force, progress=progress)  # None: newest built, under the lock
     if as_json:
         print(json.dumps(result.as_dict()))
         return

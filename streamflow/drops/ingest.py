@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-from streamflow.core import runlog
+from streamflow.core import faults, runlog
 from streamflow.core.db import connect
 from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import CHURN_SCORES
@@ -193,6 +193,8 @@ def _load_drop(conn, d: Drop, progress: Progress) -> dict[str, int]:
                     while chunk := fh.read(CHUNK):
                         copy.write(chunk)
                         progress.advance(len(chunk), f"{d.name}/{f.path.name}")
+                        if len(new_tables) == 1 and fh.tell() <= CHUNK:
+                            faults.pause("ingest.copy")  # the first chunk of the drop's first file
                 rows[table] = cur.rowcount
         except psycopg.Error as exc:
             problems.extend(_explain_copy_error(d, f, exc))

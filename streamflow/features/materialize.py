@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from streamflow.core import months, runlog
+from streamflow.core import faults, months, runlog
 from streamflow.core.db import connect
 from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import ENTITY, FEATURE_MARTS, PUSH_VIEW
@@ -86,6 +86,14 @@ def built_months(settings: Settings) -> list[date]:
         return months.built_months(conn, settings)
 
 
+def newest_built(settings: Settings) -> date:
+    """The newest completely built month; FeaturesError when none is."""
+    built = built_months(settings)
+    if not built:
+        raise FeaturesError("no month is built: run `streamflow ingest` and `streamflow build` first")
+    return built[-1]
+
+
 def _month_rows(settings: Settings, mart: str, start: datetime, end: datetime) -> int:
     """Users with a row of ``mart`` in [start, end] (Feast's window includes both ends): the users one
     materialization writes."""
@@ -99,7 +107,7 @@ def _month_rows(settings: Settings, mart: str, start: datetime, end: datetime) -
 
 def materialize(
     settings: Settings,
-    as_of: date,
+    as_of: date | None,
     *,
     force: bool = False,
     progress: Progress = SILENT,
@@ -112,10 +120,13 @@ def materialize(
     as_of is skipped, so a rerun changes nothing; ``force`` rewrites the month (after it was rebuilt).
     Then every user not active at as_of is removed from the online store (Feast has no delete).
     The pushed real-time view is never materialized here: pushes are newer than any month end.
+    ``as_of`` None: the newest completely built month, chosen once the lock is held (a month chosen
+    before a waited-for build or monthly run ends would be stale by then).
     """
     started = time.perf_counter()
     store = feature_store(settings)
     with pipeline_lock(settings, "materialize", as_of), _errors(settings, "materializing"):
+        as_of = as_of or newest_built(settings)
         _require_applied(store)
         end = business_timestamp(as_of)
         users = _month_to_serve(settings, as_of)
@@ -130,6 +141,8 @@ def materialize(
             progress.advance(0 if i == 0 else 1, name)
             seconds = _materialize_view(settings, store, views[name], end, force, written, skipped)
             feast_seconds += seconds
+            if i == 0:
+                faults.pause("materialize.view")
         progress.advance(1, "removing users who left")
         removed = remove_departed(settings, as_of, users)
         if clock is not None and clock > end:

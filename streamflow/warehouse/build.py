@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
-from streamflow.core import runlog
+from streamflow.core import faults, runlog
 from streamflow.core.lock import pipeline_lock
 from streamflow.core.months import BUILD_LOG_TABLE, build_log
 from streamflow.core.names import MART_SCHEMA, MARTS, SNAPSHOT_SCHEMA, SNAPSHOTS
@@ -253,11 +253,19 @@ def _build_months(
         bar.stage_to(f"build {month}")
         t0 = time.perf_counter()
         args = build_args(settings, month, full_refresh=plan.full_refresh and i == 0)
-        res = invoke(settings, args, manifest=manifest, callbacks=[bar.callback])
+        res = invoke(settings, args, manifest=manifest, callbacks=[bar.callback, _snapshot_fault_point])
         _raise_for_build(res, month)
         _log_built(conn, log, month, loaded[month])
         runlog.record_month(conn, month, "built", {"drop_version": loaded[month]})
         result.month_seconds[month] = time.perf_counter() - t0
+        if i < len(plan.months) - 1:
+            faults.pause("build.month")
+
+
+def _snapshot_fault_point(event) -> None:
+    """dbt event callback: the fault point between a month's snapshots and the marts built from them."""
+    if event.info.name == "NodeFinished" and event.data.node_info.unique_id.startswith("snapshot."):
+        faults.pause("build.snapshot")
 
 
 def build_args(settings: Settings, month: date, full_refresh: bool = False) -> list[str]:

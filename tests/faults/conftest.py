@@ -1,11 +1,15 @@
 """Fixtures of the fault tests: a private platform (tests/serving_world.py) per module, a client loop that records
-every answer, and a real redis-server that can be stopped and started again with its data.
+every answer, a real redis-server that can be stopped and started again with its data, and a `streamflow` step
+stopped at a named fault point to be killed there or resumed.
 
 Traffic goes to 127.0.0.1 only; every loop stops by itself (bounded in time)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -16,7 +20,8 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import free_port
+from streamflow.core import faults
+from tests.conftest import ROOT, STREAMFLOW, free_port, settings_env
 
 
 @dataclass
@@ -124,3 +129,103 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# a `streamflow` step stopped at a named fault point (streamflow/core/faults.py)
+# ---------------------------------------------------------------------------------------
+class PausedStep:
+    """`streamflow ARGS` started with ``STREAMFLOW_FAULT_PAUSE=point``; its output is collected as it comes."""
+
+    def __init__(self, settings, point: str | None, *args: str, **env: str):
+        extra = {faults.ENV_VAR: point} if point else {}
+        self.point, self.args = point, args
+        self.proc = subprocess.Popen(
+            [STREAMFLOW, *args],
+            env=settings_env(settings, **extra, **env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream, into: list[str]) -> None:
+        for line in iter(stream.readline, ""):
+            into.append(line)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def describe(self) -> str:
+        return f"streamflow {' '.join(self.args)}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
+
+    def wait_for(self, text: str, timeout: float = 240) -> None:
+        """Until ``text`` appears on stderr; fails if the process ends first or time runs out."""
+        deadline = time.monotonic() + timeout
+        while text not in " ".join(self.stderr.split()):
+            if self.proc.poll() is not None:
+                time.sleep(0.2)  # the readers catch up
+                if text in " ".join(self.stderr.split()):
+                    return
+                raise AssertionError(f"exited {self.proc.returncode} before {text!r}: {self.describe()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} within {timeout} s: {self.describe()}")
+            time.sleep(0.1)
+
+    def wait_paused(self, timeout: float = 240) -> None:
+        self.wait_for(f"paused at {self.point}", timeout)
+
+    def kill(self) -> None:
+        """SIGKILL to the step's process group (it was started in a session of its own)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def resume(self) -> None:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 300) -> int:
+        """Wait for the end (closing its input resumes a pause); returns the exit status."""
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"did not end within {timeout} s: {self.describe()}") from None
+        for t in self._readers:
+            t.join(timeout=10)
+        return code
+
+    def __enter__(self) -> PausedStep:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+def killed_at(settings, point: str, *args: str, timeout: float = 240) -> PausedStep:
+    """Run `streamflow ARGS` until it reaches ``point``, then kill -9 it there; returns the dead step."""
+    with PausedStep(settings, point, *args) as step:
+        step.wait_paused(timeout)
+        step.kill()
+    assert step.proc.returncode == -signal.SIGKILL, step.describe()
+    return step
