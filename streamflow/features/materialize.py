@@ -180,16 +180,25 @@ def _rewrite_needed(settings: Settings, as_of: date, clock: datetime | None) -> 
 
     The store serving ``as_of`` or later, while the run log does not count ``as_of`` as materialized, means
     the month was reloaded or the history rebuilt since: rewrite it. A store serving a later month that is
-    still built is refused: that would serve stale features as current."""
+    still built is refused: that would serve stale features as current; so is one serving a later month
+    that is still loaded but not built again yet (a rebuild under way or interrupted): only a month the
+    history no longer has is wound back."""
     if clock is None or clock < business_timestamp(as_of):
         return False
+    served = clock.date()
     with connect(settings) as conn:
         built = months.built_months(conn, settings)
+        loaded = months.loaded_months(conn)
         materialized = months.months_in(conn, settings, "materialized")
-    if clock.date() > as_of and clock.date() in built:
+    if served > as_of and served in built:
         raise FeaturesError(
-            f"the online store already serves {clock.date()}; materializing the older month "
+            f"the online store already serves {served}; materializing the older month "
             f"{as_of} would serve stale features as current"
+        )
+    if served > as_of and served in loaded:
+        raise FeaturesError(
+            f"the online store serves {served}, which is loaded but not built again yet: "
+            f"run `streamflow build` to finish the rebuild, then materialize"
         )
     return as_of not in materialized
 

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 import psycopg
 import pytest
 
-from streamflow.core import lock, months
+from streamflow.core import lock, months, runlog
 from streamflow.core.db import connect
 from streamflow.core.lock import LockTimeout, pipeline_lock
 from streamflow.core.names import FEATURE_MARTS
@@ -167,6 +167,21 @@ def test_rewriting_a_month_never_leaves_an_active_user_without_features(online_h
         reads += 1
     writer.join()
     assert reads > 1 and missing == []
+
+
+def test_an_interrupted_rebuild_never_winds_the_online_store_back(online_history):
+    settings = online_history
+    with connect(settings) as conn:  # a full refresh killed after January: February and March still loaded
+        runlog.forget_months(conn, states=("built",))
+        runlog.record_month(conn, JAN, "built")
+    try:
+        with pytest.raises(materialize.FeaturesError, match="loaded but not built again yet"):
+            materialize.materialize(settings, JAN)
+        assert business_clock(settings, refresh=True) == datetime(2024, 3, 31, tzinfo=UTC)
+    finally:
+        with connect(settings) as conn:
+            for month in (FEB, MAR):
+                runlog.record_month(conn, month, "built")
 
 
 def test_a_shorter_corrected_history_reaches_the_online_store(online_history, session_drops):
