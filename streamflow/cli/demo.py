@@ -282,7 +282,7 @@ def _print_where_everything_is(settings: Settings, console: Console, timings: Ti
     uis.add_row("Airflow", local["airflow"].url + "  (no login on the local stack; starting takes a minute)")
     uis.add_row("MLflow", local["mlflow"].url)
     uis.add_row("dbt docs", local["docs"].url)
-    uis.add_row("warehouse", 'eval "$(.venv/bin/streamflow stack env)" && psql')
+    uis.add_row("warehouse", 'eval "$(.venv/bin/streamflow stack env --show-secrets)" && psql')
     uis.add_row("logs", str(settings.home / "logs"))
     console.print(uis)
     console.print(
