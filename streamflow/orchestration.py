@@ -7,10 +7,12 @@ and its home under ``.streamflow/airflow``. With an external database (compose),
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -31,6 +33,8 @@ from streamflow.warehouse import runner
 MONTHLY_DAG = "streamflow_monthly"
 MATERIALIZE_DAG = "streamflow_materialize"
 MONITOR_DAG = "streamflow_monitor"
+AIRFLOW_ADMIN = "admin"  # the local Airflow's one user, with the admin role
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
 class OrchestrationError(StreamflowError):
@@ -39,6 +43,43 @@ class OrchestrationError(StreamflowError):
 
 def airflow_home(settings: Settings) -> Path:
     return settings.home / "airflow"
+
+
+@dataclass(frozen=True)
+class AirflowLogin:
+    username: str
+    password: str
+    file: Path  # where it is kept (mode 0600), in the format Airflow's SimpleAuthManager reads
+
+
+def airflow_password_file(settings: Settings) -> Path:
+    return airflow_home(settings) / "simple_auth_manager_passwords.json"
+
+
+def airflow_login(settings: Settings) -> AirflowLogin:
+    """The local Airflow's admin login. Its password is generated once and kept in
+    ``home/airflow/simple_auth_manager_passwords.json`` (``{"admin": "<password>"}``, mode 0600); deleting
+    the file makes a new one at the next start."""
+    path = airflow_password_file(settings)
+    try:
+        password = json.loads(path.read_text())[AIRFLOW_ADMIN]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        password = None
+    if not isinstance(password, str) or not password:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({AIRFLOW_ADMIN: secrets.token_urlsafe(18)}) + "\n")
+        if path.exists():  # unreadable or without our user: replaced
+            os.replace(fresh, path)
+        else:
+            with contextlib.suppress(FileExistsError):  # another process made it first: theirs is kept
+                os.link(fresh, path)
+            fresh.unlink()
+        password = json.loads(path.read_text())[AIRFLOW_ADMIN]
+    os.chmod(path, 0o600)  # Airflow rewrites the file in place when it adds a user: keep it private
+    return AirflowLogin(AIRFLOW_ADMIN, password, path)
 
 
 def airflow_bin() -> str:
@@ -76,8 +117,11 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url(settings, settings.airflow_db, "psycopg2"),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": database_url(settings, settings.airflow_db, "psycopg"),
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                # a local, single-user installation: the UI opens without a login
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                # one admin who logs in with the password generated under home (see airflow_login)
+                "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_ADMIN}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(airflow_login(settings).file),
             }
         )
     # tasks build their own Settings from STREAMFLOW_* variables: hand them exactly ours

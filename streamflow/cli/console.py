@@ -17,6 +17,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from streamflow.core.errors import StreamflowError
+from streamflow.core.redact import scrub
 
 console = Console()
 err_console = Console(stderr=True)
@@ -24,15 +25,16 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print a clear error (no traceback) and exit non-zero."""
-    err_console.print(Text("error: ", style="bold red") + Text(message))
+    err_console.print(Text("error: ", style="bold red") + Text(scrub(message)))
     raise typer.Exit(code)
 
 
 def render_error(exc: StreamflowError) -> None:
-    """The one place an error a user can act on is printed: message, details, next command."""
-    err_console.print(Text("error: ", style="bold red") + Text(exc.render()), soft_wrap=True)
+    """The one place an error a user can act on is printed: message, details, next command. A password in
+    a URL or a ``password=`` pair is masked, whichever library wrote the message."""
+    err_console.print(Text("error: ", style="bold red") + Text(scrub(exc.render())), soft_wrap=True)
     if exc.hint:
-        err_console.print(Text("next: ", style="bold") + Text(exc.hint))
+        err_console.print(Text("next: ", style="bold") + Text(scrub(exc.hint)))
 
 
 class StreamflowGroup(TyperGroup):

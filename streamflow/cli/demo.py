@@ -19,6 +19,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from streamflow.cli.console import RichProgress, console
 from streamflow.core import months as business_months
@@ -28,7 +29,13 @@ from streamflow.core.errors import StreamflowError
 from streamflow.core.names import CHAMPION, MART_SCHEMA
 from streamflow.core.settings import Settings, get_settings
 from streamflow.core.stack import get_stack
-from streamflow.orchestration import MONTHLY_DAG, airflow_environment, prepare_orchestration, run_dag
+from streamflow.orchestration import (
+    MONTHLY_DAG,
+    airflow_environment,
+    airflow_login,
+    prepare_orchestration,
+    run_dag,
+)
 
 
 class DemoError(StreamflowError):
@@ -279,10 +286,12 @@ def _print_where_everything_is(settings: Settings, console: Console, timings: Ti
 
     uis = Table(title="where everything is", show_header=False)
     uis.add_row("API docs", local["api"].url)
-    uis.add_row("Airflow", local["airflow"].url + "  (no login on the local stack; starting takes a minute)")
+    login = airflow_login(settings)
+    uis.add_row("Airflow", local["airflow"].url + "  (starting takes a minute)")
+    uis.add_row("Airflow login", Text(f"{login.username} / {login.password}  (kept in {login.file})"))
     uis.add_row("MLflow", local["mlflow"].url)
     uis.add_row("dbt docs", local["docs"].url)
-    uis.add_row("warehouse", 'eval "$(.venv/bin/streamflow stack env)" && psql')
+    uis.add_row("warehouse", 'eval "$(.venv/bin/streamflow stack env --show-secrets)" && psql')
     uis.add_row("logs", str(settings.home / "logs"))
     console.print(uis)
     console.print(

@@ -84,16 +84,25 @@ def run_cmd(
 def airflow_cmd() -> None:
     """Start the Airflow UI, scheduler and DAG processor on localhost with the project's DAGs (Ctrl-C stops).
 
-    The UI is at http://localhost:STREAMFLOW_AIRFLOW_PORT (default 8080); this local installation needs no
-    login. Metadata lives in the `airflow` database of the platform's PostgreSQL.
+    The UI is at http://127.0.0.1:STREAMFLOW_AIRFLOW_PORT (default 8080), on loopback only. On the embedded
+    stack it asks for a login: user `admin`, with a password generated once and kept (mode 0600) in
+    .streamflow/airflow/simple_auth_manager_passwords.json; this command prints both. Metadata lives in the
+    `airflow` database of the platform's PostgreSQL.
     """
     import subprocess
 
-    from streamflow.orchestration import airflow_bin, airflow_environment, prepare_orchestration
+    from streamflow.orchestration import airflow_bin, airflow_environment, airflow_login, prepare_orchestration
 
     settings = get_settings()
     with console.status("preparing Airflow (database, dbt manifest) ..."):
         prepare_orchestration(settings)
-    console.print(f"Airflow UI: http://localhost:{settings.airflow_port}  (Ctrl-C stops)")
+    console.print(f"Airflow UI: http://127.0.0.1:{settings.airflow_port}  (Ctrl-C stops)", highlight=False)
+    if settings.embedded:
+        login = airflow_login(settings)
+        console.print(
+            f"login: {login.username} / {login.password}  (kept in {login.file}; delete it for a new one)",
+            highlight=False,
+            markup=False,
+        )
     with contextlib.suppress(KeyboardInterrupt):
         subprocess.run([airflow_bin(), "standalone"], env=airflow_environment(settings), check=False)

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from streamflow.cli.console import console
+from streamflow.core.redact import MASK, redacted
 from streamflow.core.settings import get_settings
 
 stack_app = typer.Typer(
@@ -15,11 +16,17 @@ stack_app = typer.Typer(
     no_args_is_help=True,
 )
 
+SHOW_SECRETS = typer.Option(
+    False, "--show-secrets", help="Print the database password instead of ***: for `eval` or a tool that connects."
+)
+# the variables of `stack env` that carry the password, alone or inside a URL
+_SECRET_VARIABLES = {"STREAMFLOW_PG_PASSWORD", "PGPASSWORD"}
+
 
 # ---------------------------------------------------------------------------------------
 # stack
 # ---------------------------------------------------------------------------------------
-def _print_status(st) -> None:
+def _print_status(st, show_secrets: bool = False) -> None:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -37,7 +44,11 @@ def _print_status(st) -> None:
         table.add_row("log", str(st.log_file))
     console.print(table)
     # the URL on a line of its own, unwrapped, so it can be copied into psql or another tool
-    print(f"url: {st.url or '-'}")
+    print(f"url: {_url(st.url, show_secrets) or '-'}")
+
+
+def _url(url: str | None, show_secrets: bool) -> str | None:
+    return url if show_secrets else redacted(url)
 
 
 @stack_app.command("up")
@@ -64,8 +75,12 @@ def stack_down() -> None:
 
 
 @stack_app.command("status")
-def stack_status(as_json: bool = typer.Option(False, "--json", help="One machine-readable object.")) -> None:
-    """Print the server's connection URL and health. Exit status 1 when it is not reachable."""
+def stack_status(
+    as_json: bool = typer.Option(False, "--json", help="One machine-readable object."),
+    show_secrets: bool = SHOW_SECRETS,
+) -> None:
+    """Print the server's connection URL (password masked unless --show-secrets) and health. Exit status 1
+    when it is not reachable."""
     from streamflow.core.stack import get_stack
 
     st = get_stack(get_settings()).status()
@@ -75,7 +90,7 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="One machine
                 {
                     "mode": st.mode,
                     "running": st.running,
-                    "url": st.url,
+                    "url": _url(st.url, show_secrets),
                     "pid": st.pid,
                     "version": st.version,
                     "databases": st.databases,
@@ -84,17 +99,21 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="One machine
             )
         )
     else:
-        _print_status(st)
+        _print_status(st, show_secrets)
     if not st.running:
         raise typer.Exit(1)
 
 
 @stack_app.command("env")
-def stack_env() -> None:
-    """Print `export` lines for plain dbt/psql use: `eval "$(streamflow stack env)"`."""
+def stack_env(show_secrets: bool = SHOW_SECRETS) -> None:
+    """Print `export` lines for plain dbt/psql use: `eval "$(streamflow stack env --show-secrets)"`.
+
+    Without --show-secrets the password is printed as *** (safe in a CI log, not enough to connect)."""
     from streamflow.core.env import tool_environment
 
     for key, value in tool_environment(get_settings()).items():
+        if not show_secrets:
+            value = MASK if key in _SECRET_VARIABLES and value else redacted(value)
         print(f"export {key}='{value}'")
 
 

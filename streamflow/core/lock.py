@@ -26,6 +26,7 @@ import psycopg
 
 from streamflow.core.db import database_url
 from streamflow.core.errors import StreamflowError
+from streamflow.core.redact import password_of, scrub
 from streamflow.core.settings import Settings
 
 LOCK_KEY = 804_121_000
@@ -128,8 +129,8 @@ def pipeline_lock(
 def _connect(url: str, **kwargs) -> psycopg.Connection:
     try:
         return psycopg.connect(url, **kwargs)
-    except psycopg.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:  # down, or a malformed URL
+        first = scrub((str(exc).strip().splitlines() or [type(exc).__name__])[0], password_of(url))
         raise DatabaseUnreachable(
             f"the warehouse database is not reachable ({first})",
             hint="start it with `streamflow stack up`, or check STREAMFLOW_DATABASE_URL",

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import psycopg
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from streamflow.core.errors import StreamflowError
+from streamflow.core.redact import password_of, redacted, scrub
 
 with warnings.catch_warnings():
     # The wheel asks platformdirs for a runtime directory when it is imported; without XDG_RUNTIME_DIR
@@ -165,7 +167,8 @@ class EmbeddedPostgres:
         env["LC_ALL"] = "C.UTF-8"
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/", **self._run_as())
         if proc.returncode != 0:
-            raise StackError(f"{tool} failed ({proc.returncode}):\n{proc.stderr.strip() or proc.stdout.strip()}")
+            output = scrub(proc.stderr.strip() or proc.stdout.strip(), self.password())
+            raise StackError(f"{tool} failed ({proc.returncode}):\n{output}")
         return proc
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -230,7 +233,7 @@ class EmbeddedPostgres:
                         timeout=90,
                     )
                 except StackError as exc:
-                    tail = self._log_tail()
+                    tail = scrub(self._log_tail(), self.password())
                     raise StackError(f"{exc}\n--- {self.log_file} ---\n{tail}") from None
             self._wait_ready()
             self._ensure_databases()
@@ -256,7 +259,8 @@ class EmbeddedPostgres:
                     return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise StackError(f"PostgreSQL did not accept connections: {exc}") from None
+                    reason = scrub(str(exc), self.password())
+                    raise StackError(f"PostgreSQL did not accept connections: {reason}") from None
                 time.sleep(0.2)
 
     def _ensure_databases(self) -> None:
@@ -330,7 +334,8 @@ def _probe(st: StackStatus, url: str) -> None:
             st.message = "healthy"
     except psycopg.Error as exc:
         st.running = False
-        st.message = f"unreachable: {str(exc).strip().splitlines()[0]}"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        st.message = f"unreachable: {scrub(first, password_of(url))}"  # never the password, even from a bad URL
 
 
 class ExternalPostgres:
@@ -342,7 +347,15 @@ class ExternalPostgres:
 
     def url(self, database: str | None = None, driver: str | None = None) -> str:
 
-        u = make_url(self.settings.database_url)
+        try:
+            u = make_url(self.settings.database_url)
+        except (ArgumentError, ValueError) as exc:
+            reason = scrub(str(exc), password_of(self.settings.database_url))
+            raise StackError(
+                f"STREAMFLOW_DATABASE_URL ({redacted(self.settings.database_url)}) is not a valid database URL: "
+                f"{reason}",
+                hint="set it as postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+            ) from None
         u = u.set(drivername="postgresql" + (f"+{driver}" if driver else ""))
         if database:
             u = u.set(database=database)

@@ -12,7 +12,9 @@ import codecs
 import csv
 import hashlib
 import json
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -93,6 +95,9 @@ def read_drop(path: Path) -> Drop:
     name = path.name or str(path)
     if not path.is_dir():
         raise _refuse(name, "drop folder does not exist", detail=str(path))
+    special = _special_entries(name, path)  # before anything is read: a link could point anywhere
+    if special:
+        raise IngestError(special)
     raw, manifest = _read_manifest(name, path / contract.MANIFEST)
     as_of = _manifest_as_of(name, manifest)
     listed = manifest.get("files")
@@ -108,6 +113,11 @@ def read_drop(path: Path) -> Drop:
             continue
         rel, rows, sha = entry["path"], entry["rows"], entry["sha256"].lower()
         fpath = path / rel
+        if fpath.is_dir():
+            problems.append(
+                Problem(name, "is a directory, not a regular file: the manifest lists it as a file", file=rel)
+            )
+            continue
         if not fpath.is_file():
             problems.append(Problem(name, "file listed in the manifest is missing", file=rel))
             continue
@@ -120,12 +130,62 @@ def read_drop(path: Path) -> Drop:
     )
 
 
+def _special_entries(drop: str, path: Path) -> list[Problem]:
+    """Every symlink and every entry that is neither a regular file nor a directory (FIFO, device, socket)
+    anywhere inside the drop, without following links. A drop holds plain files only: a link would make
+    ingestion read (and a refusal echo) whatever it points to, a FIFO would block the read."""
+    problems = []
+    pending = [path]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                rel = Path(entry.path).relative_to(path).as_posix()
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(entry.path)
+                    problems.append(
+                        Problem(
+                            drop,
+                            "is a symbolic link: a drop must hold regular files only",
+                            file=rel,
+                            detail=f"it points to {target}; copy the file into the drop instead",
+                        )
+                    )
+                elif stat.S_ISDIR(st.st_mode):
+                    pending.append(Path(entry.path))
+                elif not stat.S_ISREG(st.st_mode):
+                    problems.append(
+                        Problem(
+                            drop,
+                            f"is a {_kind(st.st_mode)}, not a regular file: a drop must hold regular files only",
+                            file=rel,
+                        )
+                    )
+    return problems
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "named pipe (FIFO)"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
+
+
 def _refuse(drop: str, rule: str, **kw) -> IngestError:
     return IngestError([Problem(drop=drop, rule=rule, **kw)])
 
 
 def _read_manifest(drop: str, manifest_path: Path) -> tuple[bytes, dict]:
     """The manifest's bytes and its JSON object; refused when missing or not a UTF-8 JSON object."""
+    if manifest_path.is_dir():
+        raise _refuse(
+            drop, "is a directory, not a regular file: every drop must carry a manifest", file=contract.MANIFEST
+        )
     if not manifest_path.is_file():
         raise _refuse(drop, f"{contract.MANIFEST} is missing: every drop must carry a manifest", file=contract.MANIFEST)
     raw = manifest_path.read_bytes()

@@ -28,6 +28,7 @@ from streamflow.core.names import (
     ONLINE_SCHEMA,
     PUSH_VIEW,
 )
+from streamflow.core.redact import password_of, redacted, scrub
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
 from streamflow.features.catalog import clock_of
@@ -160,9 +161,17 @@ def _errors(settings: Settings, doing: str) -> Iterator[None]:
         raise FeaturesError(f"{doing}: {hint}") from None
 
 
+def _warehouse_password(settings: Settings) -> str | None:
+    try:
+        return connection_parts(settings)["password"] or None
+    except (OSError, ValueError):  # no password file yet: nothing to hide
+        return None
+
+
 def _hint(settings: Settings, exc: BaseException) -> str | None:
     """What the user can do about a failure of Feast or its stores, or None when it is unknown."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = scrub(first, password_of(settings.redis_url), _warehouse_password(settings))  # never a password
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return f"a table is missing ({first}): run `streamflow build`, then `streamflow features apply`"
     if isinstance(exc, psycopg.OperationalError):
@@ -170,7 +179,7 @@ def _hint(settings: Settings, exc: BaseException) -> str | None:
     if isinstance(exc, sqlalchemy.exc.OperationalError):
         return f"the Feast registry database is not reachable ({first}); start it with `streamflow stack up`"
     if isinstance(exc, redis.exceptions.ConnectionError):
-        return f"Redis at {settings.redis_url} is not reachable ({first}); check STREAMFLOW_REDIS_URL"
+        return f"Redis at {redacted(settings.redis_url)} is not reachable ({first}); check STREAMFLOW_REDIS_URL"
 
     if isinstance(exc, fe.FeatureServiceNotFoundException):
         return f"{first}; known services: {MODEL_SERVICE}, {ALL_SERVICE}"

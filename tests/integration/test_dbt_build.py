@@ -258,7 +258,7 @@ def test_docs_are_generated_and_served_on_localhost(built_warehouse):
 def test_plain_dbt_works_after_sourcing_the_printed_environment(built_warehouse):
     env = settings_env(built_warehouse)
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
-    script = 'eval "$(streamflow stack env)" && cd / && dbt test --select subscriptions_profile --quiet'
+    script = 'eval "$(streamflow stack env --show-secrets)" && cd / && dbt test --select subscriptions_profile --quiet'
     proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exported = tool_environment(built_warehouse)

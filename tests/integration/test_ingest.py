@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -173,7 +174,51 @@ def add_column(lines):
     return [lines[0].rstrip(b"\n") + b",note\n"] + [ln.rstrip(b"\n") + b",x\n" for ln in lines[1:]]
 
 
+def link_instead_of(name: str, target: Path):
+    """Replace a file of the drop with a symbolic link to ``target`` (its content moved there, so that
+    following the link would read a perfectly valid file)."""
+
+    def apply(drop: Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(drop / name, target)
+        (drop / name).symlink_to(target)
+
+    return apply
+
+
+def directory_instead_of(name: str):
+    def apply(drop: Path):
+        (drop / name).unlink()
+        (drop / name).mkdir()
+        (drop / name / "part-0.csv").write_text("user_id\n")
+
+    return apply
+
+
+SPECIAL_FILES: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+    "symlinked_file": (
+        lambda d: link_instead_of("users.csv", d.parent / "elsewhere" / "users.csv")(d),
+        ["users.csv", "is a symbolic link", "regular files only"],
+    ),
+    "symlinked_manifest": (
+        lambda d: link_instead_of("manifest.json", d.parent / "elsewhere" / "manifest.json")(d),
+        ["manifest.json", "is a symbolic link"],
+    ),
+    "unlisted_symlink": (lambda d: (d / "notes.txt").symlink_to("/etc/hostname"), ["notes.txt", "symbolic link"]),
+    "symlinked_directory": (lambda d: (d / "extra").symlink_to(d.parent), ["extra", "symbolic link"]),
+    "fifo": (lambda d: os.mkfifo(d / "incoming.csv"), ["incoming.csv", "named pipe (FIFO)", "not a regular file"]),
+    "directory_named_like_a_file": (
+        directory_instead_of("tickets.csv"),
+        ["tickets.csv", "is a directory, not a regular file"],
+    ),
+    "directory_named_like_the_manifest": (
+        directory_instead_of("manifest.json"),
+        ["manifest.json", "is a directory, not a regular file"],
+    ),
+}
+
 DEFECTS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+    **SPECIAL_FILES,
     "missing_manifest": (lambda d: (d / "manifest.json").unlink(), ["manifest.json is missing"]),
     "broken_json": (
         lambda d: (d / "manifest.json").write_text('{"format_version": 1, "as_of": '),
@@ -259,6 +304,26 @@ def test_each_structural_defect_is_refused_with_its_own_message_and_raw_unchange
     for fragment in expected:
         assert fragment in message, f"{fragment!r} not in:\n{proc.stderr}"
     assert raw_fingerprint(settings) == before
+
+
+def test_a_symlink_is_refused_before_its_target_is_read(loaded_two_months, drops, tmp_path):
+    """The target's first line would be echoed by the header check: the link is refused before any read."""
+    bad = tmp_path / drops[2].name
+    shutil.copytree(drops[2], bad)
+    secret = tmp_path / "private" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("SECRET-FIRST-LINE-4711,not,a,header\n")
+    (bad / "payments.csv").unlink()
+    (bad / "payments.csv").symlink_to(secret)
+    before = raw_fingerprint(loaded_two_months)
+
+    proc = run_cli(loaded_two_months, "ingest", str(bad), check=False)
+
+    assert proc.returncode != 0
+    message = " ".join(proc.stderr.split())
+    assert "payments.csv" in message and "is a symbolic link" in message
+    assert "SECRET-FIRST-LINE-4711" not in proc.stdout + proc.stderr
+    assert raw_fingerprint(loaded_two_months) == before
 
 
 def test_several_problems_are_reported_together_in_one_block(loaded_two_months, drops, tmp_path):

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 
 from streamflow.core.stack import EmbeddedPostgres, StackError, get_stack
-from tests.conftest import make_settings, run_cli
+from streamflow.drops.generator.run import generate
+from tests.conftest import free_port, make_settings, run_cli
 
 
 @pytest.fixture()
@@ -76,7 +77,7 @@ def test_up_refuses_a_port_taken_by_another_program(own_settings, tmp_path):
 def test_cli_status_prints_a_usable_url_and_external_mode_starts_nothing(own_settings, tmp_path):
     run_cli(own_settings, "stack", "up")
     try:
-        proc = run_cli(own_settings, "stack", "status", "--json")
+        proc = run_cli(own_settings, "stack", "status", "--json", "--show-secrets")
         info = json.loads(proc.stdout)
         assert info["running"] and info["mode"] == "embedded"
         with psycopg.connect(info["url"]) as conn:
@@ -94,3 +95,48 @@ def test_cli_status_prints_a_usable_url_and_external_mode_starts_nothing(own_set
         run_cli(own_settings, "stack", "down")
     proc = run_cli(own_settings, "stack", "status", check=False)
     assert proc.returncode == 1
+    assert EmbeddedPostgres(own_settings).password() not in proc.stdout + proc.stderr  # down: still masked
+    assert "url: postgresql://" in proc.stdout and ":***@" in proc.stdout
+
+
+def test_status_and_env_mask_the_password_unless_show_secrets_is_given(pg_settings):
+    password = EmbeddedPostgres(pg_settings).password()
+    for command in (("stack", "status"), ("stack", "status", "--json"), ("stack", "env")):
+        masked = run_cli(pg_settings, *command)
+        assert password not in masked.stdout + masked.stderr, command
+        assert "***" in masked.stdout, command
+        shown = run_cli(pg_settings, *command, "--show-secrets")
+        assert password in shown.stdout, command
+    exports = dict(
+        line.removeprefix("export ").split("=", 1) for line in run_cli(pg_settings, "stack", "env").stdout.splitlines()
+    )
+    assert exports["PGPASSWORD"] == exports["STREAMFLOW_PG_PASSWORD"] == "'***'"
+    assert ":***@" in exports["STREAMFLOW_WAREHOUSE_URL"] and ":***@" in exports["STREAMFLOW_FEAST_REGISTRY_URL"]
+    # with the flag the printed URL connects
+    with psycopg.connect(json.loads(run_cli(pg_settings, "stack", "status", "--json", "--show-secrets").stdout)["url"]):
+        pass
+
+
+@pytest.fixture(scope="module")
+def one_drop(tmp_path_factory):
+    """A valid drop, so that `ingest` gets as far as the database (through the pipeline lock)."""
+    out = tmp_path_factory.mktemp("drops")
+    generate(out, months=1, users=100, seed=3)
+    return next(out.glob("month_*"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://team:pw-never-shown@127.0.0.1:{port}/streamflow",  # nothing listens there
+        "postgresql://team:pw-never-shown@127.0.0.1:notaport/streamflow",  # a mistyped port
+        "team:pw-never-shown@127.0.0.1/streamflow",  # no scheme: psycopg echoes the string it got
+    ],
+)
+def test_an_unreachable_external_server_is_reported_without_its_password(tmp_path, url, one_drop):
+    settings = make_settings(tmp_path / "home", database_url=url.format(port=free_port()))
+    for command in (("stack", "status"), ("stack", "status", "--json"), ("stack", "up"), ("ingest", str(one_drop))):
+        proc = run_cli(settings, *command, check=False)
+        assert proc.returncode != 0, command
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert "pw-never-shown" not in proc.stdout + proc.stderr, (command, proc.stdout, proc.stderr)

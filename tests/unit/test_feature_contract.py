@@ -85,7 +85,7 @@ def test_the_push_table_ddl_declares_every_usage_event_column():
 
 
 def test_feature_store_yaml_reads_only_variables_that_stack_env_exports(tmp_path):
-    """`eval "$(streamflow stack env)"` must be enough for the `feast` CLI in feature_repo/."""
+    """`eval "$(streamflow stack env --show-secrets)"` must be enough for the `feast` CLI in feature_repo/."""
     settings = Settings(_env_file=None, home=tmp_path, project_dir=ROOT, database_url=None)
     exported = tool_environment(settings)
     text = (ROOT / "feature_repo" / "feature_store.yaml").read_text()
