@@ -32,8 +32,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,10 +42,20 @@ from pathlib import Path
 
 import httpx
 import psutil
+from _stack import (
+    OURS,
+    Server,
+    build_stack,
+    finite,
+    free_port,
+    percentile,
+    settings_env,
+    start_ours,
+    stop_postgres,
+    wait_for,
+)
 
-from streamflow.core.env import settings_environment
 from streamflow.core.settings import PROJECT_ROOT, Settings
-from streamflow.core.stack import EmbeddedPostgres
 
 ALL_SERVERS: list[Server] = []  # every server started, so a step waits for all of them to be idle
 PER_PROCESS_RATE = 20.0  # requests per second of one hey process (one connection)
@@ -55,135 +63,7 @@ P99_LIMIT = 0.050
 HEY = shutil.which("hey")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
-    env.update(settings_environment(settings))
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-# ---------------------------------------------------------------------------------------
-# the stack
-# ---------------------------------------------------------------------------------------
-def build_stack(home: Path, users: int, months: int) -> tuple[Settings, list[str]]:
-    """A private stack with a champion; returns its settings and the users active at the newest month."""
-    from ml.promote import promote
-    from ml.train import train
-    from streamflow.drops.generator.params import as_of
-    from streamflow.drops.generator.run import generate
-    from streamflow.drops.ingest import ingest
-    from streamflow.features import materialize
-    from streamflow.features.apply import apply
-    from streamflow.warehouse.build import build
-
-    settings = Settings(
-        _env_file=None,
-        home=home,
-        project_dir=PROJECT_ROOT,
-        database_url=None,
-        pg_port=free_port(),
-        dbt_target_path=home / "dbt" / "target",
-    )
-    started = time.perf_counter()
-    EmbeddedPostgres(settings).up()
-    drops = home / "drops"
-    generate(drops, months=months, users=users, seed=42)
-    ingest(settings, sorted(drops.glob("month_*")))
-    build(settings)
-    apply(settings)
-    ends = [as_of(m) for m in range(months)]
-    for month in ends:
-        materialize.materialize(settings, month)
-    train(settings, ends[-1])
-    decision = promote(settings)
-    if not decision.decision.promote:
-        raise SystemExit(f"the first model was not promoted: {decision.decision.reasons}")
-    active = materialize.active_users(settings, ends[-1])
-    print(
-        f"stack ready in {time.perf_counter() - started:.0f} s: {users} users, {months} months, "
-        f"{len(active)} active at {ends[-1]}",
-        flush=True,
-    )
-    return settings, active
-
-
-@dataclass
-class Server:
-    name: str
-    url: str
-    body: str  # JSON template with {user}
-    proc: subprocess.Popen
-    log: Path
-
-    def bodies(self, users: list[str]) -> list[str]:
-        return [self.body.replace("{user}", u) for u in users]
-
-    def processes(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-OURS = "streamflow /predict"
-PIPELINE = "streamflow /predict, full pipeline"
 FEAST = "feast serve /get-online-features"
-
-
-def start_ours(settings: Settings, workers: int, logs: Path, *, fast: bool = True) -> Server:
-    """Our API; ``fast=False`` scores with the full scikit-learn pipeline (a frame per request), as before the
-    compiled model."""
-    port = free_port()
-    log = logs / ("api.log" if fast else "api-pipeline.log")
-    settings = settings.model_copy(update={"model_fast_path": fast})
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("streamflow")),
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            env=settings_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _wait(f"http://127.0.0.1:{port}/ready", proc, log)
-    return Server(OURS if fast else PIPELINE, f"http://127.0.0.1:{port}/predict", '{"user_id":"{user}"}', proc, log)
 
 
 def start_feast(settings: Settings, workers: int, logs: Path) -> Server:
@@ -214,7 +94,7 @@ def start_feast(settings: Settings, workers: int, logs: Path) -> Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _wait(f"http://127.0.0.1:{port}/health", proc, log)
+    wait_for(f"http://127.0.0.1:{port}/health", proc, log)
     body = '{"feature_service":"churn_model_v1","entities":{"user_id":["{user}"]}}'
     return Server(FEAST, f"http://127.0.0.1:{port}/get-online-features", body, proc, log)
 
@@ -252,14 +132,6 @@ def _cpu(processes: list[psutil.Process]) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-def _percentile(sorted_values: list[float], q: float, planned: int) -> float:
-    """The q-quantile over every planned request, unanswered ones counted as infinitely slow."""
-    if planned == 0:
-        return math.nan
-    rank = max(math.ceil(q * planned) - 1, 0)
-    return sorted_values[rank] if rank < len(sorted_values) else math.inf
 
 
 def settle(servers: list[Server], postgres: list[psutil.Process], timeout: float = 60) -> None:
@@ -340,8 +212,8 @@ def run_step(server: Server, rate: float, seconds: float, bodies: list[str], pos
         answered=answered,
         failed=failed,
         missing=missing,
-        p50_ms=round(_percentile(latencies, 0.50, max(planned, sent)) * 1000, 2),
-        p99_ms=round(_percentile(latencies, 0.99, max(planned, sent)) * 1000, 2),
+        p50_ms=round(percentile(latencies, 0.50, max(planned, sent)) * 1000, 2),
+        p99_ms=round(percentile(latencies, 0.99, max(planned, sent)) * 1000, 2),
         achieved_rate=round(answered / seconds, 1),
         server_cpu_ms_per_request=round((cpu1 - cpu0) * 1000 / max(sent, 1), 3),
         postgres_cpu_ms_per_request=round((pg1 - pg0) * 1000 / max(sent, 1), 3),
@@ -383,17 +255,6 @@ def ladder(server: Server, rates: list[float], seconds: float, bodies, postgres)
                 break
         best = rate
     return best, steps
-
-
-def _finite(value):
-    """JSON has no infinity: a percentile that no answer reached is written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -471,12 +332,12 @@ def main() -> None:
         if sustained.get(OURS) and sustained.get(FEAST):
             result["sustained_ratio_to_feast"] = round(sustained[OURS] / sustained[FEAST], 2)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+        args.out.write_text(json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
         print(f"results: {args.out}")
     finally:
         for server in servers:
             server.stop()
-        EmbeddedPostgres(Settings(_env_file=None, home=home, project_dir=PROJECT_ROOT)).down()
+        stop_postgres(home)
         shutil.rmtree(home, ignore_errors=True)
 
 
