@@ -20,6 +20,7 @@ POINTS = {
     "build.snapshot": "in a month's dbt build, when a snapshot node has finished and before the month is recorded",
     "build.month": "after a month of a multi-month build is built and recorded, before the next month starts",
     "materialize.view": "after the first feature view is written to the online store, before the others",
+    "materialize.departed": "after every feature view holds the month, before the users who left are removed",
     "train.registered": "after the model version is registered, before the `challenger` alias moves to it",
     "promote.alias": "after the promotion decision is recorded on the versions, before `champion` moves",
 }

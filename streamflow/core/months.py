@@ -4,8 +4,8 @@ Everything in the platform is dated by the drop's ``as_of``, the last day of its
 parses and validates months, computes month ends, and answers which months are loaded, built and
 labelled, from the run logs the steps write (``raw.load_log`` when a drop is loaded, the month log
 ``ops.month_log`` as each later step completes) and never from a mart's contents, so a half-built
-month stays invisible to every consumer. (Which month the online store serves is Feast's own record:
-``streamflow.features.store.business_clock``.)
+month stays invisible to every consumer. (Which month the online store serves, the business clock, is in
+the run log as well: ``ops.online_served``, read by ``streamflow.features.store.business_clock``.)
 """
 
 from __future__ import annotations

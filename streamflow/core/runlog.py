@@ -104,6 +104,39 @@ def forget_months(conn, as_of: date | None = None, *, states: tuple[str, ...] = 
         conn.execute(f"delete from {MONTH_LOG} where as_of = %s and state = any(%s)", (as_of, states))
 
 
+# The month the online store serves: written by materialization once every view holds the month and the users
+# who left are gone (so never mid-way), and read by the API as its business clock. Reloading or rebuilding a
+# month does not touch it: until the new history is materialized, the store keeps serving what it served.
+SERVED = "ops.online_served"
+SERVED_DDL = f"""create table if not exists {SERVED} (
+    feast_project text primary key,
+    as_of date not null,
+    recorded_at timestamptz not null default now()
+)"""
+
+
+def record_served(conn, as_of: date, project: str) -> None:
+    """Note that the online store of Feast project ``project`` now serves month ``as_of``."""
+    conn.execute("create schema if not exists ops")
+    if conn.execute("select to_regclass(%s)", (SERVED,)).fetchone()[0] is None:
+        conn.execute(SERVED_DDL)
+        conn.execute(f"comment on table {SERVED} is 'The month each online store serves: the API''s business clock.'")
+    conn.execute(
+        f"""insert into {SERVED} (feast_project, as_of) values (%s, %s)
+            on conflict (feast_project) do update set as_of = excluded.as_of, recorded_at = now()""",
+        (project, as_of),
+    )
+
+
+def served_month(conn, project: str) -> date | None | bool:
+    """The month the online store of Feast project ``project`` serves; None when nothing is served yet; False
+    when the record does not exist at all (a warehouse materialized before it was kept: ask Feast's registry)."""
+    if conn.execute("select to_regclass(%s)", (SERVED,)).fetchone()[0] is None:
+        return False
+    row = conn.execute(f"select as_of from {SERVED} where feast_project = %s", (project,)).fetchone()
+    return row[0] if row else None
+
+
 def months_in(conn, state: str) -> list[date]:
     """Every month whose ``state`` step has completed, oldest first."""
     if conn.execute("select to_regclass(%s)", (MONTH_LOG,)).fetchone()[0] is None:

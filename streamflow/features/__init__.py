@@ -11,5 +11,6 @@
 - :func:`push_usage_event` updates real-time usage online at once and records it offline.
 
 All time is business time: a mart row carries ``as_of`` = 00:00 UTC of its month-end date, and the
-newest month materialized is the :func:`business_clock` staleness is measured against.
+month the online store serves (recorded in the run log by materialization) is the :func:`business_clock`
+staleness is measured against.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from feast import FeatureStore
@@ -107,9 +107,20 @@ def clock_of(views: Mapping[str, Any]) -> datetime | None:
     return min(ends)
 
 
-def read_catalog(store: FeatureStore, services: Iterable[str]) -> Catalog:
-    """The layouts of ``services``, every view's TTL, the pushed views and the business clock, from the
-    store's registry cache."""
+def clock_from(served: date | None | bool, views: Mapping[str, Any]) -> datetime | None:
+    """The business clock: the end of the month the run log says the online store serves (``served``, see
+    :func:`streamflow.core.runlog.served_month`). Only for a warehouse materialized before the run log kept
+    that record (``served`` False) is it read from Feast's materialization record of ``views``."""
+    if served is False:
+        return clock_of(views)
+    if served is None or served is True:
+        return None
+    return datetime(served.year, served.month, served.day, tzinfo=UTC)
+
+
+def read_catalog(store: FeatureStore, services: Iterable[str], served: date | None | bool = False) -> Catalog:
+    """The layouts of ``services``, every view's TTL, the pushed views and the business clock (``served``: what
+    the run log says the online store serves), from the store's registry cache."""
     views = {v.name: v for v in store.list_feature_views(allow_cache=True)}
     odfvs = {v.name: v for v in store.list_on_demand_feature_views(allow_cache=True)}
     layouts = {
@@ -119,7 +130,7 @@ def read_catalog(store: FeatureStore, services: Iterable[str]) -> Catalog:
         services=layouts,
         ttls={n: v.ttl for n, v in views.items()},
         pushed=frozenset(n for n, v in views.items() if isinstance(v.stream_source, PushSource)),
-        clock=clock_of(views),
+        clock=clock_from(served, views),
         read_at=time.monotonic(),
     )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ from streamflow.features.store import (
     _silenced,
     business_clock,
     business_timestamp,
+    feast_clock,
     feature_store,
 )
 
@@ -130,7 +133,7 @@ def materialize(
         _require_applied(store)
         end = business_timestamp(as_of)
         users = _month_to_serve(settings, as_of)
-        clock = business_clock(settings, refresh=True)
+        clock = business_clock(settings, refresh=True)  # the month served, from the run log
         force = force or _rewrite_needed(settings, as_of, clock)
         views = {v.name: v for v in store.list_feature_views(allow_cache=False)}
         progress.start("materializing", total=len(FEATURE_MARTS) + 1)
@@ -144,14 +147,17 @@ def materialize(
             if i == 0:
                 faults.pause("materialize.view")
         progress.advance(1, "removing users who left")
+        faults.pause("materialize.departed")
         removed = remove_departed(settings, as_of, users)
-        if clock is not None and clock > end:
+        recorded = feast_clock(settings, refresh=True)
+        if recorded is not None and recorded > end:
             _rewind_clock(settings, store, end)
         progress.advance(1, "done")
         online = {name: len(online_entities(settings, name)) for name in (*FEATURE_MARTS, PUSH_VIEW)}
-        clock = business_clock(settings, refresh=True)
         with connect(settings) as conn:
             runlog.record_month(conn, as_of, "materialized", {"written": written, "removed": removed})
+            runlog.record_served(conn, as_of, settings.feast_project)  # the API's clock moves only now
+        clock = business_timestamp(as_of)
     return MaterializeResult(
         as_of=as_of,
         written=written,
@@ -217,14 +223,13 @@ def _materialize_view(
     settings: Settings, store: FeatureStore, view, end: datetime, force: bool, written: dict, skipped: list
 ) -> float:
     """One view up to ``end``: incrementally, skipped when already there, or rewritten over its whole TTL
-    window when ``force`` (values are upserted over the old ones, so active users never go missing; Redis
-    keeps a value only when it is newer, so there the view is cleared first). Returns Feast's seconds."""
+    window when ``force``. A rewrite writes the month's values over the old ones (on Redis, whose writer keeps a
+    value only when it is newer, with Feast's ``skip_dedup`` for this write), so active users never go missing;
+    leavers are removed afterwards. Returns Feast's seconds."""
     last = view.most_recent_end_time
     if last is not None and last.tzinfo is None:
         last = last.replace(tzinfo=UTC)
     if force:
-        if settings.online_store == "redis":
-            _clear_view(settings, store, view)
         last = None
     elif last is not None and last >= end:
         skipped.append(view.name)
@@ -233,12 +238,28 @@ def _materialize_view(
     start = last if last is not None else end - view.ttl
     written[view.name] = _month_rows(settings, view.name, start, end)
     t0 = time.perf_counter()
-    with _silenced():
+    with _silenced(), _overwriting(store, force):
         if last is None:
             store.materialize(start_date=start, end_date=end, feature_views=[view.name])
         else:
             store.materialize_incremental(end_date=end, feature_views=[view.name])
     return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _overwriting(store: FeatureStore, force: bool) -> Iterator[None]:
+    """While a rewrite writes: Feast's Redis writer replaces values without comparing event times (it would
+    keep the newer values of a month the history no longer has). The PostgreSQL writer always upserts."""
+    online = store.config.online_store
+    if not force or not hasattr(online, "skip_dedup"):
+        yield
+        return
+    before = online.skip_dedup
+    online.skip_dedup = True
+    try:
+        yield
+    finally:
+        online.skip_dedup = before
 
 
 def remove_departed(settings: Settings, as_of: date, active: list[str] | None = None) -> dict[str, int]:
@@ -257,11 +278,6 @@ def remove_departed(settings: Settings, as_of: date, active: list[str] | None = 
             before = cutoff if name == PUSH_VIEW else None
             removed[name] = _delete_online(settings, store, view, keep, before)
     return removed
-
-
-def _clear_view(settings: Settings, store: FeatureStore, view) -> int:
-    """Remove every value of a view from the online store (before rewriting a month)."""
-    return _delete_online(settings, store, view, keep=set(), before=None)
 
 
 def _delete_online(settings: Settings, store: FeatureStore, view, keep: set[str], before: datetime | None) -> int:

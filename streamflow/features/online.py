@@ -22,12 +22,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import date, datetime
 
 import psycopg
 from feast import FeatureStore
 from feast.online_response import TIMESTAMP_POSTFIX
 
+from streamflow.core import runlog
 from streamflow.core.db import connect
 from streamflow.core.errors import StreamflowError
 from streamflow.core.names import ALL_SERVICE, ENTITY, MODEL_SERVICE
@@ -173,7 +174,8 @@ class OnlineReader:
             store.refresh_registry()
             for name in services:
                 _service(store, name, cached=True)
-            catalog = read_catalog(store, dict.fromkeys((self.model_service, self.all_service, *services)))
+            served = self._served_month()
+            catalog = read_catalog(store, dict.fromkeys((self.model_service, self.all_service, *services)), served)
         except StoreUnavailable:
             self.on_error(FEATURE_REGISTRY)
             if self._catalog is None:
@@ -198,8 +200,25 @@ class OnlineReader:
         self._catalog = catalog
         return catalog
 
+    def _served_month(self) -> date | None | bool:
+        """The month the run log says the online store serves (the business clock), read with the store's
+        timeouts; an unreachable warehouse is a registry error (the last snapshot stays in use)."""
+        seconds = max(2, int(self.timeout + 0.999))
+        try:
+            with connect(
+                self.settings, connect_timeout=seconds, options=f"-c statement_timeout={int(self.timeout * 1000)}"
+            ) as conn:
+                return runlog.served_month(conn, self.settings.feast_project)
+        except psycopg.Error as exc:
+            self.last_error = f"reading the business clock from the run log: {ostore.first_line(exc)}"
+            log.warning("run log error while reading the business clock: %s", ostore.first_line(exc))
+            raise StoreUnavailable(
+                FEATURE_REGISTRY, "the run log did not answer while reading the business clock; retry shortly"
+            ) from None
+
     def business_clock(self) -> datetime | None:
-        """The newest month materialized online, as of the registry snapshot (None: nothing yet)."""
+        """The month the online store serves, as the run log said when the snapshot was read (None: nothing
+        yet)."""
         return self.catalog().clock
 
     # ---- reads ----------------------------------------------------------------------

@@ -19,7 +19,8 @@ from feast import FeatureStore
 from feast import errors as fe
 from feast.repo_config import RepoConfig
 
-from streamflow.core.db import connection_parts, database_url, registry_url
+from streamflow.core import runlog
+from streamflow.core.db import connect, connection_parts, database_url, registry_url
 from streamflow.core.errors import StreamflowError
 from streamflow.core.names import (
     ALL_SERVICE,
@@ -31,7 +32,7 @@ from streamflow.core.names import (
 from streamflow.core.redact import password_of, redacted, scrub
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
-from streamflow.features.catalog import clock_of
+from streamflow.features.catalog import clock_from, clock_of
 
 if TYPE_CHECKING:
     from feast import FeatureService
@@ -249,8 +250,9 @@ def view_ttls(settings: Settings) -> dict[str, timedelta]:
         return {v.name: v.ttl for v in store.list_feature_views(allow_cache=True)}
 
 
-def business_clock(settings: Settings, *, refresh: bool = False) -> datetime | None:
-    """The newest as_of materialized to the online store (UTC), None before the first materialization.
+def feast_clock(settings: Settings, *, refresh: bool = False) -> datetime | None:
+    """How far Feast's materialization record says every mart view is materialized (UTC), None before the first
+    materialization: what incremental materialization continues from.
 
     Read from the registry's materialization intervals of the mart views (cached for up to
     REGISTRY_CACHE_SECONDS; ``refresh=True`` reads it afresh).
@@ -265,3 +267,14 @@ def business_clock(settings: Settings, *, refresh: bool = False) -> datetime | N
         except not_applied:
             return None
     return clock_of(views)
+
+
+def business_clock(settings: Settings, *, refresh: bool = False) -> datetime | None:
+    """The business clock: the end of the month the online store serves, as the run log records it once a
+    materialization has completed (None before the first). A warehouse materialized before the run log kept
+    that record falls back to Feast's record (:func:`feast_clock`)."""
+    with _errors(settings, "reading the run log"), connect(settings) as conn:
+        served = runlog.served_month(conn, settings.feast_project)
+    if served is False:
+        return feast_clock(settings, refresh=refresh)
+    return clock_from(served, {})

@@ -19,8 +19,9 @@ from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.stack import EmbeddedPostgres
 from streamflow.drops.ingest import ingest
 from streamflow.features import apply, materialize
+from streamflow.features.online import OnlineReader
 from streamflow.features.online_store import entity_key_bytes, online_table
-from streamflow.features.store import business_clock
+from streamflow.features.store import business_clock, feast_clock
 from streamflow.warehouse.build import build
 from tests.conftest import WAREHOUSE_MONTHS, clone_database, run_cli
 from tests.faults.conftest import PausedStep, killed_at
@@ -106,6 +107,30 @@ def test_a_materialization_killed_after_its_first_view_converges_on_a_rerun(apri
         == datetime(2024, 4, 30, tzinfo=UTC)
     )
     assert_serves_one_month(settings, APR)
+
+
+def test_the_business_clock_moves_only_when_a_materialization_has_completed(april_built, session_drops):
+    copy = clone_database(april_built, "faults_online_template", "faults_mat_clock")
+    settings = with_feast(copy, "faults_mat_clock_r")
+    materialize.materialize(settings, MAR)
+    with PausedStep(settings, "materialize.departed", "features", "materialize", "--as-of", APR.isoformat()) as step:
+        step.wait_paused()
+        # every view holds April and Feast's record says so, but the users who left in April are still online:
+        # the clock the API judges by stays at March until the month is complete
+        assert feast_clock(settings, refresh=True) == datetime(2024, 4, 30, tzinfo=UTC)
+        assert business_clock(settings, refresh=True) == datetime(2024, 3, 31, tzinfo=UTC)
+        assert OnlineReader(settings).refresh().clock == datetime(2024, 3, 31, tzinfo=UTC)
+        step.resume()
+        assert step.finish() == 0, step.describe()
+    assert OnlineReader(settings).refresh().clock == business_clock(settings) == datetime(2024, 4, 30, tzinfo=UTC)
+    with connect(settings) as conn:
+        assert conn.execute("select as_of from ops.online_served where feast_project = %s", (PROJECT,)).fetchone() == (
+            APR,
+        )
+    # a rebuild of the history forgets every month's states, but not what the store serves until it is rewritten
+    ingest(settings, session_drops[: WAREHOUSE_MONTHS + 1], rebuild=True)
+    assert {state for _month, state in month_log(settings)} == {"loaded"}
+    assert OnlineReader(settings).refresh().clock == datetime(2024, 4, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("ending", ["resumed", "killed"])

@@ -1,15 +1,24 @@
 """The API on a Redis online store (as in the compose stack) while Redis stops under load and comes back: 503 with
-Retry-After meanwhile, then 200 again from the same process, with the same answers as before."""
+Retry-After meanwhile, then 200 again from the same process, with the same answers as before; and while a month
+is rewritten under load: no active user goes without features."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
+import pandas as pd
 import pytest
 
+from streamflow.core.db import connect
+from streamflow.core.names import FEATURE_MARTS
+from streamflow.features import materialize
+from streamflow.features.contract import TIMESTAMP_COLUMN
+from streamflow.features.online import online_read
+from streamflow.features.store import feature_store
 from tests.conftest import server_home
 from tests.faults.conftest import ClientLoop, wait_for
-from tests.serving_world import api_server, build_world, users_by_history
+from tests.serving_world import MAR, api_server, build_world, users_by_history
 
 pytestmark = pytest.mark.faults
 
@@ -50,3 +59,47 @@ def test_redis_stopped_under_load_is_503_with_retry_after_then_200_again_without
     after = {a.body["user_id"]: a.body["churn_probability"] for a in loop.since(back)}
     assert before and after and all(before[u] == p for u, p in after.items() if u in before)
     assert proc.poll() is None  # the same API process all along
+
+
+def test_a_forced_rewrite_on_redis_replaces_values_without_leaving_an_active_user_without_features(redis_world):
+    settings, url, proc, active = redis_world
+    mar = datetime(2024, 3, 31, tzinfo=UTC)
+    later = datetime(2024, 4, 30, tzinfo=UTC)
+    # values dated after the month served (as a month the history no longer has leaves them): Feast's Redis
+    # writer keeps a value only when it is newer, so a rewrite must replace them explicitly
+    dated = active[0]
+    write_values_dated(settings, dated, MAR, later)
+    assert mart_as_of(online_read(settings, [dated])[0]) == {later}
+
+    readers = active[1:21]
+    with ClientLoop(url, "/predict", [{"user_id": u} for u in readers], limit=300, pause=0.005) as loop:
+        wait_for(loop, lambda a: a.status == 200, 30, "200 before the rewrite")
+        started = time.monotonic()
+        result = materialize.materialize(settings, MAR, force=True)
+        ended = time.monotonic()
+        time.sleep(1)
+    during = [a for a in loop.answers if started <= a.at <= ended]
+    assert len(during) > 5, "the client loop must call /predict while the views are rewritten"
+    assert {a.status for a in loop.answers} == {200}, sorted({(a.status, str(a.body)[:120]) for a in loop.answers})
+    assert set(result.written) == set(FEATURE_MARTS) and all(result.written.values())
+    assert mart_as_of(online_read(settings, [dated])[0]) == {mar}
+    assert all(mart_as_of(row) == {mar} for row in online_read(settings, readers))
+    assert proc.poll() is None
+
+
+def write_values_dated(settings, user: str, month, stamp: datetime) -> None:
+    """Write ``user``'s values of ``month`` into the online store through Feast, dated ``stamp``."""
+    store = feature_store(settings)
+    month_stamp = datetime(month.year, month.month, month.day, tzinfo=UTC)
+    with connect(settings) as conn:
+        for view in FEATURE_MARTS:
+            cur = conn.execute(f"select * from marts.{view} where user_id = %s and as_of = %s", (user, month_stamp))
+            frame = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+            assert len(frame) == 1, (view, user, month)
+            frame[TIMESTAMP_COLUMN] = pd.Series([stamp] * len(frame))
+            store.write_to_online_store(view, frame)
+
+
+def mart_as_of(row) -> set[datetime]:
+    """The event times of a user's month-end values online (the pushed view aside)."""
+    return {ts for view, ts in row.as_of.items() if view in FEATURE_MARTS}
