@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # --- warehouse schemas (dbt builds into these; see dbt_project/dbt_project.yml) ----------------
 RAW_SCHEMA = "raw"
+STAGING_SCHEMA = "staging"
 SNAPSHOT_SCHEMA = "snapshots"
 MART_SCHEMA = "marts"
 ML_SCHEMA = "ml"

@@ -4,8 +4,9 @@
 yet, in as_of order, it runs the source tests (the quality gate) and then the same dbt nodes an
 analyst or Airflow runs for one month (`dbt build --vars '{"as_of": ...}'`). When an already built
 month was re-ingested with other content or disappeared (`streamflow ingest --rebuild`), the
-snapshots and marts are rebuilt from the raw history, month by month. Every month is gated before
-anything is touched, so a bad drop leaves snapshots and marts exactly as they were.
+snapshots and marts are rebuilt from the raw history, month by month, beside the live ones, and swapped
+in when complete (:mod:`streamflow.warehouse.rebuild`). Every month is gated before anything is touched,
+so a bad drop leaves snapshots and marts exactly as they were.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from streamflow.core.months import BUILD_LOG_TABLE, build_log
 from streamflow.core.names import MART_SCHEMA, MARTS, SNAPSHOT_SCHEMA, SNAPSHOTS
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
+from streamflow.warehouse import rebuild
 from streamflow.warehouse.connection import warehouse_connection
 from streamflow.warehouse.gate import SOURCE_SELECTOR, GateFailed, GateReport, _write_report, freshness_warnings, gate
 from streamflow.warehouse.progress import DbtProgress, _count_nodes
@@ -191,8 +193,9 @@ def build(
             bar.set_total(len(plan.months) * (n_gate + n_build))
             _gate_months(settings, conn, manifest, plan.months, result, bar)
             if plan.full_refresh:
-                _reset_snapshots(conn, log)
-            _build_months(settings, conn, log, manifest, plan, loaded, result, bar)
+                _rebuild_beside(settings, conn, log, plan, loaded, result, bar)
+            else:
+                _build_months(settings, conn, log, manifest, plan, loaded, result, bar)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -230,33 +233,41 @@ def _gate_months(
         runlog.record_month(conn, month, "gated", {k: recorded[k] for k in ("warned", "warnings")})
 
 
-def _reset_snapshots(conn, log: str) -> None:
-    """Before a full refresh: the snapshots start over and the build log forgets every month."""
-    for snap in SNAPSHOTS:
-        conn.execute(f"drop table if exists {SNAPSHOT_SCHEMA}.{snap}")
-    conn.execute(f"delete from {log}")
-    runlog.forget_months(conn, states=("built",))  # no month counts as built until it is built again
+def _rebuild_beside(
+    settings: Settings, conn, log: str, plan: BuildPlan, loaded: dict[date, str], result: BuildResult, bar: DbtProgress
+) -> None:
+    """A full refresh: every month built into the shadow schemas, then swapped in at once (see
+    :mod:`streamflow.warehouse.rebuild`). Until the swap, the live snapshots, marts and logs are untouched."""
+    bar.stage_to("parsing the rebuild")
+    result.warnings += rebuild.drop_leftovers(conn)
+    manifest = rebuild.parse_shadow(settings)
+    _build_months(settings, conn, None, manifest, plan, loaded, result, bar, shadow=True)
+    bar.stage_to("swapping the rebuilt history in")
+    result.warnings += rebuild.swap(conn, log, {m: loaded[m] for m in plan.months})
 
 
 def _build_months(
     settings: Settings,
     conn,
-    log: str,
+    log: str | None,
     manifest: Manifest,
     plan: BuildPlan,
     loaded: dict[date, str],
     result: BuildResult,
     bar: DbtProgress,
+    shadow: bool = False,
 ) -> None:
-    """`dbt build` of each planned month in order, each noted in the build log once it is built."""
+    """`dbt build` of each planned month in order, each noted in the build log once it is built (``shadow``:
+    into the rebuild's schemas, recorded only by the swap)."""
     for i, month in enumerate(plan.months):
         bar.stage_to(f"build {month}")
         t0 = time.perf_counter()
-        args = build_args(settings, month, full_refresh=plan.full_refresh and i == 0)
+        args = build_args(settings, month, full_refresh=plan.full_refresh and i == 0, shadow=shadow)
         res = invoke(settings, args, manifest=manifest, callbacks=[bar.callback, _snapshot_fault_point])
         _raise_for_build(res, month)
-        _log_built(conn, log, month, loaded[month])
-        runlog.record_month(conn, month, "built", {"drop_version": loaded[month]})
+        if not shadow:
+            _log_built(conn, log, month, loaded[month])
+            runlog.record_month(conn, month, "built", {"drop_version": loaded[month]})
         result.month_seconds[month] = time.perf_counter() - t0
         if i < len(plan.months) - 1:
             faults.pause("build.month")
@@ -268,8 +279,9 @@ def _snapshot_fault_point(event) -> None:
         faults.pause("build.snapshot")
 
 
-def build_args(settings: Settings, month: date, full_refresh: bool = False) -> list[str]:
-    """The dbt arguments of one month's build (everything but the gate's source tests).
+def build_args(settings: Settings, month: date, full_refresh: bool = False, shadow: bool = False) -> list[str]:
+    """The dbt arguments of one month's build (everything but the gate's source tests); ``shadow``: into the
+    schemas and target folder of a full refresh (:mod:`streamflow.warehouse.rebuild`).
 
     dbt unit tests check the SQL, not the data: they run in CI (and with plain `dbt build`), not in
     every monthly build, as dbt recommends for production runs."""
@@ -280,10 +292,12 @@ def build_args(settings: Settings, month: date, full_refresh: bool = False) -> l
         "--exclude-resource-type",
         "unit_test",
         "--vars",
-        json.dumps(dbt_vars(settings, month)),
+        json.dumps(rebuild.shadow_vars(settings, month) if shadow else dbt_vars(settings, month)),
         "--log-level",
         "none",
     ]
+    if shadow:
+        args += ["--target-path", str(rebuild.target_path(settings))]
     if full_refresh:
         args.append("--full-refresh")
     return args

@@ -110,17 +110,34 @@ def test_build_killed_between_snapshots_and_marts_is_invisible_and_a_rerun_equal
     assert after.month_log == clean.built.month_log
 
 
-def test_a_full_rebuild_killed_after_its_first_month_converges_on_a_rerun(clean, warehouse_copy, session_drops):
+def test_a_full_rebuild_killed_after_its_first_month_changes_nothing_live_and_converges_on_a_rerun(
+    clean, warehouse_copy, session_drops
+):
     settings = warehouse_copy("faults_rebuild")
     drops = session_drops[: WAREHOUSE_MONTHS + 1]
     ingest(settings, drops, rebuild=True)  # the same history reloaded: the build starts over from raw
+    before = state(settings)
     killed_at(settings, "build.month", "build")
     assert_lock_free(settings)
-    built = [m for m, s in state(settings).month_log if s == "built"]
-    assert built == [as_of(drops[0])]  # only the month that completed counts as built
+    after_kill = state(settings)
+    # the rebuild ran beside the live schemas: the snapshots and marts and their relations are exactly what they
+    # were (January to March of the old load); every month passed the gate, none counts as built
+    assert (after_kill.raw, after_kill.warehouse, after_kill.relations) == (
+        before.raw,
+        before.warehouse,
+        before.relations,
+    )
+    assert {s for _m, s in after_kill.month_log} == {"loaded", "gated"}
+    assert "marts__rebuild" in schemas(settings)  # the killed rebuild's half-made schemas, out of the way
 
     run_cli(settings, "build")
     after = state(settings)
     assert after.warehouse == clean.built.warehouse
     assert after.relations == clean.built.relations
     assert after.month_log == clean.built.month_log
+    assert not [s for s in schemas(settings) if s.endswith(("__rebuild", "__replaced"))]
+
+
+def schemas(settings) -> list[str]:
+    with connect(settings) as conn:
+        return [r[0] for r in conn.execute("select nspname from pg_namespace order by 1")]

@@ -66,6 +66,50 @@ def test_rebuilding_from_the_same_drops_leaves_every_snapshot_and_mart_identical
         assert warehouse_digests(conn) == before
 
 
+def test_a_full_refresh_is_swapped_in_whole_with_the_live_schemas_privileges(warehouse_copy):
+    settings = warehouse_copy("dbt_swap")
+    role = "swap_reader_test"
+    with connect(settings, autocommit=True) as conn:
+        conn.execute(f"drop role if exists {role}")
+        conn.execute(f"create role {role} nologin")
+        conn.execute(f"grant usage on schema marts, snapshots to {role}")
+        conn.execute(f"grant select on all tables in schema marts to {role}")
+        conn.execute(f"alter default privileges in schema marts grant select on tables to {role}")
+        conn.execute("create schema analyst_work")  # an analyst's own view over a mart
+        conn.execute("create view analyst_work.profiles as select user_id, as_of from marts.subscriptions_profile")
+        before = warehouse_digests(conn)
+        old_oid = conn.execute("select 'marts.labels'::regclass::oid").fetchone()[0]
+    try:
+        result = build(settings, full_refresh=True)
+        assert result.full_refresh and len(result.months) == WAREHOUSE_MONTHS
+        # the analyst's view keeps the tables it was made on, which stay, named, until it is recreated
+        assert any("analyst_work.profiles" in w and "marts__replaced" in w for w in result.warnings), result.warnings
+        with connect(settings) as conn:
+            assert warehouse_digests(conn) == before
+            assert conn.execute("select 'marts.labels'::regclass::oid").fetchone()[0] != old_oid  # new tables
+            privileges = conn.execute(
+                f"""select has_schema_privilege('{role}', 'marts', 'usage'),
+                           has_schema_privilege('{role}', 'snapshots', 'usage'),
+                           has_table_privilege('{role}', 'marts.labels', 'select'),
+                           has_table_privilege('{role}', 'marts.usage_agg_30d', 'select'),
+                           has_table_privilege('{role}', 'marts.labels', 'insert')"""
+            ).fetchone()
+            assert privileges == (True, True, True, True, False)
+            schemas = {r[0] for r in conn.execute("select nspname from pg_namespace")}
+            assert "marts__replaced" in schemas and not {"marts__rebuild", "snapshots__replaced"} & schemas
+            conn.execute("drop view analyst_work.profiles")
+        # the next full refresh finds nothing in the way and leaves nothing behind
+        assert not build(settings, full_refresh=True).warnings
+        with connect(settings) as conn:
+            assert warehouse_digests(conn) == before
+            names = [r[0] for r in conn.execute("select nspname from pg_namespace")]
+            assert not [n for n in names if n.endswith(("__rebuild", "__replaced"))]
+    finally:
+        with connect(settings, autocommit=True) as conn:
+            conn.execute(f"drop owned by {role}")
+            conn.execute(f"drop role if exists {role}")
+
+
 def test_a_new_month_is_built_alone_and_earlier_months_keep_their_rows(session_drops, warehouse_copy):
     settings = warehouse_copy("dbt_next_month")
     next_drop = session_drops[WAREHOUSE_MONTHS]
