@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo stop test test-unit sysdeps lint clean help
+.PHONY: venv demo stop test test-unit audit sysdeps lint clean help
 
 help:
 	@echo "make demo   run the whole monthly job end to end on the embedded stack"
@@ -42,6 +42,11 @@ stop:
 
 test: venv sysdeps
 	$(VENV)/bin/python -m pytest
+
+# Every locked package against the known advisories (pip-audit on PyPI's JSON API; needs network). Accepted
+# advisories, each with its reason and review date: ops/pip-audit-allowlist.toml. CI runs it after the tests.
+audit: venv
+	$(VENV)/bin/python ops/scripts/audit_dependencies.py
 
 test-unit: venv
 	$(VENV)/bin/python -m pytest tests/unit

@@ -49,15 +49,21 @@ TAGS = [
 
 DESCRIPTION = """\
 Churn predictions for active subscribers, scored by the registry's `champion` model on features read
-online from Feast. Time is business time: features are judged against the newest materialized month
+online from Feast.
+
+Tokens (`Authorization: Bearer <token>`): `/events` and `/admin/*` take the admin token (`STREAMFLOW_API_TOKEN`;
+on the embedded stack generated once into `.streamflow/secrets/api_token`, see `streamflow stack env`);
+`/predict`, `/predict/batch` and `/features` take the read token (`STREAMFLOW_API_READ_TOKEN`) or the admin token
+when a read token is configured, and are open otherwise; `/health`, `/ready`, `/model`, `/metrics` and these docs
+are always open. Time is business time: features are judged against the newest materialized month
 (the business clock), never the wall clock.
 
 Errors: `404` unknown user (with the missing features), `409` features older than their view's TTL
 (with their as_of; never scored), `413` batch over the limit or a body over 1 MiB (refused while it
 streams in), `422` invalid body or id, or an event time beyond the business clock, `503` (with
 `Retry-After`) online store or model registry unreachable or slower than the online timeout (the service
-recovers by itself), `401` missing or wrong bearer token on `/events` and `/admin/*` when a token is
-configured. A champion that fails to load, or needs features the service does not serve, never replaces
+recovers by itself), `401` missing or wrong bearer token, `403` the read token on a route that takes the admin
+token. A champion that fails to load, or needs features the service does not serve, never replaces
 the serving model: `/ready` names it in `model_load_failure`.
 """
 

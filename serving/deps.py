@@ -2,7 +2,13 @@
 
 :class:`ServingState` holds what every route needs (settings, the online reader, the model holder, metrics)
 and lives on ``app.state.serving``; routes get it with :data:`State` (or from their ``Request`` on the hot
-paths, which read their body themselves). :data:`AUTHORIZED` guards the routes that change state.
+paths, which read their body themselves).
+
+Two bearer tokens (:class:`Tokens`, resolved once by :func:`api_tokens`): the admin token (STREAMFLOW_API_TOKEN,
+always there: generated on the embedded stack, a start-up error elsewhere when unset) guards the routes that change
+state (:data:`ADMIN`: /events, /admin/*) and grants every other route too; the optional read token
+(STREAMFLOW_API_READ_TOKEN) guards the subscriber-data routes (:data:`READ`, or :meth:`ServingState.refuse_reader`
+on the hot paths: /predict, /predict/batch, /features). /health, /ready, /model, /metrics and the docs stay open.
 
 The event loop never waits for a store: routes run their blocking work (online reads, pushes, scoring,
 readiness checks) through :meth:`ServingState.off_loop`, in the threadpool and under a deadline, so a slow or
@@ -20,18 +26,82 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from serving.metrics import ApiMetrics
 from serving.model import ModelHolder, ServingModel
-from serving.responses import json_response, stale_body, unavailable, unknown_body
+from serving.responses import (
+    CHALLENGE,
+    FORBIDDEN,
+    json_response,
+    stale_body,
+    token_needed,
+    unauthorized,
+    unavailable,
+    unknown_body,
+)
 from serving.telemetry import REGISTRY, Telemetry
+from streamflow.core.errors import StreamflowError
 from streamflow.core.runlog import OpsState
 from streamflow.core.settings import Settings
+from streamflow.core.stack import api_token_file, embedded_api_token
 from streamflow.features.catalog import Catalog, ServiceLayout, UserRow
 from streamflow.features.online import ONLINE, OnlineReader, StoreUnavailable
 
 DEADLINE_SLACK_SECONDS = 0.5  # a route's deadline: the store's own timeout, plus this
+
+ADMIN_ACCESS, READ_ACCESS = "admin", "read"  # what a bearer token grants
+
+
+class ApiTokenError(StreamflowError):
+    """The API's tokens are not configured in a way it may start with."""
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The API's bearer tokens: the admin one (always) and the optional read one."""
+
+    admin: bytes
+    read: bytes | None = None
+
+    def access(self, authorization: str | None) -> str | None:
+        """What an ``Authorization`` header grants: ``"admin"``, ``"read"`` or None (absent, not a bearer token,
+        or wrong). Both tokens are always compared, in constant time."""
+        scheme, _, given = (authorization or "").partition(" ")
+        credential = given.strip().encode() if scheme.lower() == "bearer" else b""
+        is_admin = hmac.compare_digest(credential, self.admin)
+        is_read = self.read is not None and hmac.compare_digest(credential, self.read)
+        if not credential:
+            return None
+        return ADMIN_ACCESS if is_admin else READ_ACCESS if is_read else None
+
+
+def api_tokens(settings: Settings) -> Tokens:
+    """The tokens the API starts with. The admin token is STREAMFLOW_API_TOKEN; unset (or empty), the embedded
+    stack generates one once under ``home``/secrets and an external database (STREAMFLOW_DATABASE_URL) is an
+    :class:`ApiTokenError`: the API never starts open. The read token must differ from the admin token."""
+    admin = settings.api_token.get_secret_value() if settings.api_token else ""
+    if not admin:
+        if not settings.embedded:
+            raise ApiTokenError(
+                "STREAMFLOW_API_TOKEN is not set: the API needs an admin token when it runs on an external database "
+                "(STREAMFLOW_DATABASE_URL)",
+                hint="set STREAMFLOW_API_TOKEN to a long random value: "
+                "export STREAMFLOW_API_TOKEN=\"$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')\"",
+            )
+        admin = embedded_api_token(settings)
+        if not admin:
+            raise ApiTokenError(
+                f"{api_token_file(settings)} is empty",
+                hint=f"delete {api_token_file(settings)} to have a new admin token generated",
+            )
+    read = settings.api_read_token.get_secret_value() if settings.api_read_token else ""
+    if read and hmac.compare_digest(read.encode(), admin.encode()):
+        raise ApiTokenError(
+            "STREAMFLOW_API_READ_TOKEN equals the admin token (STREAMFLOW_API_TOKEN): a reader would hold admin rights",
+            hint="give STREAMFLOW_API_READ_TOKEN a value of its own",
+        )
+    return Tokens(admin.encode(), read.encode() if read else None)
 
 
 @dataclass
@@ -44,13 +114,19 @@ class ServingState:
     metrics: ApiMetrics
     telemetry: Telemetry
     read_ops: Callable[[], OpsState]
-    token: bytes | None = field(init=False)
+    tokens: Tokens = field(init=False)
     # (model, version, service layout) -> inputs the service does not serve
     _missing_inputs: dict[tuple, list[str]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        api_token = self.settings.api_token
-        self.token = api_token.get_secret_value().encode() if api_token else None
+        self.tokens = api_tokens(self.settings)
+
+    def refuse_reader(self, authorization: str | None) -> Response | None:
+        """401 for a read route when a read token is configured and ``authorization`` grants neither token;
+        None when the request may go on (the hot paths call this instead of a dependency)."""
+        if self.tokens.read is None or self.tokens.access(authorization) is not None:
+            return None
+        return unauthorized(READ_ACCESS)
 
     @property
     def batch_limit(self) -> int:
@@ -138,18 +214,28 @@ async def get_state(request: Request) -> ServingState:
 
 State = Annotated[ServingState, Depends(get_state)]
 
-bearer = HTTPBearer(auto_error=False, description="The token in STREAMFLOW_API_TOKEN (only checked when set).")
+bearer = HTTPBearer(
+    auto_error=False,
+    description="STREAMFLOW_API_TOKEN (admin: every route) or STREAMFLOW_API_READ_TOKEN (read: /predict, "
+    "/predict/batch, /features).",
+)
 
 
-async def require_token(
-    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> None:
-    """401 unless the bearer token matches STREAMFLOW_API_TOKEN (no check when it is not set)."""
-    if state.token is None:
+async def require_admin(state: State, request: Request, _scheme=Depends(bearer)) -> None:
+    """/events and /admin/*: 401 without the admin token, 403 with the read token."""
+    access = state.tokens.access(request.headers.get("authorization"))
+    if access == ADMIN_ACCESS:
         return
-    given = credentials.credentials.encode() if credentials is not None else b""
-    if not hmac.compare_digest(given, state.token):
-        raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    if access == READ_ACCESS:
+        raise HTTPException(403, FORBIDDEN)
+    raise HTTPException(401, token_needed(ADMIN_ACCESS), headers=CHALLENGE)
 
 
-AUTHORIZED = Depends(require_token)
+async def require_reader(state: State, request: Request, _scheme=Depends(bearer)) -> None:
+    """/features: 401 without the read or the admin token, when a read token is configured."""
+    if state.tokens.read is not None and state.tokens.access(request.headers.get("authorization")) is None:
+        raise HTTPException(401, token_needed(READ_ACCESS), headers=CHALLENGE)
+
+
+ADMIN = Depends(require_admin)
+READ = Depends(require_reader)

@@ -1,8 +1,8 @@
 """Response helpers: pre-serialized JSON, the bodies of feature values and of every error the API answers,
 and the documented responses of the OpenAPI schema.
 
-Errors are JSON with a ``detail``: 404 unknown user, 409 stale features, 413 too large, 422 invalid, 503 a
-store away (with the store and ``Retry-After``).
+Errors are JSON with a ``detail``: 401 no valid bearer token, 403 the read token on an admin route, 404 unknown
+user, 409 stale features, 413 too large, 422 invalid, 503 a store away (with the store and ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -127,6 +127,24 @@ def invalid(errors: list[dict[str, Any]]) -> Response:
     return json_response({"detail": errors}, 422)
 
 
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+FORBIDDEN = "the read token does not grant this route: it needs the admin token (STREAMFLOW_API_TOKEN)"
+
+
+def token_needed(access: str) -> str:
+    """401's detail: which token the route takes (``access``: "admin" or "read")."""
+    if access == "admin":
+        return "a valid bearer token is required: this route takes the admin token (STREAMFLOW_API_TOKEN)"
+    return (
+        "a valid bearer token is required: this route takes the read token (STREAMFLOW_API_READ_TOKEN) "
+        "or the admin token (STREAMFLOW_API_TOKEN)"
+    )
+
+
+def unauthorized(access: str) -> Response:
+    return json_response({"detail": token_needed(access)}, 401, headers=CHALLENGE)
+
+
 def too_large(detail: str) -> Response:
     return json_response({"detail": detail}, 413)
 
@@ -147,4 +165,10 @@ def documented(**codes: tuple[type[BaseModel], str]) -> dict[int | str, dict[str
 
 VALIDATION_FAILED = (schemas.ErrorBody, "Invalid body or id format.")
 NOT_READY = (schemas.Unavailable, "Online store or model registry unreachable, or no model loaded yet.")
-UNAUTHORIZED = (schemas.ErrorBody, "Missing or wrong bearer token (only when STREAMFLOW_API_TOKEN is set).")
+UNAUTHORIZED = (schemas.ErrorBody, "Missing or wrong bearer token: this route takes the admin token.")
+READ_ONLY_TOKEN = (schemas.ErrorBody, "The read token: this route takes the admin token.")
+READER_UNAUTHORIZED = (
+    schemas.ErrorBody,
+    "Missing or wrong bearer token, when a read token (STREAMFLOW_API_READ_TOKEN) is configured.",
+)
+BEARER = {"security": [{"HTTPBearer": []}]}  # ``openapi_extra`` of a route that checks the token itself

@@ -13,6 +13,7 @@ import httpx
 import uvicorn
 
 from serving import schemas
+from serving.deps import api_tokens
 from serving.responses import JSON
 from streamflow.core.settings import Settings
 from streamflow.features.materialize import active_users
@@ -32,7 +33,12 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run the API with uvicorn (uvloop and httptools when installed) until interrupted. ``on_ready(base_url)``
-    runs in a thread once /ready answers 200 (used to print an example request)."""
+    runs in a thread once /ready answers 200 (used to print an example request).
+
+    The tokens are resolved here, before any worker starts: a missing admin token outside the embedded stack is an
+    :class:`serving.deps.ApiTokenError` (one line, no traceback), and the embedded stack's generated token exists
+    before the workers read it."""
+    api_tokens(settings)
     if on_ready is not None:
         base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         threading.Thread(target=_when_ready, args=(base, on_ready), name="ready-hook", daemon=True).start()
@@ -67,6 +73,10 @@ def example_request(settings: Settings, base: str) -> tuple[str, str]:
     users = active_users(settings, datetime.fromisoformat(clock.replace("Z", "+00:00")).date()) if clock else []
     user = users[0] if users else schemas.EXAMPLE_USER
     body = json.dumps({"user_id": user})
+    headers = {"Content-Type": JSON}
     command = f"curl -s -X POST {base}/predict -H 'Content-Type: application/json' -d '{body}'"
-    answer = httpx.post(f"{base}/predict", content=body, headers={"Content-Type": JSON}, timeout=30)
+    if settings.api_read_token:  # the command names the variable, never the token
+        headers["Authorization"] = f"Bearer {settings.api_read_token.get_secret_value()}"
+        command += ' -H "Authorization: Bearer $STREAMFLOW_API_READ_TOKEN"'
+    answer = httpx.post(f"{base}/predict", content=body, headers=headers, timeout=30)
     return command, answer.text

@@ -31,7 +31,8 @@ from streamflow.features.store import feature_store
 from tests.conftest import free_port, make_settings, settings_env
 
 JAN, FEB, MAR = date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 31)
-TOKEN = "integration-test-token"
+TOKEN = "integration-test-token"  # STREAMFLOW_API_TOKEN of every world
+READ_TOKEN = "integration-read-token"  # STREAMFLOW_API_READ_TOKEN, for worlds built with api_read_token=READ_TOKEN
 STREAMFLOW = str(Path(sys.executable).with_name("streamflow"))
 
 

@@ -1,4 +1,5 @@
-"""Features: every online feature of one user (customer_360), each with its view, as_of and staleness."""
+"""Features: every online feature of one user (customer_360), each with its view, as_of and staleness. Takes the
+read token when one is configured."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from serving import schemas
-from serving.deps import ServingState, State
+from serving.deps import READ, ServingState, State
 from serving.responses import (
     NOT_READY,
+    READER_UNAUTHORIZED,
     VALIDATION_FAILED,
     documented,
     features_body,
@@ -31,11 +33,13 @@ UserId = Annotated[
     summary="Every online feature of one user (customer_360)",
     response_model=schemas.UserFeatures,
     responses=documented(
+        _401=READER_UNAUTHORIZED,
         _404=(schemas.UnknownUser, "Unknown user: names the missing features."),
         _409=(schemas.StaleFeatures, "Month-end features older than their view's TTL at the business clock."),
         _422=VALIDATION_FAILED,
         _503=NOT_READY,
     ),
+    dependencies=[READ],
 )
 async def user_features(user_id: UserId, state: State) -> Response:
     """Values with their feature view and as_of. Pushed real-time values older than their TTL are shown

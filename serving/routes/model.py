@@ -1,4 +1,4 @@
-"""The model: what answers predictions now, and checking the registry alias at once (admin)."""
+"""The model: what answers predictions now (open), and checking the registry alias at once (admin token)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from serving import schemas
-from serving.deps import AUTHORIZED, State
+from serving.deps import ADMIN, State
 from serving.model import ServingModel
-from serving.responses import NOT_READY, UNAUTHORIZED, documented, iso, json_response
+from serving.responses import NOT_READY, READ_ONLY_TOKEN, UNAUTHORIZED, documented, iso, json_response
 
 router = APIRouter(tags=["model"])
 
@@ -50,8 +50,8 @@ async def model_info(state: State) -> Response:
     "/admin/model/reload",
     summary="Check the registry alias now",
     response_model=schemas.ModelReload,
-    responses=documented(_401=UNAUTHORIZED),
-    dependencies=[AUTHORIZED],
+    responses=documented(_401=UNAUTHORIZED, _403=READ_ONLY_TOKEN),
+    dependencies=[ADMIN],
 )
 def reload_model(state: State) -> Response:
     """Polls the registry at once instead of waiting for the next poll (STREAMFLOW_MODEL_POLL_SECONDS)."""

@@ -1,4 +1,5 @@
-"""Operations: liveness, readiness, Prometheus metrics, and real-time usage pushes (tagged with features).
+"""Operations: liveness, readiness, Prometheus metrics (open), and real-time usage pushes (admin token; tagged
+with features).
 
 /health never waits for anything; /ready and /events do their store work in the threadpool under the route's
 deadline (:meth:`serving.deps.ServingState.off_loop`), so a stalled store never stalls the event loop.
@@ -14,10 +15,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving import schemas
-from serving.deps import AUTHORIZED, ServingState, State
+from serving.deps import ADMIN, ServingState, State
 from serving.responses import (
     JSON,
     NOT_READY,
+    READ_ONLY_TOKEN,
     UNAUTHORIZED,
     VALIDATION_FAILED,
     documented,
@@ -40,8 +42,8 @@ HEALTH_BODY = dumps({"status": "ok"})
     tags=["features"],
     summary="Push real-time usage (through the Feast PushSource)",
     response_model=schemas.EventAccepted,
-    responses=documented(_401=UNAUTHORIZED, _422=VALIDATION_FAILED, _503=NOT_READY),
-    dependencies=[AUTHORIZED],
+    responses=documented(_401=UNAUTHORIZED, _403=READ_ONLY_TOKEN, _422=VALIDATION_FAILED, _503=NOT_READY),
+    dependencies=[ADMIN],
 )
 async def push_event(event: schemas.UsageEvent, state: State) -> Response:
     """The event is online at once (``usage_realtime``, shown by /features) and recorded offline. An event

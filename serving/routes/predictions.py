@@ -1,8 +1,9 @@
 """Predictions: the churn probability of one user (/predict) or many (/predict/batch), from one online read.
 
-The body is validated on the event loop before any I/O (413 too large, 422 invalid); the read and the scoring
-run in the threadpool under the route's deadline (:meth:`serving.deps.ServingState.off_loop`). Users with
-missing features are 404, users with month-end features older than their TTL 409 (never scored); the rest are
+With a read token configured (STREAMFLOW_API_READ_TOKEN) a request without it or the admin token is 401, before its
+body is read. The body is validated on the event loop before any I/O (413 too large, 422 invalid); the read and
+the scoring run in the threadpool under the route's deadline (:meth:`serving.deps.ServingState.off_loop`). Users
+with missing features are 404, users with month-end features older than their TTL 409 (never scored); the rest are
 scored with the serving model at its logged threshold.
 """
 
@@ -18,7 +19,9 @@ from serving import schemas
 from serving.deps import ServingState
 from serving.model import ServingModel
 from serving.responses import (
+    BEARER,
     NOT_READY,
+    READER_UNAUTHORIZED,
     VALIDATION_FAILED,
     documented,
     features_body,
@@ -65,19 +68,23 @@ def _not_served(state: ServingState, model: ServingModel, layout: ServiceLayout)
     summary="Churn probability of one user",
     response_model=schemas.Prediction,
     responses=documented(
+        _401=READER_UNAUTHORIZED,
         _404=(schemas.UnknownUser, "Unknown user: no current online values; names the missing features."),
         _409=(schemas.StaleFeatures, "Features older than their view's TTL at the business clock: not scored."),
         _413=(schemas.ErrorBody, "Body too large."),
         _422=VALIDATION_FAILED,
         _503=NOT_READY,
     ),
-    openapi_extra=request_body(schemas.PredictRequest),
+    openapi_extra=request_body(schemas.PredictRequest) | BEARER,
 )
 async def predict(request: Request) -> Response:
     """Reads the user's churn_model_v1 features online (one read), refuses stale or missing ones, and scores
     them with the serving model at its logged threshold. The answer names the model version and every
     feature used with its as_of."""
     state: ServingState = request.app.state.serving
+    refused = state.refuse_reader(request.headers.get("authorization"))
+    if refused is not None:
+        return refused
     try:
         user_id = schemas.PredictRequest.model_validate_json(await read_body(request)).user_id
     except BodyTooLarge:
@@ -126,16 +133,20 @@ async def _batch_ids(request: Request, limit: int) -> list[str] | Response:
     summary="Churn probabilities of many users (one online read)",
     response_model=schemas.BatchPrediction,
     responses=documented(
+        _401=READER_UNAUTHORIZED,
         _413=(schemas.ErrorBody, "More user ids than the configured batch limit, or a body too large."),
         _422=VALIDATION_FAILED,
         _503=NOT_READY,
     ),
-    openapi_extra=request_body(schemas.BatchPredictRequest),
+    openapi_extra=request_body(schemas.BatchPredictRequest) | BEARER,
 )
 async def predict_batch(request: Request) -> Response:
     """Every user is answered: predictions for users with current features, and per-user errors (404 unknown,
     409 stale) for the others. All predictions come from the same model version."""
     state: ServingState = request.app.state.serving
+    refused = state.refuse_reader(request.headers.get("authorization"))
+    if refused is not None:
+        return refused
     user_ids = await _batch_ids(request, state.batch_limit)
     if isinstance(user_ids, Response):
         return user_ids

@@ -244,7 +244,12 @@ def _show_champion(settings: Settings, console: Console, newest: date, oracle_di
 
 def _serve_and_predict(settings: Settings, console: Console, timings: Timings, local: dict) -> None:
     """Start the API, show a real /predict and the user's online features."""
+    from serving.deps import api_tokens
+
     t0 = time.perf_counter()
+    api_tokens(settings)  # no admin token outside the embedded stack: say so before starting anything
+    read_token = settings.api_read_token
+    reader = {"Authorization": f"Bearer {read_token.get_secret_value()}"} if read_token else {}
     env = airflow_environment(settings)
     with console.status("starting the API (loads Feast and the champion) ..."):
         if not services.start(settings, local["api"], env, wait=180):
@@ -252,16 +257,19 @@ def _serve_and_predict(settings: Settings, console: Console, timings: Timings, l
     api = f"http://127.0.0.1:{settings.api_port}"
     user = _active_user(settings)
     body = json.dumps({"user_id": user})
-    answer = httpx.post(f"{api}/predict", json={"user_id": user}, timeout=30)
+    answer = httpx.post(f"{api}/predict", json={"user_id": user}, headers=reader, timeout=30)
     timings.add("serve", time.perf_counter() - t0, "API up, first prediction")
     console.print("\n[bold]A prediction from the running API:[/]")
+    auth = ' -H "Authorization: Bearer $STREAMFLOW_API_READ_TOKEN"' if reader else ""
     console.print(
-        f"curl -s -X POST {api}/predict -H 'content-type: application/json' -d '{body}'", markup=False, highlight=False
+        f"curl -s -X POST {api}/predict -H 'content-type: application/json' -d '{body}'{auth}",
+        markup=False,
+        highlight=False,
     )
     console.print_json(answer.text)
     if answer.status_code != 200:
         raise DemoError(f"/predict answered {answer.status_code}; log: {services.log_file(settings, 'api')}")
-    online = httpx.get(f"{api}/features/{user}", timeout=30)
+    online = httpx.get(f"{api}/features/{user}", headers=reader, timeout=30)
     if online.status_code == 200:
         features = Table(title=f"online features of {user} (customer_360, GET /features/{user})")
         for column in ("feature", "value", "feature view", "as_of"):
@@ -286,6 +294,7 @@ def _print_where_everything_is(settings: Settings, console: Console, timings: Ti
 
     uis = Table(title="where everything is", show_header=False)
     uis.add_row("API docs", local["api"].url)
+    uis.add_row("API admin token", _api_token_where(settings))
     login = airflow_login(settings)
     uis.add_row("Airflow", local["airflow"].url + "  (starting takes a minute)")
     uis.add_row("Airflow login", Text(f"{login.username} / {login.password}  (kept in {login.file})"))
@@ -296,6 +305,17 @@ def _print_where_everything_is(settings: Settings, console: Console, timings: Ti
     console.print(uis)
     console.print(
         "Stop everything: [bold]make stop[/] (or .venv/bin/streamflow stop). Run again: make demo reuses what exists."
+    )
+
+
+def _api_token_where(settings: Settings) -> Text:
+    """Where the API's admin token (/events, /admin/*) is: never the token itself."""
+    from streamflow.core.stack import api_token_file
+
+    if settings.api_token:
+        return Text("STREAMFLOW_API_TOKEN (as set)")
+    return Text(
+        f'kept in {api_token_file(settings)}; export it: eval "$(.venv/bin/streamflow stack env --show-secrets)"'
     )
 
 

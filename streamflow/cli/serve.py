@@ -31,8 +31,12 @@ def serve_cmd(
     /metrics; interactive docs at /docs. Ctrl-C stops it.
 
     Features are read online from Feast; the model is the registry's `champion`, checked every
-    STREAMFLOW_MODEL_POLL_SECONDS and swapped without a restart. Set STREAMFLOW_API_TOKEN to require a bearer
-    token on /events and /admin routes.
+    STREAMFLOW_MODEL_POLL_SECONDS and swapped without a restart.
+
+    Tokens (Authorization: Bearer): /events and /admin/* take the admin token, STREAMFLOW_API_TOKEN (unset on the
+    embedded stack: generated once into .streamflow/secrets/api_token, shown by `streamflow stack env
+    --show-secrets`; unset with STREAMFLOW_DATABASE_URL: the API refuses to start). Set STREAMFLOW_API_READ_TOKEN
+    to require a token on /predict, /predict/batch and /features too (the admin token also grants them).
     """
     import os
 

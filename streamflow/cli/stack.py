@@ -17,10 +17,13 @@ stack_app = typer.Typer(
 )
 
 SHOW_SECRETS = typer.Option(
-    False, "--show-secrets", help="Print the database password instead of ***: for `eval` or a tool that connects."
+    False,
+    "--show-secrets",
+    help="Print the database password (and `stack env`: the API's admin token) instead of ***: for `eval` or a "
+    "tool that connects.",
 )
-# the variables of `stack env` that carry the password, alone or inside a URL
-_SECRET_VARIABLES = {"STREAMFLOW_PG_PASSWORD", "PGPASSWORD"}
+# the variables of `stack env` that carry a secret, alone or inside a URL
+_SECRET_VARIABLES = {"STREAMFLOW_PG_PASSWORD", "PGPASSWORD", "STREAMFLOW_API_TOKEN"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,12 +109,21 @@ def stack_status(
 
 @stack_app.command("env")
 def stack_env(show_secrets: bool = SHOW_SECRETS) -> None:
-    """Print `export` lines for plain dbt/psql use: `eval "$(streamflow stack env --show-secrets)"`.
+    """Print `export` lines for plain dbt/psql use and API clients: `eval "$(streamflow stack env --show-secrets)"`.
 
-    Without --show-secrets the password is printed as *** (safe in a CI log, not enough to connect)."""
+    STREAMFLOW_API_TOKEN is the API's admin token (/events, /admin/*): the one set, or on the embedded stack the
+    one generated under .streamflow/secrets/api_token. Without --show-secrets the password and the token are
+    printed as *** (safe in a CI log, not enough to connect)."""
     from streamflow.core.env import tool_environment
+    from streamflow.core.stack import embedded_api_token
 
-    for key, value in tool_environment(get_settings()).items():
+    settings = get_settings()
+    env = tool_environment(settings)
+    if settings.api_token:
+        env["STREAMFLOW_API_TOKEN"] = settings.api_token.get_secret_value()
+    elif settings.embedded:
+        env["STREAMFLOW_API_TOKEN"] = embedded_api_token(settings)
+    for key, value in env.items():
         if not show_secrets:
             value = MASK if key in _SECRET_VARIABLES and value else redacted(value)
         print(f"export {key}='{value}'")

@@ -125,7 +125,14 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, description="API port.")
     api_workers: int = Field(default=1, description="API worker processes.")
     api_token: SecretStr | None = Field(
-        default=None, description="Bearer token for /events and admin routes. Unset: no auth."
+        default=None,
+        description="Admin bearer token of the API: /events and /admin/* (and the read routes). Unset: generated "
+        "once into `home`/secrets/api_token on the embedded stack; a start-up error with STREAMFLOW_DATABASE_URL set.",
+    )
+    api_read_token: SecretStr | None = Field(
+        default=None,
+        description="Read bearer token of the API: /predict, /predict/batch and /features. Unset: those routes "
+        "are open.",
     )
     model_poll_seconds: float = Field(default=10.0, description="How often the API checks the champion alias.")
     batch_limit: int = Field(default=500, description="Largest /predict/batch request.")

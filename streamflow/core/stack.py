@@ -379,3 +379,31 @@ class ExternalPostgres:
 def get_stack(settings: Settings) -> EmbeddedPostgres | ExternalPostgres:
     """The database server this configuration uses."""
     return ExternalPostgres(settings) if settings.database_url else EmbeddedPostgres(settings)
+
+
+# ---------------------------------------------------------------------------------------
+# the API's admin token, kept with the database password on the embedded stack
+# ---------------------------------------------------------------------------------------
+def api_token_file(settings: Settings) -> Path:
+    """Where the embedded stack keeps the API's generated admin token (mode 0600)."""
+    return settings.home.resolve() / "secrets" / "api_token"
+
+
+def embedded_api_token(settings: Settings) -> str:
+    """The API's admin token of the embedded stack: generated once (secrets module) into :func:`api_token_file`,
+    then read. The file appears whole (written aside, then linked), so API workers starting together agree."""
+    path = api_token_file(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        aside = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+        try:
+            os.link(aside, path)  # fails when another process got there first: its token stands
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink(missing_ok=True)
+    return path.read_text().strip()

@@ -35,6 +35,7 @@ from tests.serving_support import serve_in_thread
 from tests.serving_world import (
     FEB,
     JAN,
+    READ_TOKEN,
     TOKEN,
     World,
     api_server,
@@ -46,7 +47,8 @@ from tests.serving_world import (
 
 pytestmark = pytest.mark.integration
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # the admin token: every route
+READER = {"Authorization": f"Bearer {READ_TOKEN}"}  # the read token: predictions and features
 UNKNOWN = [f"0000-QQQ{a}{b}" for a in "ABCDEFGHIJ" for b in "ABC"]  # valid ids nobody has
 
 
@@ -54,7 +56,7 @@ UNKNOWN = [f"0000-QQQ{a}{b}" for a in "ABCDEFGHIJ" for b in "ABC"]  # valid ids 
 def world(built_warehouse, tmp_path_factory) -> World:
     tmp = tmp_path_factory.mktemp("api_world")
     with server_home("streamflow-api-") as home:
-        settings = build_world(home, built_warehouse, tmp)
+        settings = build_world(home, built_warehouse, tmp, api_read_token=READ_TOKEN)
         active, leavers = users_by_history(settings)
         write_old_values(settings, leavers[0], JAN)  # a user whose online values stayed at January
         log = tmp / "api.log"
@@ -64,7 +66,8 @@ def world(built_warehouse, tmp_path_factory) -> World:
 
 @pytest.fixture()
 def api(world) -> httpx.Client:
-    with httpx.Client(base_url=world.url, timeout=30) as client:
+    """A client holding the read token (the module's server requires it on predictions and features)."""
+    with httpx.Client(base_url=world.url, timeout=30, headers=READER) as client:
         yield client
 
 
@@ -204,11 +207,7 @@ def test_a_pushed_value_more_than_a_day_before_the_business_clock_is_shown_flagg
     assert api.post("/predict", json={"user_id": user}).status_code == 200  # never a model input
 
 
-def test_events_and_admin_routes_refuse_a_missing_or_wrong_token(world, api):
-    event = {"user_id": world.active[7], "watch_minutes_today": 1.0, "last_session_at": "2024-04-02T10:00:00Z"}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-        assert api.post("/events", json=event, headers=headers).status_code == 401
-        assert api.post("/admin/model/reload", headers=headers).status_code == 401
+def test_the_admin_reload_answers_with_the_registry_state(api):
     reload = api.post("/admin/model/reload", headers=AUTH)
     assert reload.status_code == 200 and reload.json() == {
         "changed": False,
@@ -216,6 +215,115 @@ def test_events_and_admin_routes_refuse_a_missing_or_wrong_token(world, api):
         "registry": True,
         "detail": None,
     }
+
+
+# ---------------------------------------------------------------------------------------
+# tokens: every route of the app against every credential
+# ---------------------------------------------------------------------------------------
+OPEN, READ, ADMIN = "open", "read", "admin"
+ACCESS = {  # every route of the app (method, path) -> the token it takes; a new route needs a row here
+    ("GET", "/health"): OPEN,
+    ("GET", "/ready"): OPEN,
+    ("GET", "/model"): OPEN,
+    ("GET", "/metrics"): OPEN,
+    ("GET", "/openapi.json"): OPEN,
+    ("GET", "/docs"): OPEN,
+    ("GET", "/docs/oauth2-redirect"): OPEN,
+    ("GET", "/redoc"): OPEN,
+    ("POST", "/predict"): READ,
+    ("POST", "/predict/batch"): READ,
+    ("GET", "/features/{user_id}"): READ,
+    ("POST", "/events"): ADMIN,
+    ("POST", "/admin/model/reload"): ADMIN,
+}
+CREDENTIALS = {
+    "none": {},
+    "wrong": {"Authorization": "Bearer not-the-token"},
+    "read": READER,
+    "admin": AUTH,
+}
+EXPECTED = {  # (what the route takes, whether a read token is configured) -> credential -> status
+    (OPEN, True): {"none": 200, "wrong": 200, "read": 200, "admin": 200},
+    (OPEN, False): {"none": 200, "wrong": 200, "read": 200, "admin": 200},
+    (READ, True): {"none": 401, "wrong": 401, "read": 200, "admin": 200},
+    (READ, False): {"none": 200, "wrong": 200, "read": 200, "admin": 200},  # no read token: open
+    (ADMIN, True): {"none": 401, "wrong": 401, "read": 403, "admin": 200},
+    (ADMIN, False): {"none": 401, "wrong": 401, "read": 401, "admin": 200},  # READ_TOKEN is then just wrong
+}
+
+
+def route_table(app) -> set[tuple[str, str]]:
+    """Every (method, path) the app answers, from its own route table (HEAD aside)."""
+    return {(m, route.path) for route in app.routes for m in getattr(route, "methods", ()) if m != "HEAD"}
+
+
+def valid_request(world: World, method: str, path: str, i: int) -> dict:
+    """A request to the route that its token aside succeeds (200)."""
+    user = world.active[40 + i]
+    if path == "/predict":
+        return {"json": {"user_id": user}}
+    if path == "/predict/batch":
+        return {"json": {"user_ids": [user, world.active[41 + i]]}}
+    if path == "/events":
+        return {"json": {"user_id": user, "watch_minutes_today": 2.0, "last_session_at": "2024-04-02T10:00:00Z"}}
+    return {}
+
+
+def token_matrix(world: World, url: str, read_token: bool) -> tuple[dict, dict]:
+    """(answered, expected): route -> credential -> status, over real HTTP."""
+    answered: dict[str, dict[str, int]] = {}
+    expected: dict[str, dict[str, int]] = {}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i, ((method, path), access) in enumerate(sorted(ACCESS.items())):
+            concrete = path.replace("{user_id}", world.active[40 + i])
+            row = answered[f"{method} {path}"] = {}
+            for name, headers in CREDENTIALS.items():
+                row[name] = client.request(method, concrete, headers=headers, **valid_request(world, method, path, i))
+                row[name] = row[name].status_code
+            expected[f"{method} {path}"] = EXPECTED[(access, read_token)]
+    return answered, expected
+
+
+@pytest.fixture(scope="module")
+def open_reads(world):
+    """The same platform served without a read token, in this process (real Feast, PostgreSQL, MLflow)."""
+    settings = world.settings.model_copy(update={"api_read_token": None})
+    app = create_app(settings, OnlineReader(settings), ModelHolder(MlflowModelSource(settings), 3600))
+    with serve_in_thread(app) as url:
+        wait_http(f"{url}/ready")
+        yield app, url
+
+
+def test_every_route_of_the_app_has_a_row_in_the_token_matrix(open_reads, api):
+    app, _url = open_reads
+    assert route_table(app) == set(ACCESS), "a route was added or removed: give it a row in ACCESS"
+    documented = api.get("/openapi.json").json()["paths"]
+    assert {(m.upper(), p) for p, ops in documented.items() for m in ops} <= set(ACCESS)
+
+
+def test_token_matrix_of_streamflow_serve_with_a_read_token(world):
+    """`streamflow serve` with STREAMFLOW_API_TOKEN and STREAMFLOW_API_READ_TOKEN: each route x each credential."""
+    answered, expected = token_matrix(world, world.url, read_token=True)
+    assert answered == expected
+
+
+def test_token_matrix_without_a_read_token(world, open_reads):
+    """The same app with no read token: predictions and features open, the admin routes still take the admin token."""
+    _app, url = open_reads
+    answered, expected = token_matrix(world, url, read_token=False)
+    assert answered == expected
+
+
+def test_a_refused_request_says_which_token_the_route_takes(world):
+    with httpx.Client(base_url=world.url, timeout=30) as client:
+        missing = client.post("/predict", json={"user_id": world.active[7]})
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert "STREAMFLOW_API_READ_TOKEN" in missing.json()["detail"]
+        event = {"user_id": world.active[7], "watch_minutes_today": 1.0, "last_session_at": "2024-04-02T10:00:00Z"}
+        for headers in ({"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}):  # not a bearer credential
+            assert client.post("/events", json=event, headers=headers).status_code == 401
+        read = client.post("/admin/model/reload", headers=READER)
+        assert read.status_code == 403 and "STREAMFLOW_API_TOKEN" in read.json()["detail"]
 
 
 def test_metrics_count_requests_by_route_and_status_and_report_the_model_and_feature_age(api):
@@ -296,7 +404,7 @@ def test_promoting_a_new_champion_switches_model_and_predictions_within_the_poll
     user = world.active[12]
     seen: list[tuple[float, int, str | None]] = []
     stop = threading.Event()
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as api:
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30, headers=READER) as api:
         assert api.get("/model").json()["version"] == "1"
 
         def loop():

@@ -24,6 +24,7 @@ from tests.serving_support import LocalModels, MemoryFeatures, serve_in_thread, 
 
 KNOWN = "1111-AAAAA"
 TIMEOUT = 0.5  # the online timeout of these apps: a route's deadline is this plus half a second
+TOKEN = "faults-unit-token"
 
 
 def ops_state() -> OpsState:
@@ -67,10 +68,11 @@ def world():
     ghost = replace(serving_model("3", seed=3), features=[*v1.features, "ghost_feature"])
     registry = FlakyModels({"1": v1, "2": serving_model("2", seed=1), "3": ghost}, alias="1")
     models = ModelHolder(registry, poll_seconds=3600, retry_failed_seconds=3600)
-    settings = Settings(_env_file=None, api_token=None, online_timeout_seconds=TIMEOUT)
+    settings = Settings(_env_file=None, api_token=TOKEN, online_timeout_seconds=TIMEOUT)
     models.poll()
     app = create_app(settings, features, models, ops_state=ops_state)
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+    auth = {"Authorization": f"Bearer {TOKEN}"}  # the admin token grants every route
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30, headers=auth) as client:
         yield client, features, registry, models, url
 
 
@@ -173,7 +175,7 @@ def chunked_post(url: str, path: str, cap: int = 64 * MAX_BODY_BYTES) -> tuple[b
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n".encode()
+            f"Authorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
         )
         sent = 0
         sock.setblocking(False)
