@@ -44,7 +44,7 @@ test: venv sysdeps
 	$(VENV)/bin/python -m pytest
 
 # Every locked package against the known advisories (pip-audit on PyPI's JSON API; needs network). Accepted
-# advisories, each with its reason and review date: ops/pip-audit-allowlist.toml. CI runs it after the tests.
+# advisories, each with its reason and review date: ops/pip-audit-allowlist.toml. The hosted workflow runs it as a job of its own.
 audit: venv
 	$(VENV)/bin/python ops/scripts/audit_dependencies.py
 
