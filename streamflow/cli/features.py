@@ -1,4 +1,4 @@
-"""`streamflow features apply | materialize | get` and `streamflow dataset`."""
+"""`streamflow features apply | materialize | get | active` and `streamflow dataset`."""
 
 from __future__ import annotations
 
@@ -111,6 +111,29 @@ def features_materialize_cmd(
         + (f", {result.rows_per_second:,.0f} users/s written" if result.rows_per_second else ""),
         highlight=False,
     )
+
+
+@features_app.command("active")
+def features_active_cmd(
+    limit: int = typer.Option(5, "--limit", min=1, help="How many user ids to print."),
+    as_json: bool = typer.Option(False, "--json", help="Print one machine-readable object."),
+) -> None:
+    """Print ids of users the API serves now: subscribers active at the business clock (the month the online
+    store serves), one per line. Use one with `streamflow features get` or `/predict`."""
+    from streamflow.features.materialize import active_users
+    from streamflow.features.store import business_clock
+
+    settings = get_settings()
+    clock = business_clock(settings)
+    if clock is None:
+        fail("nothing is served yet: no month is materialized (run `streamflow features materialize`)")
+    users = active_users(settings, clock.date())
+    if as_json:
+        print(json.dumps({"business_clock": clock.isoformat(), "active": len(users), "user_ids": users[:limit]}))
+        return
+    err_console.print(f"{len(users)} active subscribers at the business clock {clock.date()}; the first {limit}:")
+    for user in users[:limit]:
+        print(user)
 
 
 @features_app.command("get")

@@ -8,6 +8,7 @@ that changes the online store uses its own Feast project (own registry entries, 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import shutil
 import subprocess
@@ -649,6 +650,23 @@ def test_cli_features_get_prints_values_with_their_as_of(online, people):
     assert gone.returncode == 1
     assert "no current features online: not an active subscriber at 2024-02-29" in flat(gone.stderr)
     assert "Traceback" not in gone.stderr
+
+
+def test_cli_features_active_lists_users_the_api_serves(online, people, base_settings):
+    settings, _ = online
+    proc = run_cli(settings, "features", "active", "--limit", "3")
+    listed = proc.stdout.split()
+    active = materialize.active_users(settings, FEB)
+    assert len(listed) == 3 and listed == active[:3]
+    assert f"{len(active)} active subscribers at the business clock 2024-02-29" in flat(proc.stderr)
+    assert not set(listed) & set(people["leavers"])
+    as_json = json.loads(run_cli(settings, "features", "active", "--limit", "2", "--json").stdout)
+    assert as_json["user_ids"] == active[:2] and as_json["active"] == len(active)
+    assert run_cli(settings, "features", "get", listed[0]).returncode == 0  # each one is served
+
+    nothing = run_cli(project(base_settings, "features_cli_active_none"), "features", "active", check=False)
+    assert nothing.returncode == 1 and "streamflow features materialize" in flat(nothing.stderr)
+    assert "Traceback" not in nothing.stderr
 
 
 def test_cli_materialize_before_apply_fails_without_a_traceback(base_settings):
