@@ -4,6 +4,10 @@
 :func:`promote` is the MLflow side: it scores the current champion on the challenger's validation
 frame, applies the rule, writes the decision and its reasons as tags on both versions, and moves
 the ``champion`` alias in one call when the challenger wins.
+
+A challenger not stored in the safe form (skops with the project's trusted types, :mod:`ml.model_format`) is
+refused before it is deserialized: the refusal is tagged on the version and raised with its reason, and the
+champion stays. A champion in that form cannot be scored: the challenger is then held to the floors alone.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from mlflow import MlflowClient
 from sklearn.metrics import log_loss, roc_auc_score
 
 from ml.errors import MLError
+from ml.model_format import UnsafeModel
 from ml.threads import limited_threads
 from ml.tracking import (
     VALIDATION_FRAME_ARTIFACT,
@@ -32,6 +37,8 @@ from streamflow.core.settings import Settings
 
 PROMOTE = "promote"
 KEEP = "keep"
+REFUSE = "refuse"  # recorded on a challenger that is not in the safe form (promote raises)
+NO_CHAMPION = "there is no champion yet"
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ def decide(challenger: Scores, champion: Scores | None, policy: Policy) -> Decis
         failed.append(f"ROC-AUC {challenger.roc_auc:.4f} is below the floor {policy.min_roc_auc:.4f}")
 
     if champion is None:
-        passed.append("there is no champion yet")
+        passed.append(NO_CHAMPION)
     else:
         gain = challenger.roc_auc - champion.roc_auc
         # rounding keeps a gain of exactly the margin from failing on floating-point noise
@@ -162,7 +169,11 @@ def promote(settings: Settings, version: str | None = None) -> PromotionResult:
     name = settings.model_name
     with pipeline_lock(settings, "promote"):
         candidate = _candidate(client, name, version)
-        challenger = load_version(settings, candidate, client)
+        try:
+            challenger = load_version(settings, candidate, client)
+        except UnsafeModel as exc:
+            _record_refusal(client, name, candidate, _current_champion(client, name), str(exc))
+            raise
         valid = _validation_frame(challenger.run_id)
         y = valid["churn_label"].astype(bool).to_numpy()
         with limited_threads(settings):
@@ -197,10 +208,16 @@ def _decide_and_move(
             return PromotionResult(
                 decision, challenger.version, before, before, challenger_scores, challenger_scores, len(valid), policy
             )
-        champion_scores = None
+        champion_scores, unsafe = None, None
         if before is not None:
-            champion_scores = _champion_scores(settings, client, before, valid, y)
+            try:
+                champion_scores = _champion_scores(settings, client, before, valid, y)
+            except UnsafeModel as exc:  # it cannot be scored (nor served): the floors decide alone
+                unsafe = f"the champion (version {before}) is not compared: {exc}"
         decision = decide(challenger_scores, champion_scores, policy)
+        if unsafe is not None:
+            reasons = [r for r in decision.reasons if r != NO_CHAMPION]
+            decision = Decision(decision.action, (*reasons, unsafe))
         if _current_champion(client, name) != before:
             continue  # the champion moved while we scored: compare with the new one
         _record(client, name, decision, challenger, before, challenger_scores, champion_scores)
@@ -255,3 +272,15 @@ def _record(
             client.set_model_version_tag(name, version, key, value)
     client.set_tag(challenger.run_id, "promotion.decision", decision.action)
     client.set_tag(challenger.run_id, "promotion.reasons", tags["promotion.reasons"])
+
+
+def _record_refusal(client: MlflowClient, name: str, version: str, champion: str | None, reason: str) -> None:
+    """A challenger refused for its form: the decision and the reason as tags on it (the champion is untouched)."""
+    tags = {
+        "promotion.decision": REFUSE,
+        "promotion.reasons": reason,
+        "promotion.challenger": version,
+        "promotion.champion": champion or "none",
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.sklearn
 import pandas as pd
 import psycopg
 from mlflow import MlflowClient
@@ -29,7 +28,10 @@ from sqlalchemy.exc import ArgumentError
 
 from ml.errors import MLError
 from ml.metrics import METRICS
+from ml.model_format import SKOPS_TRUSTED_TYPES as SKOPS_TRUSTED_TYPES  # train logs with the loader's list
+from ml.model_format import load_pipeline
 from streamflow.core.db import connect, database_url
+from streamflow.core.env import PICKLE_SWITCH, model_safety_environment
 from streamflow.core.names import CHALLENGER, CHAMPION
 from streamflow.core.settings import Settings
 
@@ -38,12 +40,11 @@ VALIDATION_FRAME_ARTIFACT = "validation/frame.parquet"
 VALIDATION_PREDICTIONS_ARTIFACT = "validation/predictions.parquet"
 MODEL_NAME_IN_RUN = "model"
 
-# skops (MLflow's default, safe format) loads only reviewed types. These two come from our own
-# pipelines: numpy dtypes in the encoders, and the tree nodes of HistGradientBoostingClassifier.
-SKOPS_TRUSTED_TYPES = [
-    "numpy.dtype",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-]
+# MLflow 3 unpickles models (and reads skops with the trusted types the artifact itself lists) unless
+# MLFLOW_ALLOW_PICKLE_DESERIALIZATION is false. StreamFlow never loads through MLflow's loaders (see
+# ml.model_format), and every process that reaches MLflow imports this module: switch them off here, whatever
+# the caller's environment says, so nothing in the process (a library, a plugin) unpickles an artifact.
+os.environ.update(model_safety_environment())
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -68,6 +69,14 @@ def display_uri(uri: str) -> str:
         return uri
 
 
+def _unpickling_refused(record: logging.LogRecord) -> bool:
+    """False for MLflow's warning that it could not check a logged model's input example because it may not
+    deserialize models here: that check would load the model through MLflow's loader, which this process
+    refuses on purpose. The skops file is still read back when it is written, with the project's trusted types."""
+    message = record.getMessage()
+    return not ("Failed to validate serving input example" in message and PICKLE_SWITCH in message)
+
+
 def _quiet_logs() -> None:
     # schema migrations and the SQL store log every step at INFO; the CLI prints its own summary
     for name in (
@@ -82,6 +91,9 @@ def _quiet_logs() -> None:
     logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
     # MLflow reads this switch from the environment on every download: no progress bars in our output
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    model_log = logging.getLogger("mlflow.models.model")
+    if _unpickling_refused not in model_log.filters:
+        model_log.addFilter(_unpickling_refused)
 
 
 def _check_reachable(settings: Settings) -> None:
@@ -186,13 +198,18 @@ class LoadedModel:
 
 
 def load_version(settings: Settings, version, client: MlflowClient | None = None) -> LoadedModel:
-    """Load version ``version`` of the registered model, with its threshold, features and lineage."""
+    """Load version ``version`` of the registered model, with its threshold, features and lineage.
+
+    A version not stored as skops, or holding types outside ``SKOPS_TRUSTED_TYPES``, raises
+    :class:`ml.model_format.UnsafeModel` before anything of it is deserialized.
+    """
     client = client or configure(settings)
     name = settings.model_name
     mv = client.get_model_version(name, str(version))
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}")
-    meta = Model.load(local).metadata or {}
-    pipeline = mlflow.sklearn.load_model(local)
+    mlmodel = Model.load(local)
+    meta = mlmodel.metadata or {}
+    pipeline = load_pipeline(local, mlmodel, str(mv.version))  # skops only, with our trusted types; else refused
     run = client.get_run(mv.run_id)
     return LoadedModel(
         name=name,

@@ -8,7 +8,8 @@ predicts with is compiled by :mod:`serving.scorer`.
 A version that fails to load, or that ``accept`` refuses (the app refuses a model needing features its feature
 service does not serve), never replaces the serving model: the failure is recorded (``load_failure``, shown by
 /ready), reported (``on_load_failure``: the load-failure counter), and that version is tried again only after
-``retry_failed_seconds``.
+``retry_failed_seconds``. Loading refuses, as such a failure, a version not stored in the safe form (skops with
+the project's trusted types, :mod:`ml.model_format`) before deserializing anything of it.
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ class ModelHolder:
             self.on_error(exc)
 
     def _load_failed(self, version: str, exc: BaseException) -> None:
-        reason = str(exc) if isinstance(exc, ModelRefused) else _one_line(exc)
+        # our own errors (refused, not stored as skops...) say what is wrong in their message; others get their type
+        reason = str(exc) if isinstance(exc, StreamflowError) else _one_line(exc)
         failure = self.load_failure = LoadFailure(version, reason)
         serving = f"v{self.current.version} keeps serving" if self.current is not None else "no model to serve"
         log.error("%s v%s was not loaded (%s): %s", self.source.alias, version, reason, serving)

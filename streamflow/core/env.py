@@ -5,11 +5,22 @@ from __future__ import annotations
 from streamflow.core.db import connection_parts, database_url, registry_url
 from streamflow.core.settings import Settings
 
+# MLflow 3 deserializes pickled models, and skops models with the trusted types their own artifact lists,
+# unless this is false. StreamFlow loads models only through ml.model_format (skops, a fixed list of types):
+# every process it starts gets the switch off. A fixed value, not a setting: there is no reason to turn it on.
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+
+
+def model_safety_environment() -> dict[str, str]:
+    """MLflow's model deserialization switched off (see ``PICKLE_SWITCH``)."""
+    return {PICKLE_SWITCH: "false"}
+
 
 def settings_environment(settings: Settings) -> dict[str, str]:
     """Every setting as the STREAMFLOW_* variable that reproduces it in another process (unset ones
-    are left out), so child processes (Airflow tasks, servers, the CLI) build exactly these settings."""
-    env = {}
+    are left out), so child processes (Airflow tasks, servers, the CLI) build exactly these settings;
+    with them, MLflow's model deserialization switched off (:func:`model_safety_environment`)."""
+    env = model_safety_environment()
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if value is None:
@@ -21,9 +32,11 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 
 def tool_environment(settings: Settings) -> dict[str, str]:
-    """The variables `dbt`, `feast` and `psql` need to reach the platform's databases."""
+    """The variables `dbt`, `feast` and `psql` need to reach the platform's databases (and the switch that
+    keeps MLflow from deserializing models, for whatever runs in that environment: Airflow and its tasks)."""
     wh = connection_parts(settings)
     env = {
+        **model_safety_environment(),
         "STREAMFLOW_PG_HOST": wh["host"],
         "STREAMFLOW_PG_PORT": wh["port"],
         "STREAMFLOW_PG_USER": wh["user"],
