@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from streamflow.core import lock
+from streamflow.core import lock, services
 from streamflow.core.db import database_url
 from streamflow.core.env import settings_environment, tool_environment
 from streamflow.core.errors import StreamflowError
@@ -34,6 +34,7 @@ MONTHLY_DAG = "streamflow_monthly"
 MATERIALIZE_DAG = "streamflow_materialize"
 MONITOR_DAG = "streamflow_monitor"
 AIRFLOW_ADMIN = "admin"  # the local Airflow's one user, with the admin role
+AIRFLOW_SERVICE = "airflow"  # its name among services.local_services: pid file, logs, `streamflow stop`
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -103,7 +104,7 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
             "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
             "AIRFLOW__API__PORT": str(settings.airflow_port),
             "AIRFLOW__API__HOST": "127.0.0.1",  # the local UI listens on loopback only
-            # `airflow standalone` starts its components as `airflow` from PATH: the project's first,
+            # programs Airflow and its tasks start by name come from the project's virtualenv first,
             # whatever the caller's PATH (a new user never activates the virtualenv)
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)]),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
@@ -138,7 +139,10 @@ def ensure_metadata_db(settings: Settings) -> None:
     version = importlib.metadata.version("apache-airflow-core")
     marker = airflow_home(settings) / f".migrated-{version}"
     target = settings.database_url or str(settings.pg_port)
-    if marker.exists() and marker.read_text() == target:
+    # airflow.cfg holds the JWT secret every component must share: the first Airflow command writes it,
+    # so it is written here, before components that start together could each write their own
+    config = airflow_home(settings) / "airflow.cfg"
+    if marker.exists() and marker.read_text() == target and config.exists():
         return
     airflow_home(settings).mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
@@ -245,6 +249,49 @@ def read_run(settings: Settings, dag_id: str, run_id: str, log_file: Path) -> Da
         engine.dispose()
     tasks = [TaskOutcome(t, s, float(sec) if sec is not None else None, n) for t, s, sec, n in rows]
     return DagRunResult(dag_id, run_id, state, tasks, log_file)
+
+
+def local_parallelism() -> int:
+    """Task slots of the local LocalExecutor: one per core, at least 2 and at most 8. (Airflow's default of
+    32 forks 32 worker processes when the scheduler starts, far more than a laptop runs at once.)"""
+    return max(2, min(os.cpu_count() or 2, 8))
+
+
+def airflow_server_environment(settings: Settings) -> dict[str, str]:
+    """`airflow_environment` plus what the long-running components need on one machine: the LocalExecutor,
+    task workers that reach the execution API on our port, and every server on loopback."""
+    env = airflow_environment(settings)
+    env.setdefault("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    env.setdefault("AIRFLOW__CORE__PARALLELISM", str(local_parallelism()))
+    env.update(
+        {
+            # the default is http://localhost:8080/execution/, whatever port the API server has
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{settings.airflow_port}/execution/",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",  # if it is turned on
+        }
+    )
+    return env
+
+
+def airflow_programs(settings: Settings) -> list[services.Program]:
+    """The local Airflow's components. The scheduler and the triggerer run without their log servers
+    (`serve-logs`, which listen on every interface): the API server reads task logs from the files
+    under ``home/airflow/logs`` instead."""
+    airflow = airflow_bin()
+    api = (airflow, "api-server", "--host", "127.0.0.1", "--port", str(settings.airflow_port))
+    return [
+        services.Program("api-server", api),
+        services.Program("scheduler", (airflow, "scheduler", "--skip-serve-logs")),
+        services.Program("dag-processor", (airflow, "dag-processor")),
+        services.Program("triggerer", (airflow, "triggerer", "--skip-serve-logs")),
+    ]
+
+
+def run_airflow(settings: Settings) -> None:
+    """Run the local Airflow until SIGINT or SIGTERM (`streamflow stop`): the metadata database migrated
+    once, then each component supervised in its own process group (see `services.supervise`)."""
+    ensure_metadata_db(settings)
+    services.supervise(settings, AIRFLOW_SERVICE, airflow_programs(settings), airflow_server_environment(settings))
 
 
 def prepare_orchestration(settings: Settings) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -82,16 +81,17 @@ def run_cmd(
 
 
 def airflow_cmd() -> None:
-    """Start the Airflow UI, scheduler and DAG processor on localhost with the project's DAGs (Ctrl-C stops).
+    """Start the Airflow UI, scheduler, DAG processor and triggerer on localhost with the project's DAGs
+    (Ctrl-C or `streamflow stop` stops them).
 
-    The UI is at http://127.0.0.1:STREAMFLOW_AIRFLOW_PORT (default 8080), on loopback only. On the embedded
-    stack it asks for a login: user `admin`, with a password generated once and kept (mode 0600) in
-    .streamflow/airflow/simple_auth_manager_passwords.json; this command prints both. Metadata lives in the
-    `airflow` database of the platform's PostgreSQL.
+    The UI is at http://127.0.0.1:STREAMFLOW_AIRFLOW_PORT (default 8080), on loopback only, and no other
+    component listens on the network. On the embedded stack it asks for a login: user `admin`, with a
+    password generated once and kept (mode 0600) in .streamflow/airflow/simple_auth_manager_passwords.json;
+    this command prints both. Metadata lives in the `airflow` database of the platform's PostgreSQL; each
+    component's output goes to .streamflow/logs/airflow-<component>.log.
     """
-    import subprocess
-
-    from streamflow.orchestration import airflow_bin, airflow_environment, airflow_login, prepare_orchestration
+    from streamflow.core.services import log_file
+    from streamflow.orchestration import AIRFLOW_SERVICE, airflow_login, prepare_orchestration, run_airflow
 
     settings = get_settings()
     with console.status("preparing Airflow (database, dbt manifest) ..."):
@@ -104,5 +104,7 @@ def airflow_cmd() -> None:
             highlight=False,
             markup=False,
         )
-    with contextlib.suppress(KeyboardInterrupt):
-        subprocess.run([airflow_bin(), "standalone"], env=airflow_environment(settings), check=False)
+    logs = log_file(settings, f"{AIRFLOW_SERVICE}-*")
+    console.print(f"component logs: {logs}", highlight=False, markup=False)
+    run_airflow(settings)
+    console.print("Airflow stopped")

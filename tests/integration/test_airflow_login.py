@@ -1,8 +1,9 @@
 """Local Airflow as a new user starts it: `streamflow airflow` with a PATH that lacks the virtualenv.
 
 It comes up, its REST API refuses a request without a token and a wrong password, accepts a token made
-with the generated admin login and lists the project's DAGs, and its API listens on 127.0.0.1 only.
-Bounded in time; every process it starts is stopped with its process group.
+with the generated admin login and lists the project's DAGs, runs tasks whose logs the UI shows, and no
+socket of any of its processes listens on anything but 127.0.0.1. `streamflow stop` then ends every one
+of them. Bounded in time.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import psutil
 import pytest
 
 from streamflow.orchestration import MATERIALIZE_DAG, MONITOR_DAG, MONTHLY_DAG, airflow_password_file
-from tests.conftest import ROOT, STREAMFLOW, free_port, settings_env
+from tests.conftest import ROOT, STREAMFLOW, free_port, make_settings, settings_env
 
 pytestmark = pytest.mark.integration
 
-START_SECONDS = 150  # preparing (dbt parse, airflow db migrate) and starting the components
+START_SECONDS = 240  # preparing (database, dbt parse, airflow db migrate) and starting the components
+TASK_SECONDS = 240  # the scheduler's first task runs to an end
 
 
 def _wait_for(check, seconds: float, proc: subprocess.Popen, log) -> object:
@@ -45,52 +47,68 @@ def _get(url: str, **kw) -> httpx.Response | None:
         return None
 
 
-def _listening(proc: subprocess.Popen, port: int) -> set[str]:
-    """The addresses the process tree listens on for ``port``."""
+def _tree(proc: subprocess.Popen) -> set[int]:
+    """`streamflow airflow` and every process below it (the components sit in process groups of their own)."""
     try:
-        pids = {proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))}
+        return {proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))}
     except psutil.NoSuchProcess:
         return set()
+
+
+def _listening(pids: set[int]) -> set[tuple[str, int]]:
+    """The (address, port) pairs the processes ``pids`` listen on, IPv4 and IPv6."""
     return {
-        c.laddr.ip
+        (c.laddr.ip, c.laddr.port)
         for c in psutil.net_connections(kind="inet")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid in pids
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
     }
 
 
-def _group(pgid: int) -> list[int]:
-    """The live processes of a process group."""
-    members = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
-                members.append(p.pid)
-    return members
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+    return alive
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop `streamflow airflow` and everything it started (one process group)."""
+def _finished_task_log(base: str, auth: dict) -> tuple[dict, dict] | None:
+    """A task instance the scheduler ran to an end (the DAGs are scheduled and unpaused: their first runs
+    start at once), with its log as the API server serves it; None while there is none yet."""
+    r = _get(f"{base}/api/v2/dags/~/dagRuns/~/taskInstances", headers=auth)
+    assert r is not None and r.status_code == 200, r and r.text
+    for ti in r.json()["task_instances"]:
+        if ti["state"] in ("success", "skipped", "failed", "up_for_retry") and ti["try_number"] >= 1:
+            url = (
+                f"{base}/api/v2/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}"
+                f"/logs/{ti['try_number']}"
+            )
+            log = _get(url, headers={**auth, "Accept": "application/json"}, params={"full_content": "true"})
+            assert log is not None and log.status_code == 200, log and log.text
+            return ti, log.json()
+    return None
+
+
+def _stop(proc: subprocess.Popen, env: dict) -> subprocess.CompletedProcess:
+    """`streamflow stop`, as a user ends it all; then whatever is left of the test's process group goes."""
+    stopped = subprocess.run([STREAMFLOW, "stop"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: standalone stops its components
-    deadline = time.monotonic() + 30
-    while _group(proc.pid) and time.monotonic() < deadline:
-        proc.poll()
-        time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        os.killpg(proc.pid, signal.SIGKILL)  # only if `streamflow stop` failed
     proc.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while _group(proc.pid) and time.monotonic() < deadline:  # killed processes take a moment to go
-        time.sleep(0.2)
+    return stopped
 
 
-def test_local_airflow_requires_the_generated_login_and_listens_on_loopback_only(pg_settings, tmp_path):
+def test_local_airflow_requires_the_generated_login_and_listens_on_loopback_only(own_home, tmp_path):
     port = free_port()
-    settings = pg_settings.model_copy(update={"airflow_port": port})
+    settings = make_settings(own_home, airflow_port=port)  # its own server: `streamflow stop` stops it too
     env = settings_env(
         settings,
         PATH="/usr/bin:/bin",  # a new user's shell: the virtualenv is not activated
         AIRFLOW__API__WORKERS="1",
+        # were the log servers started, they would listen on these ports (on every interface)
         AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
         AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
     )
@@ -106,6 +124,7 @@ def test_local_airflow_requires_the_generated_login_and_listens_on_loopback_only
             cwd=ROOT,
             start_new_session=True,
         )
+    stopped = None
     try:
         health = lambda: (r := _get(f"{base}/api/v2/monitor/health")) is not None and r.status_code == 200  # noqa: E731
         _wait_for(health, START_SECONDS, proc, log)
@@ -116,6 +135,8 @@ def test_local_airflow_requires_the_generated_login_and_listens_on_loopback_only
         printed = log.read_text()
         assert f"admin / {password}" in printed  # `streamflow airflow` says how to log in
         assert printed.count(password) == 1  # and only there: Airflow itself does not echo it
+        component_logs = "".join(p.read_text() for p in (own_home / "logs").glob("airflow-*.log"))
+        assert password not in component_logs
 
         # no token, a made-up token, a wrong password: refused
         assert _get(f"{base}/api/v2/dags").status_code in (401, 403)
@@ -136,8 +157,28 @@ def test_local_airflow_requires_the_generated_login_and_listens_on_loopback_only
 
         assert _wait_for(dags, 90, proc, log) >= {MONTHLY_DAG, MATERIALIZE_DAG, MONITOR_DAG}
 
-        assert _listening(proc, port) == {"127.0.0.1"}  # the API: loopback only, not 0.0.0.0 or ::
+        # the scheduler runs tasks (LocalExecutor workers reach the execution API on our port) and the UI
+        # shows their logs, read from the local files: no log server is needed
+        ti, task_log = _wait_for(lambda: _finished_task_log(base, auth), TASK_SECONDS, proc, log)
+        text = json.dumps(task_log["content"])
+        assert str(own_home / "airflow" / "logs") in text, text[:2000]  # the source: the local log file
+        assert "Could not read served logs" not in text
+        assert len(task_log["content"]) > 2, text[:2000]  # more than the source details: the task's own lines
+
+        # every socket of every Airflow process: loopback only (the API server; no log server, no 0.0.0.0, no ::)
+        tree = _tree(proc)
+        assert len(tree) >= 5, tree  # `streamflow airflow` and its four components at least
+        listening = _listening(tree)
+        assert ("127.0.0.1", port) in listening
+        assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+        stopped = _stop(proc, env)
     finally:
-        _stop(proc)
-    assert not _group(proc.pid)
+        if stopped is None:
+            tree = _tree(proc)
+            _stop(proc, env)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "airflow" in stopped.stdout
+    assert not _alive(tree), [psutil.Process(p).cmdline() for p in _alive(tree)]  # every component and task
+    assert not _listening(tree)
     assert _get(f"{base}/api/v2/monitor/health") is None  # nothing answers any more
+    assert "Airflow stopped" in log.read_text()

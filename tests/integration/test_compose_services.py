@@ -1,6 +1,7 @@
 """Compose services run as docker-compose.yml runs them, without Docker: the PostgreSQL init
-script on a real PostgreSQL, and the MLflow server with the compose command and environment
-(only host names and ports are swapped for local ones)."""
+script on a real PostgreSQL, and the MLflow server with the compose command, environment and login
+configuration (ops/mlflow/basic_auth.ini, as the service mounts it; only host names and ports are
+swapped for local ones)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pandas as pd
 import psycopg
 import pytest
 import redis
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from ml.promote import promote
 from ml.tracking import load_model_alias
@@ -166,9 +169,20 @@ def _swap(argv: list[str], option: str, value: str) -> list[str]:
     return [*argv[: i + 1], value, *argv[i + 2 :]]
 
 
+def _mounted(service: dict, target: str) -> Path:
+    """The file of the repository a compose service mounts at ``target``."""
+    for mount in service.get("volumes", []):
+        source, mounted, *_ = mount.split(":")
+        if mounted == target:
+            assert source.startswith("./"), mount
+            return ROOT / source
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(compose_postgres, rendered, tmp_path_factory):
-    """`mlflow server` with the compose service's command and environment."""
+    """`mlflow server` with the compose service's command and environment, its login configured by the very
+    file the service mounts, its login store in PostgreSQL through the service's libpq variables."""
     settings, _, _ = compose_postgres
     service = rendered["mlflow"]
     argv = command_argv(service["command"])
@@ -176,9 +190,12 @@ def mlflow_server(compose_postgres, rendered, tmp_path_factory):
     port = free_port()
     argv = _swap(_swap(_swap(argv, "--host", "127.0.0.1"), "--port", str(port)), "--workers", "1")
     argv = _swap(argv, "--artifacts-destination", str(artifacts))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG"))}
     env.update(environment(service))
     env["MLFLOW_BACKEND_STORE_URI"] = _local(env["MLFLOW_BACKEND_STORE_URI"], settings)
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(_mounted(service, env["MLFLOW_AUTH_CONFIG_PATH"]))
+    assert (env["PGHOST"], env["PGPORT"]) == ("postgres", "5432")
+    env.update(PGHOST=settings.pg_host, PGPORT=str(settings.pg_port))
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     log = tmp_path_factory.mktemp("logs") / "mlflow.log"
     with open(log, "w") as out:
@@ -187,7 +204,7 @@ def mlflow_server(compose_postgres, rendered, tmp_path_factory):
         )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
-        yield port, artifacts, proc
+        yield port, artifacts, log
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{log.read_text()[-3000:]}") from None
     finally:
@@ -195,12 +212,40 @@ def mlflow_server(compose_postgres, rendered, tmp_path_factory):
         proc.wait(timeout=30)
 
 
-def test_mlflow_server_answers_other_containers_and_the_published_port_only(mlflow_server):
+def _login(rendered) -> tuple[str, str]:
+    """The MLflow login the compose clients (pipeline, job, api) send."""
+    env = environment(rendered["api"])
+    return env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]
+
+
+def test_mlflow_server_answers_other_containers_and_the_published_port_only(mlflow_server, rendered):
     port, _, _ = mlflow_server
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=5"
     for host in ("mlflow:5000", f"localhost:{port}", f"127.0.0.1:{port}"):
-        assert httpx.get(url, headers={"Host": host}, timeout=10).status_code == 200, host
-    assert httpx.get(url, headers={"Host": "attacker.example"}, timeout=10).status_code == 403
+        assert httpx.get(url, headers={"Host": host}, auth=_login(rendered), timeout=10).status_code == 200, host
+    assert httpx.get(url, headers={"Host": "attacker.example"}, auth=_login(rendered), timeout=10).status_code == 403
+
+
+def test_mlflow_refuses_a_call_without_the_login_from_env(mlflow_server, rendered, compose_env, compose_postgres):
+    port, _, log = mlflow_server
+    settings, _, _ = compose_postgres
+    base = f"http://127.0.0.1:{port}"
+    user, password = _login(rendered)
+    assert (user, password) == (compose_env["MLFLOW_ADMIN_USER"], compose_env["MLFLOW_ADMIN_PASSWORD"])
+    search = f"{base}/api/2.0/mlflow/registered-models/search"
+    assert httpx.get(search, timeout=10).status_code == 401  # anonymous
+    assert httpx.get(search, auth=(user, "not-the-password"), timeout=10).status_code == 401
+    assert httpx.get(search, auth=("intruder", password), timeout=10).status_code == 401
+    assert httpx.get(f"{base}/", timeout=10).status_code == 401  # the UI too
+    assert httpx.get(search, auth=(user, password), timeout=10).status_code == 200
+    # the admin was created from .env in the login store: the `mlflow` database, next to the tracking tables
+    with psycopg.connect(_local(_compose_urls(rendered)["mlflow"], settings)) as conn:
+        assert conn.execute("select is_admin from users where username = %s", (user,)).fetchone() == (True,)
+        assert conn.execute("select to_regclass('alembic_version_auth')").fetchone()[0] is not None
+    assert password not in log.read_text()  # the server never prints the password
+    # the MLflow client without the login is refused too
+    with pytest.raises(MlflowException, match="401"):
+        MlflowClient(tracking_uri=base).search_registered_models()
 
 
 def test_mlflow_keeps_runs_in_its_database_and_artifacts_on_the_artifact_volume(
@@ -208,7 +253,9 @@ def test_mlflow_keeps_runs_in_its_database_and_artifacts_on_the_artifact_volume(
 ):
     port, artifacts, _ = mlflow_server
     settings, _, _ = compose_postgres
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Host": "mlflow:5000"}, timeout=30)
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Host": "mlflow:5000"}, auth=_login(rendered), timeout=30
+    )
     experiment = api.post("/api/2.0/mlflow/experiments/create", json={"name": "compose-check"})
     assert experiment.status_code == 200, experiment.text
     experiment_id = experiment.json()["experiment_id"]
@@ -217,6 +264,12 @@ def test_mlflow_keeps_runs_in_its_database_and_artifacts_on_the_artifact_volume(
     put = api.put(f"/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/check.txt", content=b"artifact")
     assert put.status_code == 200, put.text
     assert (artifacts / experiment_id / "check.txt").read_bytes() == b"artifact"
+    assert (
+        httpx.get(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/check.txt", timeout=10
+        ).status_code
+        == 401
+    )  # artifacts need the login as well
     with psycopg.connect(_local(_compose_urls(rendered)["mlflow"], settings)) as conn:
         names = [r[0] for r in conn.execute("select name from experiments")]
         assert "compose-check" in names
@@ -300,7 +353,7 @@ def _settings_of(env: dict[str, str], **overrides):
 
 
 def test_the_api_serves_a_prediction_through_postgres_redis_and_the_mlflow_server_wired_as_compose_wires_them(
-    compose_postgres, mlflow_server, compose_redis, rendered, built_warehouse, tmp_path_factory
+    compose_postgres, mlflow_server, compose_redis, rendered, built_warehouse, tmp_path_factory, monkeypatch
 ):
     """PostgreSQL with the compose roles, Redis, the MLflow server and `streamflow serve`, each with its compose
     service's command and environment variable names (only host names, ports and paths swapped for local ones).
@@ -314,6 +367,10 @@ def test_the_api_serves_a_prediction_through_postgres_redis_and_the_mlflow_serve
     api_compose = environment(rendered["api"])
     shared = {k: v for k, v in api_compose.items() if k.startswith("STREAMFLOW_") and k != "STREAMFLOW_API_TOKEN"}
     assert shared.items() <= environment(rendered["job"]).items()  # the job and the api read the same settings
+    # the MLflow login: the MLflow client reads it from the environment, in this process as in the containers
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert job_env[key] == api_env[key] and job_env[key]
+        monkeypatch.setenv(key, job_env[key])
     job = _settings_of(job_env, dbt_target_path=built_warehouse.dbt_target_path, promotion_min_roc_auc=0.5)
 
     # the monthly job, as the `job` container runs it: warehouse (a copy of the built one), Feast, MLflow

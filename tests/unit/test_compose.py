@@ -43,7 +43,7 @@ SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 CI_WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 DOCS = [ROOT / "README.md", ROOT / "ops" / "README.md"]
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY)$")
-UIS_AND_API = {"gateway", "airflow-apiserver", "mlflow", "grafana", "prometheus"}
+UIS_AND_API = {"gateway", "airflow-apiserver", "mlflow-ui", "grafana", "prometheus"}
 OFFICIAL_IMAGES = {"postgres", "redis", "nginx", "prom/prometheus", "grafana/grafana"}
 
 
@@ -294,7 +294,9 @@ def _listening_port(name: str, svc: dict) -> int:
     for option in ("--port",):
         if option in argv:
             return int(option_value(argv, option))
-    return {"postgres": 5432, "redis": 6379, "prometheus": 9090, "grafana": 3000, "gateway": 8080}[name]
+    return {"postgres": 5432, "redis": 6379, "prometheus": 9090, "grafana": 3000, "gateway": 8080, "mlflow-ui": 5000}[
+        name
+    ]
 
 
 def test_every_address_in_the_stack_points_at_a_service_on_the_port_it_listens_on(rendered):
@@ -546,6 +548,73 @@ def test_postgres_gets_exactly_the_passwords_its_init_script_requires():
         "./ops/postgres/init-databases.sh:/docker-entrypoint-initdb.d/10-streamflow.sh:ro"
         in (services()["postgres"]["volumes"])
     )
+
+
+def test_mlflow_runs_behind_its_login_configured_by_the_mounted_file_and_env(rendered, generated_env, monkeypatch):
+    """The basic-auth app, its config file mounted from ops/mlflow, the admin and the secret key from .env, the
+    login store in the `mlflow` database, no default access for other users. (The server itself runs with
+    this file in tests/integration/test_compose_services.py.)"""
+    from mlflow.server.auth.config import read_auth_config
+
+    svc = rendered["services"]["mlflow"]
+    argv = command_argv(svc["command"])
+    assert option_value(argv, "--app-name") == "basic-auth"
+    env = environment(svc)
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services()["mlflow"]["volumes"]}
+    ini = ROOT / mounts[env["MLFLOW_AUTH_CONFIG_PATH"]]
+    assert ini == ROOT / "ops/mlflow/basic_auth.ini" and ini.is_file()
+    assert (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == (
+        generated_env["MLFLOW_ADMIN_USER"],
+        generated_env["MLFLOW_ADMIN_PASSWORD"],
+    )
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == generated_env["MLFLOW_SECRET_KEY"]
+    # the login store: libpq's variables, pointing at the `mlflow` database as its owner role
+    store = urlsplit(env["MLFLOW_BACKEND_STORE_URI"])
+    assert (env["PGHOST"], int(env["PGPORT"]), env["PGUSER"], env["PGDATABASE"], env["PGPASSWORD"]) == (
+        store.hostname,
+        store.port,
+        store.username,
+        store.path.lstrip("/"),
+        store.password,
+    )
+    # MLflow reads the file and the environment as the service sets them
+    for key in [k for k in os.environ if k.startswith("MLFLOW_AUTH_")]:
+        monkeypatch.delenv(key)
+    for key in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        monkeypatch.setenv(key, str(ini) if key == "MLFLOW_AUTH_CONFIG_PATH" else env[key])
+    config = read_auth_config()
+    assert config.default_permission == "NO_PERMISSIONS"
+    assert config.database_uri == "postgresql+psycopg2://"  # everything else from PG* variables
+    assert (config.admin_username, config.admin_password) == (
+        generated_env["MLFLOW_ADMIN_USER"],
+        generated_env["MLFLOW_ADMIN_PASSWORD"],
+    )
+    assert not re.search(r"(?m)^\s*admin_password\s*=", ini.read_text())  # no password in the file
+
+
+def test_every_mlflow_client_in_the_stack_sends_the_login_from_env(rendered, generated_env):
+    login = (generated_env["MLFLOW_ADMIN_USER"], generated_env["MLFLOW_ADMIN_PASSWORD"])
+    clients = {
+        name
+        for name, svc in rendered["services"].items()
+        if environment(svc).get("STREAMFLOW_MLFLOW_TRACKING_URI", "").startswith("http://mlflow:")
+    }
+    assert {"api", "airflow-scheduler", "airflow-dag-processor", "job"} <= clients
+    for name in clients:
+        env = environment(rendered["services"][name])
+        assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == login, name
+
+
+def test_the_mlflow_ui_is_published_only_under_the_profile_ui():
+    assert "ports" not in services()["mlflow"]
+    ui = services()["mlflow-ui"]
+    assert ui["profiles"] == ["ui"]
+    assert ui["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    conf = (ROOT / "ops/nginx/mlflow-ui.conf").read_text()
+    assert f"proxy_pass http://mlflow:{_listening_port('mlflow', services()['mlflow'])};" in conf
+    assert "proxy_set_header Host $http_host;" in conf  # MLflow checks the browser's host against its allowed list
+    assert re.search(rf"listen {_listening_port('mlflow-ui', ui)};", conf)
+    assert "./ops/nginx/mlflow-ui.conf:/etc/nginx/conf.d/default.conf:ro" in ui["volumes"]
 
 
 def test_gateway_forwards_to_every_api_replica_and_keeps_metrics_internal():
