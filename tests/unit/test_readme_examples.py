@@ -1,6 +1,6 @@
-"""The README's example user ids answer for a reader who copies them after `make demo`: each one is an active
-subscriber in the demo's last month (generated here exactly as the demo generates it), so /predict, /features
-and `features get` find current online features for it."""
+"""The example user ids of the README and of the API's /docs answer for a reader who copies them after
+`make demo`: each one is an active subscriber in the demo's last month (generated here exactly as the demo
+generates it), so /predict, /features and `features get` find current online features for it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from serving import schemas
 from streamflow.cli.demo import demo_cmd
 from streamflow.drops.generator import params
 from streamflow.drops.generator.run import generate
@@ -36,3 +37,13 @@ def test_every_user_id_in_the_readme_is_active_in_the_demos_last_month(demo_last
     assert ids, "the README shows no example user"
     churned = sorted(ids - demo_last_month)
     assert not churned, f"README example users not active in the demo's last month: {churned}"
+
+
+def test_the_request_examples_of_the_api_docs_are_active_in_the_demos_last_month(demo_last_month):
+    examples = [
+        *schemas.PredictRequest.model_config["json_schema_extra"]["examples"],
+        *schemas.BatchPredictRequest.model_config["json_schema_extra"]["examples"],
+    ]
+    ids = set(USER_ID.findall(repr(examples)))
+    assert schemas.EXAMPLE_USER in ids and len(ids) >= 2, ids
+    assert not sorted(ids - demo_last_month), f"/docs examples not active in the demo's last month: {ids}"
