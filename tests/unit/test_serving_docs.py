@@ -60,6 +60,9 @@ def test_the_docs_pages_load_every_asset_from_the_app_itself(api, page):
         assert CONTENT_TYPES[suffix] in loaded.headers["content-type"], (asset, loaded.headers["content-type"])
         assert len(loaded.content) > 1000, asset  # the real bundle, not an error page
     assert "/openapi.json" in html and api.get("/openapi.json").status_code == 200
+    # and the browser is told to stay on the app's origin
+    policy = answer.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "img-src 'self' data: blob:" in policy
 
 
 def test_swagger_ui_bundles_its_own_assets_and_no_online_validator(api):
