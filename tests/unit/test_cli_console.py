@@ -17,7 +17,7 @@ def _status(tmp_path, **extra: str) -> tuple[str, str]:
     env.pop("COLUMNS", None)  # as in a log file written by `make demo > demo.log`
     env.update(extra)
     proc = subprocess.run(  # stdout is a pipe, as when the demo's output goes to a log file
-        [STREAMFLOW, "stack", "status"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        [STREAMFLOW, "stack", "status"], env=env, capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode in (0, 1), proc.stderr  # not running: status says so
     return proc.stdout, str(settings.home)
