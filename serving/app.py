@@ -8,7 +8,8 @@ calls (``uvicorn serving.app:app_from_settings --factory``, or ``streamflow serv
 Where things are: the routes in :mod:`serving.routes` (predictions, features, model, operations), the
 shared state and dependencies in :mod:`serving.deps`, response bodies in :mod:`serving.responses`,
 request validation in :mod:`serving.validation`, metrics in :mod:`serving.telemetry`, the documented
-schemas in :mod:`serving.schemas`. The online read path itself is :mod:`streamflow.features.online`.
+schemas in :mod:`serving.schemas`, the interactive docs (their assets served by the app, no CDN) in
+:mod:`serving.docs`. The online read path itself is :mod:`streamflow.features.online`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi.responses import Response
 from threadpoolctl import threadpool_limits
 
 from serving.deps import ServingState
+from serving.docs import add_docs
 from serving.metrics import ApiMetrics, build_metrics
 from serving.model import MlflowModelSource, ModelHolder
 from serving.responses import invalid, json_response
@@ -129,7 +131,10 @@ def create_app(
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=_lifespan(state, manage_collaborators, tune_process),
+        docs_url=None,  # /docs and /redoc come from serving.docs, with their assets served here (no CDN)
+        redoc_url=None,
     )
+    add_docs(app)
     models.accept = state.refusal  # a champion needing features the service does not serve never replaces one
     app.state.serving = state
     app.state.settings = settings

@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from streamflow.drops.contract import ID_PATTERN
 
-EXAMPLE_USER = "7590-VHVEG"
+EXAMPLE_USER = "5575-GNVDE"  # active in the demo's last month: /docs' "Try it out" answers 200 after `make demo`
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # event times the stores can hold (epoch seconds, pandas timestamps)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 EXAMPLE_AS_OF = "2024-04-30T00:00:00Z"
@@ -26,7 +26,7 @@ class PredictRequest(BaseModel):
 class BatchPredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"user_ids": [EXAMPLE_USER, "5575-GNVDE"]}]},
+        json_schema_extra={"examples": [{"user_ids": [EXAMPLE_USER, "7795-CFOCW"]}]},
     )
     user_ids: list[str] = Field(
         min_length=1,
@@ -122,7 +122,7 @@ class StaleFeatures(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "detail": "features of user 7590-VHVEG are older than their TTL at the business clock "
+                    "detail": "features of user 5575-GNVDE are older than their TTL at the business clock "
                     "2024-04-30: refused, not scored",
                     "user_id": EXAMPLE_USER,
                     "business_clock": EXAMPLE_AS_OF,

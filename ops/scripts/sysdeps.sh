@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # System packages the test suite and benchmarks use: redis-server (Feast's Redis online store,
-# as in the compose stack), promtool (Prometheus config and rule checks), hey (load generator).
+# as in the compose stack), promtool (Prometheus config and rule checks), hey (load generator),
+# chromium and chromium-driver (headless browser tests of the API docs, MLflow UI and dbt docs).
 # Installed with apt-get when running as root on Debian/Ubuntu; otherwise reports what is missing.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v hey >/dev/null 2>&1 || need+=(hey)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages: ${need[*]}"

@@ -6,6 +6,7 @@ to a :class:`~streamflow.core.progress.Progress`; this module turns both into te
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, time
 from typing import NoReturn
 
@@ -19,8 +20,20 @@ from typer.core import TyperGroup
 from streamflow.core.errors import StreamflowError
 from streamflow.core.redact import scrub
 
-console = Console()
-err_console = Console(stderr=True)
+WIDE = 10_000  # columns when output goes to a file or a pipe (a log): tables, paths and URLs are never cut
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console at the terminal's width. Written to a file or a pipe (the demo's log, CI), it is wide enough
+    that no table cell, path or URL is wrapped or cropped, unless ``COLUMNS`` sets a width (rich reads it)."""
+    out = Console(stderr=stderr)
+    if not out.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
+        out.width = WIDE
+    return out
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

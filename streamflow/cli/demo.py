@@ -150,13 +150,19 @@ def _as_of(drop: Path) -> date:
 
 
 def _month_summary(settings: Settings, as_of: date) -> dict[str, int]:
-    """Rows the drop brought and rows each mart holds for the month."""
+    """Rows the drop brought and rows each mart holds for the month. The labels mart is keyed by
+    ``period_start``, and a period's labels arrive with the next drop: the month's ``marts.labels`` counts
+    the labels its own drop delivered (period_start = the previous month), next to its ``labels rows``."""
     from streamflow.warehouse.build import mart_row_counts  # dbt's types: only once months are run
 
     with connect(settings) as conn:
         files = conn.execute("select files from raw.load_log where as_of = %s", (as_of,)).fetchone()[0]
     counts = {f"{name} rows": entry["rows"] for name, entry in files.items()}
-    marts = mart_row_counts(settings).get(as_of, {})
+    by_month = mart_row_counts(settings)
+    marts = dict(by_month.get(as_of, {}))
+    if "labels" in marts:
+        period = business_months.previous(list(by_month), as_of)
+        marts["labels"] = by_month.get(period, {}).get("labels", 0) if period else 0
     counts.update({f"marts.{name}": n for name, n in marts.items()})
     return counts
 
@@ -203,7 +209,10 @@ def _run_month(settings: Settings, console: Console, timings: Timings, drop: Pat
 
 
 def _print_month_table(console: Console, summaries: dict[date, dict[str, int]]) -> None:
-    table = Table(title="per month: rows ingested and mart rows")
+    table = Table(
+        title="per month: rows ingested and mart rows",
+        caption="marts.labels: the labels the month's drop delivered (period_start = the previous month)",
+    )
     table.add_column("")
     for as_of in summaries:
         table.add_column(as_of.isoformat(), justify="right")
