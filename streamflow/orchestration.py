@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,8 @@ class DagRunResult:
 
 
 _END_TASK = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+_START_TASK = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
+_RUNNING_TASK = re.compile(r"\[DAG TEST\] running task <TaskInstance: \S+ (\S+) \[")
 _RUN_ID = re.compile(r"run_id=(\S+?),")
 
 
@@ -204,27 +207,67 @@ def _run_and_read(settings: Settings, dag_id: str, conf: dict, progress: Progres
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"{dag_id}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     cmd = [airflow_bin(), "dags", "test", dag_id, "--conf", json.dumps(conf)]
-    run_id = None
+    what = " ".join(filter(None, [dag_id, conf.get("as_of") or _drop_month(conf.get("drop"))]))
     with open(log_file, "w") as log:
         proc = subprocess.Popen(
             cmd, env=airflow_environment(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         assert proc.stdout is not None
+        follower = RunFollower(what, progress, lambda run_id: _task_count(settings, dag_id, run_id))
         for line in proc.stdout:
             log.write(line)
-            m = _END_TASK.search(line)
-            if m:
-                progress.advance(1, f"{m.group(1)} done")
-            if run_id is None and "DagRun Finished" in line:
-                rm = _RUN_ID.search(line)
-                run_id = rm.group(1) if rm else None
+            follower.line(line)
         proc.wait()
-    if run_id is None:
+    if follower.run_id is None:
         raise OrchestrationError(
             f"the {dag_id} run did not start (airflow exited {proc.returncode}); see {log_file}:\n"
             + "\n".join(log_file.read_text().splitlines()[-25:])
         )
-    return read_run(settings, dag_id, run_id, log_file)
+    return read_run(settings, dag_id, follower.run_id, log_file)
+
+
+class RunFollower:
+    """Follows the output of `airflow dags test` and reports to ``progress``: once the run exists, its number
+    of tasks (``count_tasks(run_id)``) as the total; the task running now; one unit per task that ends."""
+
+    def __init__(self, what: str, progress: Progress, count_tasks: Callable[[str], int | None]):
+        self.what = what
+        self.progress = progress
+        self.count_tasks = count_tasks
+        self.run_id: str | None = None
+        self.done = 0
+        self.detail = ""
+
+    def line(self, line: str) -> None:
+        if self.run_id is None and (
+            m := _RUNNING_TASK.search(line) or ("DagRun Finished" in line and _RUN_ID.search(line))
+        ):
+            self.run_id = m.group(1)
+            self.progress.start(self.what, self.count_tasks(self.run_id))
+            if self.detail:
+                self.progress.advance(0, self.detail)
+        if m := _START_TASK.search(line):
+            self.detail = f"{self.done} done, running {m.group(1)}"
+            self.progress.advance(0, self.detail)
+        elif m := _END_TASK.search(line):
+            self.done += 1
+            self.progress.advance(1, f"{m.group(1)} done")
+
+
+def _task_count(settings: Settings, dag_id: str, run_id: str) -> int | None:
+    """How many task instances the run has (Airflow creates them all when the run starts)."""
+    engine = sa.create_engine(airflow_environment(settings)["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    try:
+        with engine.connect() as conn:
+            n = conn.execute(
+                sa.text("select count(*) from task_instance where dag_id = :d and run_id = :r"),
+                {"d": dag_id, "r": run_id},
+            ).scalar_one()
+        return int(n) or None
+    except sa.exc.SQLAlchemyError:
+        return None  # the bar then counts without a total
+    finally:
+        engine.dispose()
 
 
 def read_run(settings: Settings, dag_id: str, run_id: str, log_file: Path) -> DagRunResult:

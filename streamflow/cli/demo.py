@@ -86,7 +86,8 @@ def run_demo(
     _show_champion(settings, console, max(summaries), drops[0].parent)
     local = services.local_services(settings)
     _serve_and_predict(settings, console, timings, local)
-    _print_where_everything_is(settings, console, timings, local)
+    answering = _start_uis(settings, console, timings, local, airflow_environment(settings))
+    _print_where_everything_is(settings, console, timings, local, answering)
 
 
 def _start_stack(settings: Settings, console: Console, timings: Timings) -> None:
@@ -286,13 +287,30 @@ def _serve_and_predict(settings: Settings, console: Console, timings: Timings, l
         for name, item in online.json().get("features", {}).items():
             features.add_row(name, str(item.get("value")), str(item.get("feature_view")), str(item.get("as_of")))
         console.print(features)
-    # the other UIs start in the background and are not waited for long
-    with console.status("starting the MLflow UI, dbt docs and the Airflow UI in the background ..."):
-        for name in ("mlflow", "docs", "airflow"):
-            services.start(settings, local[name], env, wait=5)
 
 
-def _print_where_everything_is(settings: Settings, console: Console, timings: Timings, local: dict) -> None:
+UI_WAIT_SECONDS = 240.0  # Airflow's API server, scheduler and DAG processor take about a minute on 2 cores
+
+
+def _start_uis(
+    settings: Settings, console: Console, timings: Timings, local: dict, env: dict[str, str]
+) -> dict[str, bool]:
+    """Start the MLflow UI, dbt docs and Airflow together and wait until each answers; {service: answers}."""
+    t0 = time.perf_counter()
+    names = ("mlflow", "docs", "airflow")
+    with console.status("starting the MLflow UI, dbt docs and Airflow, waiting until each answers ..."):
+        for name in names:
+            services.start(settings, local[name], env, wait=0)
+        answered = services.wait_answering(settings, [local[n] for n in names], UI_WAIT_SECONDS)
+    answered["api"] = services.answers(local["api"].health)
+    up = [n for n in names if answered[n]]
+    timings.add("UIs", time.perf_counter() - t0, f"{len(up)} of {len(names)} answering")
+    return answered
+
+
+def _print_where_everything_is(
+    settings: Settings, console: Console, timings: Timings, local: dict, answered: dict[str, bool]
+) -> None:
     phases = Table(title="time per phase")
     phases.add_column("phase")
     phases.add_column("seconds", justify="right")
@@ -302,13 +320,19 @@ def _print_where_everything_is(settings: Settings, console: Console, timings: Ti
     console.print(phases)
 
     uis = Table(title="where everything is", show_header=False)
-    uis.add_row("API docs", local["api"].url)
+
+    def url(name: str) -> Text:
+        if answered.get(name, False):
+            return Text(local[name].url)
+        return Text(f"{local[name].url}  not answering: see {services.log_file(settings, name)}", style="red")
+
+    uis.add_row("API docs", url("api"))
     uis.add_row("API admin token", _api_token_where(settings))
     login = airflow_login(settings)
-    uis.add_row("Airflow", local["airflow"].url + "  (starting takes a minute)")
+    uis.add_row("Airflow", url("airflow"))
     uis.add_row("Airflow login", Text(f"{login.username} / {login.password}  (kept in {login.file})"))
-    uis.add_row("MLflow", local["mlflow"].url)
-    uis.add_row("dbt docs", local["docs"].url)
+    uis.add_row("MLflow", url("mlflow"))
+    uis.add_row("dbt docs", url("docs"))
     uis.add_row("warehouse", 'eval "$(.venv/bin/streamflow stack env --show-secrets)" && psql')
     uis.add_row("logs", str(settings.home / "logs"))
     console.print(uis)

@@ -132,6 +132,23 @@ def start(settings: Settings, service: Service, env: dict[str, str], wait: float
     return False
 
 
+def wait_answering(settings: Settings, started: list[Service], wait: float) -> dict[str, bool]:
+    """Wait until each of ``started`` answers its health URL, at most ``wait`` seconds in all; {name: answers}.
+    A service whose process ended is given up at once."""
+    pending = {s.name: s for s in started}
+    status = dict.fromkeys(pending, False)
+    deadline = time.monotonic() + wait
+    while pending and time.monotonic() < deadline:
+        for name, service in list(pending.items()):
+            if answers(service.health):
+                status[name] = True
+                del pending[name]
+            elif running_pid(settings, name) is None:
+                del pending[name]
+        time.sleep(0.5)
+    return status
+
+
 def stop(settings: Settings, name: str, timeout: float = 20.0) -> bool:
     """Stop a background service: its whole process group, then the group of every program it supervises
     (see `supervise`), whether or not the supervising process is still alive. False when nothing ran."""
