@@ -298,6 +298,11 @@ class EmbeddedPostgres:
         a file and running `up` again rotates it) and their grants: ops/postgres/*-grants.sql."""
         s = self.settings
         sql_dir = s.project_dir / "ops" / "postgres"
+        if not (sql_dir / "warehouse-grants.sql").is_file():
+            raise StackError(
+                f"{sql_dir / 'warehouse-grants.sql'} is missing: the database roles cannot be set up",
+                hint="set STREAMFLOW_PROJECT_DIR to the repository root",
+            )
         try:
             with psycopg.connect(self.admin_url(s.warehouse_db), autocommit=True) as conn:
                 conn.execute((sql_dir / "warehouse-grants.sql").read_text())

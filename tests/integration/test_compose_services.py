@@ -70,6 +70,7 @@ def compose_postgres(tmp_path_factory, rendered):
     server.up(roles=False)  # a plain server: the init script creates every role
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(environment(rendered["postgres"]))
+    env["GRANTS_SQL_DIR"] = str(ROOT / "ops/postgres")  # compose mounts ops/postgres at /opt/streamflow/postgres
     env.update(
         PATH=f"{_bin_dir()}:{env['PATH']}",
         PGHOST=settings.pg_host,

@@ -160,7 +160,8 @@ def compose_urls(tmp_path_factory):
     server.up(roles=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(environment(rendered["postgres"]))
-    env.pop("GRANTS_SQL_DIR")  # the container's mount point: here the script finds the SQL next to itself
+    assert env["GRANTS_SQL_DIR"] == "/opt/streamflow/postgres"  # where compose mounts ops/postgres
+    env["GRANTS_SQL_DIR"] = str(ROOT / "ops/postgres")
     env.update(
         PATH=f"{_bin_dir()}:{env['PATH']}",
         PGHOST=settings.pg_host,
