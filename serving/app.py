@@ -34,6 +34,7 @@ from serving.responses import invalid, json_response
 from serving.routes import ROUTERS
 from serving.telemetry import REGISTRY, MetricsMiddleware, Telemetry, warehouse_ops_state
 from serving.validation import BodyLimit, jsonable
+from streamflow.core.db import with_role
 from streamflow.core.runlog import OpsState
 from streamflow.core.settings import Settings, get_settings
 from streamflow.features.online import OnlineReader
@@ -154,7 +155,7 @@ def app_from_settings() -> FastAPI:
     """The app of the process-wide settings, for uvicorn workers (``--factory``): Feast online features, the
     MLflow ``champion``, one OpenMP thread (one-row predictions are slower with more)."""
     threadpool_limits(limits=1)
-    settings = get_settings()
+    settings = with_role(get_settings(), "api")  # least privilege: the API's own database role
     reader = OnlineReader(settings)
     models = ModelHolder(MlflowModelSource(settings), settings.model_poll_seconds)
     return create_app(settings, reader, models, tune_process=True)

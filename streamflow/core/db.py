@@ -10,6 +10,12 @@ from streamflow.core.settings import Settings
 from streamflow.core.stack import get_stack
 
 
+def with_role(settings: Settings, role: str) -> Settings:
+    """These settings, logging in to the embedded server as ``role`` (pipeline, api, analyst). On an external
+    server the URLs carry the login: give the process its own STREAMFLOW_DATABASE_URL (compose does)."""
+    return settings.model_copy(update={"db_role": role})
+
+
 def database_url(settings: Settings, database: str | None = None, driver: str | None = None) -> str:
     """URL of a database on the platform's server (the warehouse unless ``database`` is given)."""
     return get_stack(settings).url(database, driver)

@@ -31,6 +31,12 @@ PUSH_SOURCE = "usage_events"
 PUSH_VIEW = "usage_realtime"
 ONLINE_SCHEMA = "feast_online"
 
+# --- database roles (ops/postgres/*.sql grant them) ------------------------------------------
+API_ROLE = "streamflow_api"
+"""The API's login: reads the online store, the registries and ops; writes the push tables only."""
+ANALYST_ROLE = "analyst"
+"""Analysts' login: reads marts and snapshots."""
+
 # --- model registry --------------------------------------------------------------------------
 MODEL_NAME = "streamflow_churn"
 CHAMPION = "champion"

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     pg_host: str = Field(default="127.0.0.1", description="Embedded server: listen address.")
     pg_port: int = Field(default=55432, description="Embedded server: TCP port.")
     pg_user: str = Field(default="streamflow", description="Embedded server: login role.")
+    db_role: Literal["pipeline", "api", "analyst"] = Field(
+        default="pipeline",
+        description="Embedded server: the role this process logs in as: pipeline (owner of the warehouse), api "
+        "(`streamflow serve` always uses it) or analyst (reads marts).",
+    )
     warehouse_db: str = Field(default="streamflow", description="Embedded server: warehouse database.")
     mlflow_db: str = Field(default="mlflow", description="Embedded server: MLflow backend database.")
     airflow_db: str = Field(default="airflow", description="Embedded server: Airflow metadata database.")

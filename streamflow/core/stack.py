@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from streamflow.core.errors import StreamflowError
+from streamflow.core.names import ANALYST_ROLE, API_ROLE
 from streamflow.core.redact import password_of, redacted, scrub
 
 with warnings.catch_warnings():
@@ -42,6 +44,7 @@ from streamflow.core.settings import Settings
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # and whenever the wheel asks again
 
+ROLES = {"api": API_ROLE, "analyst": ANALYST_ROLE}  # settings.db_role -> login (pipeline: settings.pg_user)
 SYSTEM_USER = "streamflow_pg"  # runs the server when we are root (PostgreSQL refuses root)
 PG_VERSION = 18
 
@@ -94,21 +97,35 @@ class EmbeddedPostgres:
         self._system_user_ready = False
 
     # ---- secrets ----------------------------------------------------------------------
-    def password(self) -> str:
-        """The generated password, created on first use with mode 0600."""
-        if not self.secret_file.exists():
-            self.secret_file.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.secret_file.parent, 0o700)
-            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def secret_file_of(self, role: str) -> Path:
+        """Where the generated password of a login role lives (the pipeline's is ``pg_password``)."""
+        return self.secret_file if role == self.settings.pg_user else self.secret_file.with_name(f"pg_password_{role}")
+
+    def password(self, role: str | None = None) -> str:
+        """The generated password of ``role`` (default: the pipeline's), created on first use with mode 0600."""
+        path = self.secret_file_of(role or self.settings.pg_user)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(24))
-        return self.secret_file.read_text().strip()
+        return path.read_text().strip()
+
+    def login(self) -> str:
+        """The role this process logs in as (settings.db_role)."""
+        return ROLES.get(self.settings.db_role, self.settings.pg_user)
 
     def url(self, database: str | None = None, driver: str | None = None) -> str:
         scheme = "postgresql" + (f"+{driver}" if driver else "")
         db = database or self.settings.warehouse_db
+        s, user = self.settings, self.login()
+        return f"{scheme}://{user}:{self.password(user)}@{s.pg_host}:{s.pg_port}/{db}"
+
+    def admin_url(self, database: str = "postgres") -> str:
+        """The bootstrap superuser's URL (the pipeline's role): creates databases and roles."""
         s = self.settings
-        return f"{scheme}://{s.pg_user}:{self.password()}@{s.pg_host}:{s.pg_port}/{db}"
+        return f"postgresql://{s.pg_user}:{self.password()}@{s.pg_host}:{s.pg_port}/{database}"
 
     # ---- process state ----------------------------------------------------------------
     def _postmaster(self) -> tuple[int, int] | None:
@@ -203,8 +220,9 @@ class EmbeddedPostgres:
             s.settimeout(0.5)
             return s.connect_ex((self.settings.pg_host, self.settings.pg_port)) == 0
 
-    def up(self) -> StackStatus:
-        """Start the server if it is not running; create the project's databases. Idempotent."""
+    def up(self, *, roles: bool = True) -> StackStatus:
+        """Start the server if it is not running; create the project's databases and (``roles``) the API's and
+        analysts' login roles with their grants. Idempotent: an older warehouse gets the roles too."""
         with self._lock_and_prepare():
             if not self.is_running():
                 stale = self.data_dir / "postmaster.pid"
@@ -237,6 +255,8 @@ class EmbeddedPostgres:
                     raise StackError(f"{exc}\n--- {self.log_file} ---\n{tail}") from None
             self._wait_ready()
             self._ensure_databases()
+            if roles:
+                self._ensure_roles()
         return self.status()
 
     @contextlib.contextmanager
@@ -255,7 +275,7 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with psycopg.connect(self.url("postgres"), connect_timeout=3):
+                with psycopg.connect(self.admin_url(), connect_timeout=3):
                     return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
@@ -267,11 +287,34 @@ class EmbeddedPostgres:
 
         s = self.settings
         wanted = [s.warehouse_db, s.mlflow_db, s.airflow_db, s.feast_registry_db]
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
             have = {r[0] for r in conn.execute("select datname from pg_database")}
             for db in wanted:
                 if db not in have:
                     conn.execute(f'create database "{db}"')
+
+    def _ensure_roles(self) -> None:
+        """The login roles of the API and analysts, their passwords (from their files under secrets/, so replacing
+        a file and running `up` again rotates it) and their grants: ops/postgres/*-grants.sql."""
+        s = self.settings
+        sql_dir = s.project_dir / "ops" / "postgres"
+        if not (sql_dir / "warehouse-grants.sql").is_file():
+            raise StackError(
+                f"{sql_dir / 'warehouse-grants.sql'} is missing: the database roles cannot be set up",
+                hint="set STREAMFLOW_PROJECT_DIR to the repository root",
+            )
+        try:
+            with psycopg.connect(self.admin_url(s.warehouse_db), autocommit=True) as conn:
+                conn.execute((sql_dir / "warehouse-grants.sql").read_text())
+                for role in ROLES.values():
+                    conn.execute(sql.SQL("alter role {} password {}").format(sql.Identifier(role), self.password(role)))
+            registry_grants = (sql_dir / "registry-grants.sql").read_text()
+            for db in dict.fromkeys((s.feast_registry_db, s.mlflow_db)):
+                with psycopg.connect(self.admin_url(db), autocommit=True) as conn:
+                    conn.execute(registry_grants)
+        except psycopg.Error as exc:
+            reason = scrub(str(exc).strip(), *(self.password(r) for r in (s.pg_user, *ROLES.values())))
+            raise StackError(f"could not set up the database roles: {reason}") from None
 
     def down(self) -> bool:
         """Stop the server (fast shutdown). Returns False when it was not running."""
@@ -318,7 +361,7 @@ class EmbeddedPostgres:
             log_file=self.log_file,
         )
         if pm:
-            _probe(st, self.url("postgres"))
+            _probe(st, self.admin_url())
         else:
             st.message = "not running (start it with `streamflow stack up`)"
         return st

@@ -70,9 +70,10 @@ def compose_postgres(tmp_path_factory, rendered):
         feast_registry_db="postgres",
     )
     server = EmbeddedPostgres(settings)
-    server.up()
+    server.up(roles=False)  # a plain server: the init script creates every role
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(environment(rendered["postgres"]))
+    env["GRANTS_SQL_DIR"] = str(ROOT / "ops/postgres")  # compose mounts ops/postgres at /opt/streamflow/postgres
     env.update(
         PATH=f"{_bin_dir()}:{env['PATH']}",
         PGHOST=settings.pg_host,
@@ -96,8 +97,8 @@ def _local(url: str, settings) -> str:
 
 
 def _compose_urls(rendered) -> dict[str, str]:
-    """The URL each client of the stack uses, per database."""
-    api = environment(rendered["api"])
+    """The URL each owner of a database uses (the pipeline's: the job's), per database."""
+    api = environment(rendered["job"])
     return {
         "warehouse": api["STREAMFLOW_DATABASE_URL"],
         "feast": api["STREAMFLOW_FEAST_REGISTRY_URL"].replace("+psycopg", ""),
@@ -365,8 +366,10 @@ def test_the_api_serves_a_prediction_through_postgres_redis_and_the_mlflow_serve
     job_env = _swapped(environment(rendered["job"]), settings, compose_redis, mlflow_port, tmp / "job")
     api_env = _swapped(environment(rendered["api"]), settings, compose_redis, mlflow_port, tmp / "api")
     api_compose = environment(rendered["api"])
-    shared = {k: v for k, v in api_compose.items() if k.startswith("STREAMFLOW_") and k != "STREAMFLOW_API_TOKEN"}
+    own = {"STREAMFLOW_API_TOKEN", "STREAMFLOW_DATABASE_URL", "STREAMFLOW_FEAST_REGISTRY_URL"}  # the api's login
+    shared = {k: v for k, v in api_compose.items() if k.startswith("STREAMFLOW_") and k not in own}
     assert shared.items() <= environment(rendered["job"]).items()  # the job and the api read the same settings
+    assert urlsplit(api_compose["STREAMFLOW_DATABASE_URL"]).username == "streamflow_api"
     # the MLflow login: the MLflow client reads it from the environment, in this process as in the containers
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         assert job_env[key] == api_env[key] and job_env[key]

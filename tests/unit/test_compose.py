@@ -235,20 +235,21 @@ def test_every_setting_is_set_or_has_a_default():
 def test_project_containers_load_settings_that_point_at_the_compose_services(service, rendered, monkeypatch):
     settings = _settings_of(rendered["services"][service], monkeypatch)
     assert not settings.embedded
+    owner = service != "api"  # the api logs in as its own role (ops/postgres/warehouse-grants.sql)
     warehouse = urlsplit(settings.database_url)
     assert (warehouse.scheme, warehouse.hostname, warehouse.port, warehouse.path, warehouse.username) == (
         "postgresql",
         "postgres",
         5432,
         "/warehouse",
-        "streamflow",
+        "streamflow" if owner else "streamflow_api",
     )
     registry = urlsplit(settings.feast_registry_url)
     assert (registry.scheme, registry.hostname, registry.path, registry.username) == (
         "postgresql+psycopg",
         "postgres",
         "/feast",
-        "feast",
+        "feast" if owner else "streamflow_api",
     )
     assert settings.online_store == "redis" and settings.redis_url == "redis:6379"
     assert settings.mlflow_tracking_uri == "http://mlflow:5000"
