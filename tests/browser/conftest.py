@@ -6,18 +6,16 @@ its own PostgreSQL, Feast applied and materialized, a champion trained and promo
 `streamflow serve`, `streamflow mlflow` and `streamflow docs`, each a real process started as a user starts it.
 
 The browser resolves no host name but the loopback address, so a page that reaches for a CDN fails here as it
-would offline. A test that fails leaves a screenshot and the page's HTML in a temporary folder named in its
-report.
+would offline. Every test leaves a screenshot of the page it ends on (and its HTML) under
+test-artifacts/screenshots/ (tests/browser_support.py), which CI keeps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,17 +23,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from streamflow.core.settings import Settings
+from tests.browser_support import chromium, headless_chromium, keep_page
 from tests.conftest import ROOT, STREAMFLOW, free_port, server_home, settings_env
 from tests.serving_world import api_server, build_world, users_by_history
 
 START_SECONDS = 180  # a UI process from start to its first answer (MLflow's server, dbt docs generate)
-PAGE_SECONDS = 60  # a page from navigation to the element a test waits for
-CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 
 
 @dataclass
@@ -46,18 +41,6 @@ class Platform:
     docs: str
     active_user: str  # a subscriber served by the API
     logs: Path
-
-
-def _chromium() -> tuple[str, str]:
-    binary = next((found for name in CHROMIUM if (found := shutil.which(name))), None)
-    driver = shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.fail(
-            "the browser tests need Chromium and its driver: `make sysdeps` installs Debian's chromium and "
-            "chromium-driver (as root), or install them with your package manager",
-            pytrace=False,
-        )
-    return binary, driver
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = START_SECONDS) -> None:
@@ -95,7 +78,7 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
 @pytest.fixture(scope="session")
 def platform(built_warehouse, tmp_path_factory) -> Iterator[Platform]:
     """The API, the MLflow UI and the dbt docs site of one platform, all on loopback."""
-    _chromium()  # fail before minutes of set-up when the browser is missing
+    chromium()  # fail before minutes of set-up when the browser is missing
     tmp = tmp_path_factory.mktemp("browser")
     with server_home("streamflow-browser-") as home:
         settings = build_world(home, built_warehouse, tmp)
@@ -114,52 +97,12 @@ def platform(built_warehouse, tmp_path_factory) -> Iterator[Platform]:
             yield Platform(settings, api_url, mlflow_url, docs_url, active[0], tmp)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    item.stash.setdefault(_OUTCOMES, {})[report.when] = report
-    return report
-
-
-_OUTCOMES = pytest.StashKey[dict]()
-_SHOTS: list[Path] = []
-
-
-def _shots_dir() -> Path:
-    if not _SHOTS:
-        _SHOTS.append(Path(tempfile.mkdtemp(prefix="streamflow-browser-")))
-    return _SHOTS[0]
-
-
 @pytest.fixture()
 def browser(request) -> Iterator[WebDriver]:
-    """Headless Chromium for one test; on failure its screenshot and HTML go to a temporary folder."""
-    binary, driver_path = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # as root, Chromium's sandbox refuses to start
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1000",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",  # offline: only loopback resolves
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for refused requests
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    driver.set_page_load_timeout(PAGE_SECONDS)
-    try:
-        yield driver
-        outcome = request.node.stash.get(_OUTCOMES, {}).get("call")
-        if outcome is not None and outcome.failed:
-            folder = _shots_dir()
-            stem = request.node.name.replace("/", "_")
-            driver.save_screenshot(str(folder / f"{stem}.png"))
-            (folder / f"{stem}.html").write_text(driver.page_source)
-            print(f"screenshot of the failed page: {folder / stem}.png (and .html)")
-    finally:
-        driver.quit()
+    """Headless Chromium for one test; the page it ends on is kept under test-artifacts/screenshots/."""
+    with headless_chromium() as driver:
+        try:
+            yield driver
+        finally:
+            shot = keep_page(driver, request.node.name)
+            print(f"screenshot: {shot} (and .html)")

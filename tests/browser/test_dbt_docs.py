@@ -1,5 +1,5 @@
 """The dbt docs site in a real browser (`streamflow docs`): the project tree lists every mart, and a mart's page
-shows its columns from the catalog of the built warehouse."""
+shows its columns from the catalog of the built warehouse and its lineage (what it depends on)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,8 @@ def test_the_project_tree_lists_the_marts_and_a_mart_shows_its_columns(platform,
     wait.until(lambda b: "contract_type" in b.find_element(By.TAG_NAME, "body").text)
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "monthly_fee" in body and "as_of" in body
+    # its lineage: the page's "Depends On" lists the snapshots it is built from, and its "Referenced By" the
+    # exposures that read it (the Feast feature services, the model)
+    wait.until(lambda b: "Depends On" in b.find_element(By.TAG_NAME, "body").text)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert {"snap_subscriptions", "snap_users"} <= set(body.split()), body[-3000:]

@@ -1,7 +1,8 @@
 """Local Airflow as a new user starts it: `streamflow airflow` with a PATH that lacks the virtualenv.
 
 It comes up, its REST API refuses a request without a token and a wrong password, accepts a token made
-with the generated admin login and lists the project's DAGs, runs tasks whose logs the UI shows, and no
+with the generated admin login and lists the project's DAGs, runs tasks whose logs the UI shows, shows in a
+real browser (headless Chromium) the login form, the three DAGs and a finished run's tasks, and no
 socket of any of its processes listens on anything but 127.0.0.1. `streamflow stop` then ends every one
 of them. Bounded in time.
 """
@@ -15,12 +16,16 @@ import signal
 import stat
 import subprocess
 import time
+from urllib.parse import quote
 
 import httpx
 import psutil
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from streamflow.orchestration import MATERIALIZE_DAG, MONITOR_DAG, MONTHLY_DAG, airflow_password_file
+from tests.browser_support import PAGE_SECONDS, headless_chromium, keep_page
 from tests.conftest import ROOT, STREAMFLOW, free_port, make_settings, settings_env
 
 pytestmark = pytest.mark.integration
@@ -88,6 +93,34 @@ def _finished_task_log(base: str, auth: dict) -> tuple[dict, dict] | None:
             assert log is not None and log.status_code == 200, log and log.text
             return ti, log.json()
     return None
+
+
+def _body(browser) -> str:
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def _see_in_the_browser(base: str, password: str, ti: dict, auth: dict) -> None:
+    """Airflow's UI in headless Chromium: a page asks for the login first; after it, the DAG list shows the three
+    DAGs and the run page the run's task instances (rendered by the UI, not read from the API)."""
+    tasks = _get(f"{base}/api/v2/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances", headers=auth).json()
+    task_ids = {t["task_id"] for t in tasks["task_instances"]}
+    with headless_chromium() as browser:
+        wait = WebDriverWait(browser, PAGE_SECONDS)
+        browser.get(f"{base}/dags")
+        wait.until(lambda b: "/auth/login" in b.current_url and b.find_elements(By.NAME, "password"))
+        keep_page(browser, "airflow_login")
+        browser.find_element(By.NAME, "username").send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys(password)
+        next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == "Sign in").click()
+        wait.until(lambda b: "/auth/login" not in b.current_url)
+        browser.get(f"{base}/dags")
+        wait.until(lambda b: {MONTHLY_DAG, MATERIALIZE_DAG, MONITOR_DAG} <= set(_body(b).split()))
+        assert "3 Dags" in _body(browser)
+        keep_page(browser, "airflow_dags")
+        browser.get(f"{base}/dags/{ti['dag_id']}/runs/{quote(ti['dag_run_id'], safe='')}")
+        wait.until(lambda b: task_ids <= set(_body(b).split()))
+        assert ti["dag_run_id"] in _body(browser)
+        keep_page(browser, "airflow_run")
 
 
 def _stop(proc: subprocess.Popen, env: dict) -> subprocess.CompletedProcess:
@@ -164,6 +197,9 @@ def test_local_airflow_requires_the_generated_login_and_listens_on_loopback_only
         assert str(own_home / "airflow" / "logs") in text, text[:2000]  # the source: the local log file
         assert "Could not read served logs" not in text
         assert len(task_log["content"]) > 2, text[:2000]  # more than the source details: the task's own lines
+
+        # the same in a real browser: the login form, the three DAGs, the finished run's tasks
+        _see_in_the_browser(base, password, ti, auth)
 
         # every socket of every Airflow process: loopback only (the API server; no log server, no 0.0.0.0, no ::)
         tree = _tree(proc)
