@@ -1,4 +1,4 @@
-"""The Kubernetes manifests (deploy/k8s) and the Airflow chart values (deploy/helm), checked offline.
+"""The Kubernetes manifests (ops/k8s) and the Airflow chart values (ops/helm), checked offline.
 
 Every resource file each kustomization lists, and every overlay as `kubectl kustomize` renders it, is
 validated against the Kubernetes JSON schemas that ship in the `kubernetes-validate` wheel (strict: an
@@ -25,9 +25,9 @@ from streamflow.cli.main import app as cli_app
 from streamflow.core.settings import Settings
 from tests.compose_model import ROOT, environment, services
 
-K8S = ROOT / "deploy" / "k8s"
+K8S = ROOT / "ops" / "k8s"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
-HELM_VALUES = ROOT / "deploy" / "helm" / "airflow-values.yaml"
+HELM_VALUES = ROOT / "ops" / "helm" / "airflow-values.yaml"
 # the oldest and the newest Kubernetes release the manifests are checked against
 KUBERNETES_VERSIONS = ("1.32.0", "1.37.0")
 PROJECT_IMAGE = "streamflow"
@@ -110,7 +110,7 @@ def render(folder: Path) -> list[dict[str, Any]]:
 
 
 def tree_problems(root: Path) -> list[str]:
-    """Everything wrong with a deploy/k8s tree: listing, patches, schemas of the files and of the render."""
+    """Everything wrong with a ops/k8s tree: listing, patches, schemas of the files and of the render."""
     folders = [root / "base", *sorted(p.parent for p in (root / "overlays").glob("*/kustomization.yaml"))]
     problems = []
     for folder in folders:
@@ -131,7 +131,7 @@ def tree_problems(root: Path) -> list[str]:
 # the manifests validate, and a broken one fails
 # ---------------------------------------------------------------------------------------
 def test_the_manifests_validate_against_the_kubernetes_schemas():
-    assert OVERLAYS, "no overlay under deploy/k8s/overlays"
+    assert OVERLAYS, "no overlay under ops/k8s/overlays"
     assert tree_problems(K8S) == []
 
 
