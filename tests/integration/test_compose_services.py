@@ -246,7 +246,7 @@ def test_mlflow_refuses_a_call_without_the_login_from_env(mlflow_server, rendere
     assert password not in log.read_text()  # the server never prints the password
     # the MLflow client without the login is refused too
     with pytest.raises(MlflowException, match="401"):
-        MlflowClient(tracking_uri=base).search_registered_models()
+        MlflowClient(tracking_uri=base, registry_uri=base).search_registered_models()
 
 
 def test_mlflow_keeps_runs_in_its_database_and_artifacts_on_the_artifact_volume(
