@@ -1,0 +1,261 @@
+"""Materialization in bounded memory, written with the online store's bulk path.
+
+Feast's own materialization reads a view's whole window into one Arrow table, converts all of it to
+protobufs, then writes it with one INSERT per feature value: memory grows with the month. Here the same rows
+(Feast's own offline query: each user's latest row in the window) are read through a server-side cursor
+``chunk_rows`` users at a time, converted with Feast's own conversion (the same Arrow types, the same
+pandas round trip, ``_convert_arrow_to_proto``, ``serialize_entity_key``) and written:
+
+- PostgreSQL: COPY of the chunk into a temporary staging table, then one
+  ``INSERT ... SELECT ... ON CONFLICT (entity_key, feature_name) DO UPDATE`` into Feast's online table; all
+  chunks of a view in one transaction, so readers see the previous values or the new ones, never a mix.
+  The rows are byte for byte what Feast's PostgreSQL writer stores (same columns, same encodings).
+- Any other online store (Redis): the store's own ``online_write_batch`` per chunk (pipelined on Redis).
+
+:class:`StreamflowPostgresOnlineStore` is the same writer as a Feast online store: with
+``type: streamflow.features.bulk_store.StreamflowPostgresOnlineStore`` in ``feature_store.yaml``, Feast's
+own ``feast materialize`` and pushes write through COPY too; reads are Feast's PostgreSQL reads, unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _to_naive_utc, extract_text_and_num
+from feast.infra.online_stores.postgres_online_store.postgres import (
+    PostgreSQLOnlineStore,
+    PostgreSQLOnlineStoreConfig,
+    _table_id,
+)
+from feast.infra.utils.postgres.connection_utils import _get_conn, _get_connection_pool
+from feast.infra.utils.postgres.postgres_config import ConnectionType
+from feast.type_map import pg_type_code_to_arrow
+from feast.utils import _convert_arrow_to_proto
+from psycopg import sql
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, FeatureView
+    from feast.repo_config import RepoConfig
+    from psycopg import Connection
+
+STAGE = "_streamflow_online_stage"
+CURSOR = "streamflow_materialize"
+BULK_TYPE = "streamflow.features.bulk_store.StreamflowPostgresOnlineStore"
+
+Rows = list[tuple[Any, dict[str, Any], datetime, datetime | None]]  # Feast's (entity key, values, ts, created)
+
+
+# ---------------------------------------------------------------------------------------
+# reading: Feast's rows of a view, a chunk at a time
+# ---------------------------------------------------------------------------------------
+def _join_keys(view: FeatureView) -> dict[str, Any]:
+    return {entity.name: entity.dtype.to_value_type() for entity in view.entity_columns}
+
+
+def _window_query(store: FeatureStore, view: FeatureView, start: datetime, end: datetime) -> str:
+    """The SQL Feast's materialization runs for ``view`` over [start, end] (each entity's latest row)."""
+    source = view.batch_source
+    if source.field_mapping:
+        raise ValueError(f"feature view {view.name}: a source with a field mapping is not supported")
+    job = store._get_provider().offline_store.pull_latest_from_table_or_query(
+        config=store.config,
+        data_source=source,
+        join_key_columns=list(_join_keys(view)),
+        feature_name_columns=[f.name for f in view.features],
+        timestamp_field=source.timestamp_field,
+        created_timestamp_column=source.created_timestamp_column,
+        start_date=start,
+        end_date=end,
+    )
+    return job.to_sql()
+
+
+def _arrow(description, rows: list[tuple]) -> pa.Table:
+    """A chunk as the Arrow table Feast's PostgreSQL retrieval builds, after the pandas round trip of
+    Feast's local compute engine (its filter and dedup nodes)."""
+    schema = pa.schema([(c.name, pg_type_code_to_arrow(c.type_code)) for c in description])
+    columns = [pa.array([row[i] for row in rows]) for i in range(len(schema))]
+    table = pa.Table.from_arrays(columns, schema=schema)
+    return pa.Table.from_pandas(table.to_pandas())
+
+
+def read_chunks(
+    store: FeatureStore, view: FeatureView, start: datetime, end: datetime, chunk_rows: int
+) -> Iterator[Rows]:
+    """Feast's rows of ``view`` in [start, end], ``chunk_rows`` entities at a time, as Feast's protos."""
+    query = _window_query(store, view, start, end)
+    join_keys = _join_keys(view)
+    with _get_conn(store.config.offline_store) as conn, conn.cursor(name=CURSOR) as cur:
+        conn.read_only = True
+        cur.itersize = chunk_rows
+        cur.execute(query)
+        while rows := cur.fetchmany(chunk_rows):
+            yield _convert_arrow_to_proto(_arrow(cur.description, rows), view, join_keys)
+
+
+# ---------------------------------------------------------------------------------------
+# writing: COPY into staging, one upsert
+# ---------------------------------------------------------------------------------------
+def _columns(conn: Connection, config: RepoConfig, table: str) -> list[str]:
+    """The columns Feast's writer fills, in its order (value_num only where the table has it)."""
+    schema = config.online_store.db_schema or config.online_store.user
+    has_num = conn.execute(
+        "select 1 from information_schema.columns where table_schema = %s and table_name = %s "
+        "and column_name = 'value_num'",
+        (schema, table),
+    ).fetchone()
+    num = ["value_num"] if has_num else []
+    return ["entity_key", "feature_name", "value", "value_text", *num, "vector_value", "event_ts", "created_ts"]
+
+
+def _encode(config: RepoConfig, rows: Rows, with_num: bool) -> Iterator[tuple]:
+    """Feast's PostgreSQL writer's row per feature value (same serialization, same timestamps)."""
+    version = config.entity_key_serialization_version
+    vectors = bool(getattr(config.online_store, "vector_enabled", False))
+    if vectors:  # only for pgvector tables, which StreamFlow does not use
+        from feast.infra.key_encoding_utils import get_list_val_str  # noqa: PLC0415 - rare path, kept lazy
+    for entity_key, values, timestamp, created in rows:
+        key = serialize_entity_key(entity_key, entity_key_serialization_version=version)
+        ts = _to_naive_utc(timestamp)
+        created_ts = _to_naive_utc(created) if created is not None else None
+        for name, val in values.items():
+            text, num = extract_text_and_num(val, with_num)
+            vector = get_list_val_str(val) if vectors else None
+            head = (key, name, val.SerializeToString(), text)
+            yield (*head, num, vector, ts, created_ts) if with_num else (*head, vector, ts, created_ts)
+
+
+class _Upserter:
+    """Writes chunks of Feast rows into one online table of an open transaction: COPY into a temporary
+    staging table, then one INSERT ... ON CONFLICT DO UPDATE (Feast's upsert, set-based)."""
+
+    def __init__(self, conn: Connection, config: RepoConfig, view: FeatureView) -> None:
+        self.conn, self.config = conn, config
+        name = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+        self.columns = _columns(conn, config, name)
+        self.with_num = "value_num" in self.columns
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        updates = sql.SQL(", ").join(
+            sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
+            for c in self.columns
+            if c not in ("entity_key", "feature_name")
+        )
+        stage = sql.Identifier(STAGE)
+        conn.execute(
+            sql.SQL("create temporary table if not exists {} (like {} including defaults) on commit drop").format(
+                stage, sql.Identifier(name)
+            )
+        )
+        self.copy = sql.SQL("copy {} ({}) from stdin").format(stage, cols)
+        self.upsert = sql.SQL(
+            "insert into {target} ({cols}) select {cols} from {stage} "
+            "on conflict (entity_key, feature_name) do update set {updates}"
+        ).format(target=sql.Identifier(name), cols=cols, stage=stage, updates=updates)
+        self.truncate = sql.SQL("truncate {}").format(stage)
+
+    def write(self, rows: Rows) -> int:
+        if not rows:
+            return 0
+        with self.conn.cursor() as cur:
+            with cur.copy(self.copy) as copy:
+                for row in _encode(self.config, rows, self.with_num):
+                    copy.write_row(row)
+            cur.execute(self.upsert)
+            cur.execute(self.truncate)
+        return len(rows)
+
+
+def _pg_connection(config: RepoConfig) -> Connection:
+    """A connection to the online store as Feast's PostgreSQL store opens one (same search path, same
+    session time zone for the naive UTC timestamps it writes)."""
+    return _get_conn(config.online_store)
+
+
+def write_chunks(
+    store: FeatureStore, view: FeatureView, chunks: Iterable[Rows], on_chunk: Callable[[int], None]
+) -> int:
+    """Write every chunk of ``view``; returns the entities written. PostgreSQL: one transaction for the view."""
+    config = store.config
+    written = 0
+    if _is_postgres(config):
+        with contextlib.closing(_pg_connection(config)) as conn, conn.transaction():
+            upserter = _Upserter(conn, config, view)
+            for rows in chunks:
+                n = upserter.write(rows)
+                written += n
+                on_chunk(n)
+        return written
+    online = store._get_provider().online_store
+    for rows in chunks:
+        if rows:
+            online.online_write_batch(config=config, table=view, data=rows, progress=None)
+        written += len(rows)
+        on_chunk(len(rows))
+    return written
+
+
+def _is_postgres(config: RepoConfig) -> bool:
+    return config.online_store.type in ("postgres", BULK_TYPE)
+
+
+def materialize_view(
+    store: FeatureStore,
+    view: FeatureView,
+    start: datetime,
+    end: datetime,
+    chunk_rows: int,
+    on_chunk: Callable[[int], None] = lambda _n: None,
+) -> int:
+    """Materialize ``view`` over [start, end] as Feast would, in chunks of ``chunk_rows`` entities, then record
+    the interval in the registry as Feast does; returns the entities written."""
+    written = write_chunks(store, view, read_chunks(store, view, start, end, chunk_rows), on_chunk)
+    store.registry.apply_materialization(view, store.project, start, end)
+    return written
+
+
+# ---------------------------------------------------------------------------------------
+# the same writer as a Feast online store
+# ---------------------------------------------------------------------------------------
+class StreamflowPostgresOnlineStoreConfig(PostgreSQLOnlineStoreConfig):
+    """Feast's PostgreSQL online store configuration, under the type name of the bulk writer."""
+
+    type: Literal["streamflow.features.bulk_store.StreamflowPostgresOnlineStore"] = BULK_TYPE  # type: ignore[assignment]
+
+
+class StreamflowPostgresOnlineStore(PostgreSQLOnlineStore):
+    """Feast's PostgreSQL online store whose writes go through COPY and one upsert per batch (same tables,
+    same rows); reads, table creation and teardown are Feast's."""
+
+    @contextlib.contextmanager
+    def _get_conn(self, config: RepoConfig, autocommit: bool = False) -> Iterator[Connection]:
+        # Feast's own, less its assertion that the type is named "postgres"
+        online = config.online_store
+        if online.conn_type == ConnectionType.pool:
+            if not self._conn_pool:
+                self._conn_pool = _get_connection_pool(online)
+                self._conn_pool.open()
+            connection = self._conn_pool.getconn()
+            connection.set_autocommit(autocommit)
+            yield connection
+            self._conn_pool.putconn(connection)
+        else:
+            if not self._conn:
+                self._conn = _get_conn(online)
+            self._conn.set_autocommit(autocommit)
+            yield self._conn
+
+    def online_write_batch(self, config: RepoConfig, table: FeatureView, data: Rows, progress) -> None:
+        with self._get_conn(config) as conn:
+            try:
+                _Upserter(conn, config, table).write(data)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        if progress:
+            progress(len(data))
