@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _to_naive_utc, extract_text_and_num
 from feast.infra.online_stores.postgres_online_store.postgres import (
@@ -34,8 +36,9 @@ from feast.infra.online_stores.postgres_online_store.postgres import (
 )
 from feast.infra.utils.postgres.connection_utils import _get_conn, _get_connection_pool
 from feast.infra.utils.postgres.postgres_config import ConnectionType
-from feast.type_map import pg_type_code_to_arrow
-from feast.utils import _convert_arrow_to_proto
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.type_map import pg_type_code_to_arrow, python_values_to_proto_values
+from feast.utils import _coerce_datetime, _convert_arrow_to_proto
 from psycopg import sql
 
 if TYPE_CHECKING:
@@ -84,18 +87,23 @@ def _arrow(description, rows: list[tuple]) -> pa.Table:
     return pa.Table.from_pandas(table.to_pandas())
 
 
-def read_chunks(
+def read_tables(
     store: FeatureStore, view: FeatureView, start: datetime, end: datetime, chunk_rows: int
-) -> Iterator[Rows]:
-    """Feast's rows of ``view`` in [start, end], ``chunk_rows`` entities at a time, as Feast's protos."""
+) -> Iterator[pa.Table]:
+    """Feast's rows of ``view`` in [start, end], ``chunk_rows`` entities at a time, as the Arrow tables
+    Feast's materialization converts."""
     query = _window_query(store, view, start, end)
-    join_keys = _join_keys(view)
     with _get_conn(store.config.offline_store) as conn, conn.cursor(name=CURSOR) as cur:
         conn.read_only = True
         cur.itersize = chunk_rows
         cur.execute(query)
         while rows := cur.fetchmany(chunk_rows):
-            yield _convert_arrow_to_proto(_arrow(cur.description, rows), view, join_keys)
+            yield _arrow(cur.description, rows)
+
+
+def as_protos(view: FeatureView, table: pa.Table) -> Rows:
+    """A chunk as Feast's rows of protos (what an online store's ``online_write_batch`` takes)."""
+    return _convert_arrow_to_proto(table, view, _join_keys(view))
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,6 +138,68 @@ def _encode(config: RepoConfig, rows: Rows, with_num: bool) -> Iterator[tuple]:
             yield (*head, num, vector, ts, created_ts) if with_num else (*head, vector, ts, created_ts)
 
 
+def _copy_text(text: str | None) -> str:
+    """A text field of COPY's text format."""
+    if text is None:
+        return "\\N"
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _bytea(raw: bytes) -> str:
+    return "\\\\x" + raw.hex()
+
+
+def _distinct(column: pa.ChunkedArray) -> tuple[Any, list[int]]:
+    """A column's distinct values (as the numpy array Feast converts: nulls included, same dtype) and each
+    row's index into them: each distinct value is converted and serialized once."""
+    encoded = pc.dictionary_encode(column.combine_chunks(), null_encoding="encode")
+    return encoded.dictionary.to_numpy(zero_copy_only=False), encoded.indices.to_pylist()
+
+
+def _copy_lines(config: RepoConfig, view: FeatureView, table: pa.Table, with_num: bool) -> Iterator[str]:
+    """# long: one pass per feature column, kept together to show the row layout
+    COPY text lines of Feast's PostgreSQL writer's rows for a chunk (one line per entity and feature), built
+    column by column with Feast's own conversions: python_values_to_proto_values, serialize_entity_key,
+    extract_text_and_num, its timestamp coercions; each distinct value of a column converted once."""
+    join_keys = _join_keys(view)
+    key_values = {
+        k: python_values_to_proto_values(table.column(k).to_numpy(zero_copy_only=False), t)
+        for k, t in join_keys.items()
+    }
+    version = config.entity_key_serialization_version
+    keys = [
+        _bytea(
+            serialize_entity_key(
+                EntityKeyProto(join_keys=list(join_keys), entity_values=[key_values[k][i] for k in join_keys]),
+                entity_key_serialization_version=version,
+            )
+        )
+        for i in range(table.num_rows)
+    ]
+    source = view.batch_source
+
+    def stamps(column: str | None) -> list[str]:
+        if not column:
+            return ["\\N"] * table.num_rows
+        distinct, index = _distinct(table.column(column))
+        cells = [_copy_text(_to_naive_utc(_coerce_datetime(t)).isoformat(sep=" ")) for t in pd.to_datetime(distinct)]
+        return [cells[i] for i in index]
+
+    tail = [
+        f"\\N\t{e}\t{c}\n"
+        for e, c in zip(stamps(source.timestamp_field), stamps(source.created_timestamp_column), strict=True)
+    ]
+    for feature in view.features:
+        distinct, index = _distinct(table.column(feature.name))
+        cells = []
+        for val in python_values_to_proto_values(distinct, feature.dtype.to_value_type()):
+            text, num = extract_text_and_num(val, with_num)
+            cell = f"{_bytea(val.SerializeToString())}\t{_copy_text(text)}"
+            cells.append(f"{cell}\t{_copy_text(None if num is None else repr(num))}" if with_num else cell)
+        name = _copy_text(feature.name)
+        yield "".join(f"{k}\t{name}\t{cells[j]}\t{t}" for k, j, t in zip(keys, index, tail, strict=True))
+
+
 class _Upserter:
     """Writes chunks of Feast rows into one online table of an open transaction: COPY into a temporary
     staging table, then one INSERT ... ON CONFLICT DO UPDATE (Feast's upsert, set-based)."""
@@ -159,15 +229,30 @@ class _Upserter:
         self.truncate = sql.SQL("truncate {}").format(stage)
 
     def write(self, rows: Rows) -> int:
+        """Feast's rows of protos (what Feast's writer is handed)."""
         if not rows:
             return 0
         with self.conn.cursor() as cur:
             with cur.copy(self.copy) as copy:
                 for row in _encode(self.config, rows, self.with_num):
                     copy.write_row(row)
-            cur.execute(self.upsert)
-            cur.execute(self.truncate)
+            self._merge(cur)
         return len(rows)
+
+    def write_table(self, view: FeatureView, table: pa.Table) -> int:
+        """A chunk as read (Arrow), encoded column by column."""
+        if not table.num_rows:
+            return 0
+        with self.conn.cursor() as cur:
+            with cur.copy(self.copy) as copy:
+                for lines in _copy_lines(self.config, view, table, self.with_num):
+                    copy.write(lines)
+            self._merge(cur)
+        return table.num_rows
+
+    def _merge(self, cur) -> None:
+        cur.execute(self.upsert)
+        cur.execute(self.truncate)
 
 
 def _pg_connection(config: RepoConfig) -> Connection:
@@ -176,8 +261,8 @@ def _pg_connection(config: RepoConfig) -> Connection:
     return _get_conn(config.online_store)
 
 
-def write_chunks(
-    store: FeatureStore, view: FeatureView, chunks: Iterable[Rows], on_chunk: Callable[[int], None]
+def write_tables(
+    store: FeatureStore, view: FeatureView, tables: Iterable[pa.Table], on_chunk: Callable[[int], None]
 ) -> int:
     """Write every chunk of ``view``; returns the entities written. PostgreSQL: one transaction for the view."""
     config = store.config
@@ -185,17 +270,17 @@ def write_chunks(
     if _is_postgres(config):
         with contextlib.closing(_pg_connection(config)) as conn, conn.transaction():
             upserter = _Upserter(conn, config, view)
-            for rows in chunks:
-                n = upserter.write(rows)
+            for table in tables:
+                n = upserter.write_table(view, table)
                 written += n
                 on_chunk(n)
         return written
     online = store._get_provider().online_store
-    for rows in chunks:
-        if rows:
-            online.online_write_batch(config=config, table=view, data=rows, progress=None)
-        written += len(rows)
-        on_chunk(len(rows))
+    for table in tables:
+        if table.num_rows:
+            online.online_write_batch(config=config, table=view, data=as_protos(view, table), progress=None)
+        written += table.num_rows
+        on_chunk(table.num_rows)
     return written
 
 
@@ -213,7 +298,7 @@ def materialize_view(
 ) -> int:
     """Materialize ``view`` over [start, end] as Feast would, in chunks of ``chunk_rows`` entities, then record
     the interval in the registry as Feast does; returns the entities written."""
-    written = write_chunks(store, view, read_chunks(store, view, start, end, chunk_rows), on_chunk)
+    written = write_tables(store, view, read_tables(store, view, start, end, chunk_rows), on_chunk)
     store.registry.apply_materialization(view, store.project, start, end)
     return written
 
