@@ -15,6 +15,8 @@ import pytest
 from streamflow.core.db import connect
 from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.stack import EmbeddedPostgres
+from feast import FeatureStore
+
 from streamflow.features import apply, bulk_store, materialize, online_store, store
 
 pytestmark = pytest.mark.integration
@@ -99,3 +101,23 @@ def test_the_monthly_step_in_chunks_serves_the_month_and_records_it(base):
     assert store.feast_clock(settings, refresh=True) == ts(JAN)
     again = materialize.materialize(settings, JAN)
     assert sorted(again.skipped) == sorted(FEATURE_MARTS)
+
+
+def test_feast_materializes_and_reads_through_the_bulk_online_store_class(base):
+    """The writer as a Feast online store (`type: streamflow.features.bulk_store.StreamflowPostgresOnlineStore`):
+    Feast's own materialize writes the same rows as with Feast's PostgreSQL store, and Feast reads them back."""
+    by_feast, by_class = project(base, "bulk_ref"), project(base, "bulk_class")
+    config = store.repo_config(by_class)
+    online = {**config.online_config, "type": bulk_store.BULK_TYPE}
+    class_store = FeatureStore(config=config.model_copy(update={"online_config": online}))
+    assert type(class_store._get_provider().online_store) is bulk_store.StreamflowPostgresOnlineStore
+    start = ts(JAN) - class_store.get_feature_view(FEATURE_MARTS[0]).ttl
+    for feast_store in (store.feature_store(by_feast), class_store):
+        feast_store.materialize(start_date=start, end_date=ts(JAN), feature_views=list(FEATURE_MARTS))
+    assert online_rows(by_class) == online_rows(by_feast)
+
+    user = materialize.active_users(by_class, JAN)[0]
+    features = [f"usage_agg_30d:{f.name}" for f in class_store.get_feature_view("usage_agg_30d").features]
+    got = class_store.get_online_features(features=features, entity_rows=[{"user_id": user}]).to_dict()
+    want = store.feature_store(by_feast).get_online_features(features=features, entity_rows=[{"user_id": user}])
+    assert got == want.to_dict() and got["watch_hours_30d"][0] is not None
