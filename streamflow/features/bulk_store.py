@@ -157,8 +157,7 @@ def _distinct(column: pa.ChunkedArray) -> tuple[Any, list[int]]:
 
 
 def _copy_lines(config: RepoConfig, view: FeatureView, table: pa.Table, with_num: bool) -> Iterator[str]:
-    """# long: one pass per feature column, kept together to show the row layout
-    COPY text lines of Feast's PostgreSQL writer's rows for a chunk (one line per entity and feature), built
+    """COPY text lines of Feast's PostgreSQL writer's rows for a chunk (one line per entity and feature), built
     column by column with Feast's own conversions: python_values_to_proto_values, serialize_entity_key,
     extract_text_and_num, its timestamp coercions; each distinct value of a column converted once."""
     join_keys = _join_keys(view)
@@ -243,6 +242,8 @@ class _Upserter:
         """A chunk as read (Arrow), encoded column by column."""
         if not table.num_rows:
             return 0
+        if getattr(self.config.online_store, "vector_enabled", False):  # pgvector columns: Feast's row encoding
+            return self.write(as_protos(view, table))
         with self.conn.cursor() as cur:
             with cur.copy(self.copy) as copy:
                 for lines in _copy_lines(self.config, view, table, self.with_num):

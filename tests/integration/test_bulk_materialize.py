@@ -11,12 +11,11 @@ from datetime import UTC, date, datetime
 
 import psycopg
 import pytest
+from feast import FeatureStore
 
 from streamflow.core.db import connect
 from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.stack import EmbeddedPostgres
-from feast import FeatureStore
-
 from streamflow.features import apply, bulk_store, materialize, online_store, store
 
 pytestmark = pytest.mark.integration
