@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default="localhost:6379", description="Redis connection string for Feast (host:port[,db=N])."
     )
+    materialize_chunk_rows: int = Field(
+        default=50_000,
+        gt=0,
+        description="Users materialization reads, encodes and writes at a time (bounds its memory).",
+    )
 
     # --- MLflow --------------------------------------------------------------------------
     mlflow_tracking_uri: str | None = Field(

@@ -15,6 +15,7 @@ from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import ENTITY, FEATURE_MARTS, PUSH_VIEW
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
+from streamflow.features import bulk_store
 from streamflow.features import contract as fc
 from streamflow.features.apply import _missing_relations, _relation
 from streamflow.features.online_store import (
@@ -95,17 +96,6 @@ def newest_built(settings: Settings) -> date:
     if not built:
         raise FeaturesError("no month is built: run `streamflow ingest` and `streamflow build` first")
     return built[-1]
-
-
-def _month_rows(settings: Settings, mart: str, start: datetime, end: datetime) -> int:
-    """Users with a row of ``mart`` in [start, end] (Feast's window includes both ends): the users one
-    materialization writes."""
-    relation = _relation(settings, mart)
-    with connect(settings) as conn:
-        return conn.execute(
-            f"select count(distinct {ENTITY}) from {relation} where {fc.TIMESTAMP_COLUMN} between %s and %s",
-            (start, end),
-        ).fetchone()[0]
 
 
 def materialize(
@@ -225,7 +215,8 @@ def _materialize_view(
     """One view up to ``end``: incrementally, skipped when already there, or rewritten over its whole TTL
     window when ``force``. A rewrite writes the month's values over the old ones (on Redis, whose writer keeps a
     value only when it is newer, with Feast's ``skip_dedup`` for this write), so active users never go missing;
-    leavers are removed afterwards. Returns Feast's seconds."""
+    leavers are removed afterwards. The rows are Feast's, read and written in chunks of
+    ``materialize_chunk_rows`` users (:mod:`streamflow.features.bulk_store`). Returns the seconds it took."""
     last = view.most_recent_end_time
     if last is not None and last.tzinfo is None:
         last = last.replace(tzinfo=UTC)
@@ -235,14 +226,10 @@ def _materialize_view(
         skipped.append(view.name)
         written[view.name] = 0
         return 0.0
-    start = last if last is not None else end - view.ttl
-    written[view.name] = _month_rows(settings, view.name, start, end)
+    start = last if last is not None else end - view.ttl  # Feast's incremental window
     t0 = time.perf_counter()
     with _silenced(), _overwriting(store, force):
-        if last is None:
-            store.materialize(start_date=start, end_date=end, feature_views=[view.name])
-        else:
-            store.materialize_incremental(end_date=end, feature_views=[view.name])
+        written[view.name] = bulk_store.materialize_view(store, view, start, end, settings.materialize_chunk_rows)
     return time.perf_counter() - t0
 
 
