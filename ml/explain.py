@@ -241,6 +241,9 @@ class Explainer:
 
 
 def _plain(value: Any) -> Any:
+    """A served value as JSON carries it: numpy scalars as Python ones, missing values (None, NaN, NA) as null."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
