@@ -30,7 +30,8 @@ reasons as (
         (listed.reason ->> 'contribution')::double precision as contribution
     from scores
     cross join (values ('up'), ('down')) as directions (direction)
-    cross join lateral jsonb_array_elements(scores.reasons -> directions.direction)
+    cross join
+        lateral jsonb_array_elements(scores.reasons -> directions.direction)
         with ordinality as listed (reason, position)
 ),
 
