@@ -36,6 +36,7 @@ from ml.errors import MLError
 DEFAULT_REASONS = 3  # features per direction (up, down) unless asked otherwise
 MAX_REASONS = 10
 UP, DOWN = "up", "down"
+PATH_SUM_LIMIT = 4_000_000  # rows x trees x columns gathered at once when explaining trees (32 MB)
 
 
 class TreePaths:
@@ -46,7 +47,6 @@ class TreePaths:
     of expected margin to its feature.
     """
 
-    # long: one pass over the predictor nodes fills every flat array
     def __init__(self, clf):
         predictors = [p[0] for p in clf._predictors]
         size = max(len(p.nodes) for p in predictors)
@@ -58,6 +58,8 @@ class TreePaths:
         missing_left = np.zeros((n, size), dtype=bool)
         value = np.zeros((n, size))
         expected = np.zeros((n, size))
+        width = int(clf.n_features_in_)
+        paths = np.zeros((n, size, width))
         depth = 0
         for t, predictor in enumerate(predictors):
             nodes = predictor.nodes
@@ -75,6 +77,7 @@ class TreePaths:
             missing_left[t, :k] = nodes["missing_go_to_left"].astype(bool)
             value[t, :k] = nodes["value"]
             expected[t, :k] = node_expectations(nodes)
+            paths[t, :k] = path_credits(nodes, expected[t, :k], width)
             depth = max(depth, int(nodes["depth"].max()))
         self.feature, self.threshold = feature.ravel(), threshold.ravel()
         self.left, self.right = left.ravel(), right.ravel()
@@ -83,7 +86,8 @@ class TreePaths:
         self.depth = depth
         self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
         self.base = self.baseline + float(self.expected[self.roots].sum())
-        self.width = int(clf.n_features_in_)
+        self.width = width
+        self.paths = paths.reshape(n * size, width)  # a node's path credits, by flat node index
 
     def _step(self, flat: np.ndarray, offsets: np.ndarray, node: np.ndarray) -> np.ndarray:
         x = flat.take(offsets + self.feature.take(node))
@@ -108,23 +112,34 @@ class TreePaths:
         return self._margin_of(node)
 
     def explain(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(margin per row, contribution per row and encoded column) from one walk of every tree."""
-        n, width = X.shape
+        """(margin per row, contribution per row and encoded column) from one walk of every tree: the leaves it
+        reaches, then the credits of each leaf's path (precomputed at load) summed over the trees."""
         flat, offsets, node = self._start(X)
-        indices, moves = [], []
         for _ in range(self.depth):
-            child = self._step(flat, offsets, node)
-            indices.append(offsets + self.feature.take(node))  # a leaf's self-step moves nothing
-            moves.append(self.expected.take(child) - self.expected.take(node))
-            node = child
-        contributions = np.zeros(n * width)
-        if indices:
-            contributions = np.bincount(
-                np.concatenate(indices, axis=1).ravel(),
-                weights=np.concatenate(moves, axis=1).ravel(),
-                minlength=n * width,
-            )
-        return self._margin_of(node), contributions.reshape(n, width)
+            node = self._step(flat, offsets, node)
+        n, trees = node.shape
+        if n * trees * self.width <= PATH_SUM_LIMIT:  # a request: one gather, one sum
+            contributions = self.paths.take(node, axis=0).sum(axis=1)
+        else:  # a batch: tree by tree, in bounded memory
+            contributions = np.zeros((n, self.width))
+            for t in range(trees):
+                contributions += self.paths.take(node[:, t], axis=0)
+        return self._margin_of(node), contributions
+
+
+def path_credits(nodes, expected: np.ndarray, width: int) -> np.ndarray:
+    """For each node of one tree, the credits collected from the root down to it: at every split on the way,
+    the change of expected margin from the parent to the child, added to the split's feature (nodes x width).
+    The credits of a leaf sum to its value minus the root's expectation."""
+    credits = np.zeros((len(nodes), width))
+    for i in range(len(nodes)):  # parents come before their children in the array
+        if nodes["is_leaf"][i]:
+            continue
+        feature = int(nodes["feature_idx"][i])
+        for child in (int(nodes["left"][i]), int(nodes["right"][i])):
+            credits[child] = credits[i]
+            credits[child, feature] += expected[child] - expected[i]
+    return credits
 
 
 def node_expectations(nodes) -> np.ndarray:
@@ -229,11 +244,17 @@ class Explainer:
             raise MLError(f"reasons are not available for a {type(steps[1][1]).__name__} in this pipeline")
         return cls(pipeline, list(features), terms, group_matrix(owner, len(features)))
 
-    def explain(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(margin per row, contribution per row and feature) for the model's features of ``frame``."""
-        encoded = np.asarray(self.pipeline.steps[0][1].transform(frame[self.features]), dtype=float)
-        margin, contributions = self.terms.explain(encoded)
-        return margin, contributions @ self.groups
+    def explain(self, frame: pd.DataFrame, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """(margin per row, contribution per row and feature) for the model's features of ``frame``, ``chunk``
+        rows at a time (memory stays bounded for a month of users)."""
+        margins, contributions = [np.zeros(0)], [np.zeros((0, len(self.features)))]
+        for start in range(0, len(frame), chunk):
+            part = frame.iloc[start : start + chunk][self.features]
+            encoded = np.asarray(self.pipeline.steps[0][1].transform(part), dtype=float)
+            margin, terms = self.terms.explain(encoded)
+            margins.append(margin)
+            contributions.append(terms @ self.groups)
+        return np.concatenate(margins), np.concatenate(contributions)
 
     @property
     def base(self) -> float:

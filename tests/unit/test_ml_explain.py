@@ -53,6 +53,18 @@ def test_every_family_is_explained_and_base_plus_contributions_is_the_models_mar
     np.testing.assert_allclose(batch, compile_scorer(pipeline, MODEL_FEATURES).explain(rows)[2], rtol=0, atol=1e-9)
 
 
+def test_a_large_batch_is_explained_in_bounded_memory_with_the_same_contributions(family, monkeypatch):
+    _name, pipeline = family
+    rows = rows_for(pipeline)
+    frame = canonical_frame(rows, MODEL_FEATURES)
+    explainer = Explainer.of(pipeline, MODEL_FEATURES)
+    margin, contributions = explainer.explain(frame)
+    monkeypatch.setattr("ml.explain.PATH_SUM_LIMIT", 0)  # trees summed one by one, as for a month of users
+    chunked_margin, chunked = explainer.explain(frame, chunk=50)
+    np.testing.assert_allclose(chunked_margin, margin, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(chunked, contributions, rtol=0, atol=1e-12)
+
+
 def test_one_row_is_explained_exactly_as_in_a_batch(family):
     _name, pipeline = family
     scorer = compile_scorer(pipeline, MODEL_FEATURES)
