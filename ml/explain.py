@@ -177,9 +177,9 @@ class LinearTerms:
         return terms.sum(axis=1) + self.intercept, terms
 
 
-def classifier_terms(clf, width: int) -> TreePaths | LinearTerms | None:
-    """The margin arithmetic of a fitted binary classifier on ``width`` encoded columns, or None when it has
-    no exact decomposition here (another family, multi-class, native categorical splits)."""
+def terms_kind(clf, width: int) -> type[TreePaths] | type[LinearTerms] | None:
+    """Which margin arithmetic decomposes a fitted binary classifier on ``width`` encoded columns exactly, or
+    None (another family, multi-class, native categorical splits)."""
     classes = list(getattr(clf, "classes_", []))
     if len(classes) != 2 or getattr(clf, "n_features_in_", width) != width:
         return None
@@ -189,10 +189,16 @@ def classifier_terms(clf, width: int) -> TreePaths | LinearTerms | None:
             return None
         if categorical is not None and np.any(categorical):
             return None
-        return TreePaths(clf)
+        return TreePaths
     if isinstance(clf, LogisticRegression) and np.asarray(clf.coef_).shape == (1, width):
-        return LinearTerms(clf)
+        return LinearTerms
     return None
+
+
+def classifier_terms(clf, width: int) -> TreePaths | LinearTerms | None:
+    """The margin arithmetic of a fitted binary classifier (see :func:`terms_kind`), or None."""
+    kind = terms_kind(clf, width)
+    return kind(clf) if kind is not None else None
 
 
 def column_groups(pre, features: list[str]) -> np.ndarray | None:

@@ -27,7 +27,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from ml.explain import Explainer, LinearTerms, TreePaths, classifier_terms, group_matrix
+from ml.explain import Explainer, LinearTerms, TreePaths, group_matrix, terms_kind
 
 log = logging.getLogger("streamflow.serving.model")
 
@@ -148,10 +148,10 @@ class _Linear(LinearTerms):
 
 
 def _compiled_classifier(clf, width: int):
-    terms = classifier_terms(clf, width)
-    if isinstance(terms, TreePaths):
+    kind = terms_kind(clf, width)
+    if kind is TreePaths:
         return _Trees(clf)
-    if isinstance(terms, LinearTerms):
+    if kind is LinearTerms:
         return _Linear(clf)
     return None
 
