@@ -136,7 +136,7 @@ def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
                         bool(rec.churn_label_predicted),
                         int(rec.model_version),
                         rec.scored_at,
-                        rec.reasons,
+                        getattr(rec, "reasons", None),  # rows from before reasons: null
                     )
                 )
         version = int(rows["model_version"].iloc[0]) if len(rows) else None
