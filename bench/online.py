@@ -273,10 +273,11 @@ def main() -> None:
     parser.add_argument(
         "--servers",
         nargs="+",
-        choices=["ours", "feast", "pipeline"],
+        choices=["ours", "no_reasons", "feast", "pipeline"],
         default=["ours", "feast", "pipeline"],
-        help="ours: the API; feast: `feast serve`; pipeline: the API scoring with the full scikit-learn pipeline "
-        "(STREAMFLOW_MODEL_FAST_PATH=false), the reference before the compiled model.",
+        help="ours: the API (each prediction with its reasons, the default); no_reasons: the same server asked "
+        "`?reasons=0` (needs ours); feast: `feast serve`; pipeline: the API scoring with the full scikit-learn "
+        "pipeline (STREAMFLOW_MODEL_FAST_PATH=false), the reference before the compiled model.",
     )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "online.json")
     args = parser.parse_args()
@@ -298,7 +299,13 @@ def main() -> None:
             "pipeline": lambda: start_ours(settings, args.workers, logs, fast=False),
         }
         for kind in args.servers:
-            servers.append(starters[kind]())
+            if kind != "no_reasons":
+                servers.append(starters[kind]())
+        if "no_reasons" in args.servers:
+            ours = next((s for s in servers if s.name == OURS), None)
+            if ours is None:
+                raise SystemExit("--servers no_reasons asks the API without reasons: add ours")
+            servers.append(Server(f"{OURS} ?reasons=0", f"{ours.url}?reasons=0", ours.body, ours.proc, ours.log))
         ALL_SERVERS.extend(servers)
         for server in servers:
             warm_up(server, server.bodies(users))

@@ -5,18 +5,26 @@ readers see either the old scores or the new ones. The table has one definition,
 ``ensure_churn_scores_table`` (``dbt_project/macros/ml_churn_scores.sql``), which every
 ``streamflow build`` runs before the ``marts.churn_predictions`` view it feeds; dbt declares the
 table as a source (``dbt_project/models/ml/__ml_sources.yml``). This module only writes rows.
+
+Each row carries the prediction's top reasons (``reasons``, jsonb, the body the API answers: base, margin and the
+features that push the risk up and hold it down the most, with label, value and contribution), computed from the
+exact feature vector scored by :class:`ml.explain.Explainer`; the dbt mart ``churn_reasons`` aggregates them.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+import numpy as np
 import pandas as pd
 
 from ml.dataset import FeastSource, FeatureSource
 from ml.errors import MLError
+from ml.explain import DEFAULT_REASONS, Explainer, top_reasons
 from ml.threads import limited_threads
 from ml.tracking import load_model_alias
 from streamflow.core import runlog
@@ -25,8 +33,11 @@ from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import CHAMPION, CHURN_SCORES
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
+from streamflow.features.labels import labels_from_docs
 
-COLUMNS = ("user_id", "as_of", "churn_probability", "churn_label_predicted", "model_version", "scored_at")
+log = logging.getLogger("streamflow.ml.score")
+
+COLUMNS = ("user_id", "as_of", "churn_probability", "churn_label_predicted", "model_version", "scored_at", "reasons")
 
 
 @dataclass
@@ -46,8 +57,42 @@ class ScoreResult:
         return d
 
 
-def score_frame(frame: pd.DataFrame, model, as_of: date, scored_at: datetime) -> pd.DataFrame:
-    """The rows to store: one per user of ``frame``, in user_id order."""
+def reasons_of(
+    frame: pd.DataFrame, model, labels: dict[str, str] | None = None, count: int = DEFAULT_REASONS
+) -> list[str | None]:
+    """Each row's reasons as JSON text (None for every row when the model has no exact decomposition)."""
+    try:
+        explainer = Explainer.of(model.pipeline, model.features)
+    except MLError as exc:
+        log.warning("scores are written without reasons: %s", exc)
+        return [None] * len(frame)
+    margins, contributions = explainer.explain(frame)
+    values = frame[model.features].to_numpy(dtype=object)
+    labels = labels or {}
+    out = []
+    for margin, line, served in zip(margins, contributions, values, strict=True):
+        body = {
+            "base": explainer.base,
+            "margin": float(margin),
+            **top_reasons(line, served, model.features, labels, count),
+        }
+        out.append(json.dumps(body, allow_nan=False, default=_json_value))
+    return out
+
+
+def _json_value(value):
+    """Values JSON has no type for: dates and timestamps as ISO text, numpy scalars as numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def score_frame(
+    frame: pd.DataFrame, model, as_of: date, scored_at: datetime, labels: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """The rows to store: one per user of ``frame``, in user_id order, with their top reasons."""
     if frame["user_id"].duplicated().any():
         raise MLError(f"the feature frame at {as_of} has duplicate user_id rows")
     frame = frame.sort_values("user_id", kind="mergesort").reset_index(drop=True)
@@ -60,6 +105,7 @@ def score_frame(frame: pd.DataFrame, model, as_of: date, scored_at: datetime) ->
             "churn_label_predicted": proba >= model.threshold,
             "model_version": int(model.version),
             "scored_at": scored_at,
+            "reasons": reasons_of(frame, model, labels),
         }
     )
 
@@ -71,6 +117,11 @@ def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
             raise MLError(
                 f"the warehouse has no {CHURN_SCORES} table yet: run `streamflow build` first "
                 "(dbt creates it with the churn_predictions mart)"
+            )
+        if not _has_reasons(conn):
+            raise MLError(
+                f"{CHURN_SCORES} has no reasons column yet (a warehouse built by an earlier version): "
+                "run `streamflow build` first, it adds the column"
             )
         # one writer per table at a time; readers are not blocked
         conn.execute(f"lock table {CHURN_SCORES} in share row exclusive mode")
@@ -85,6 +136,7 @@ def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
                         bool(rec.churn_label_predicted),
                         int(rec.model_version),
                         rec.scored_at,
+                        getattr(rec, "reasons", None),  # rows from before reasons: null
                     )
                 )
         version = int(rows["model_version"].iloc[0]) if len(rows) else None
@@ -106,7 +158,7 @@ def score(
         raise MLError(f"no active users at {as_of}: has this month been ingested and built (`streamflow build`)?")
     progress.start(f"scoring {len(frame):,} users")
     with limited_threads(settings):
-        rows = score_frame(frame, champion, as_of, datetime.now(UTC))
+        rows = score_frame(frame, champion, as_of, datetime.now(UTC), labels_from_docs(settings, champion.features))
     replaced = write_scores(settings, as_of, rows)
     return ScoreResult(
         as_of=as_of,
@@ -129,6 +181,16 @@ def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:
             f"select {', '.join(COLUMNS)} from {CHURN_SCORES} where as_of = %s order by user_id", (as_of,)
         )
         return pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
+
+
+def _has_reasons(conn) -> bool:
+    schema, table = CHURN_SCORES.split(".")
+    found = conn.execute(
+        "select 1 from information_schema.columns where table_schema = %s and table_name = %s "
+        "and column_name = 'reasons'",
+        (schema, table),
+    ).fetchone()
+    return found is not None
 
 
 def _table_exists(conn) -> bool:

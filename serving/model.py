@@ -32,6 +32,7 @@ from serving.scorer import Row, Scorer, compile_scorer
 from streamflow.core.errors import StreamflowError
 from streamflow.core.names import CHAMPION
 from streamflow.core.settings import Settings
+from streamflow.features.labels import labels_from_docs
 
 log = logging.getLogger("streamflow.serving.model")
 
@@ -55,9 +56,15 @@ class ServingModel:
     trained_as_of: date | None = None
     created: datetime | None = None  # when the version was registered
     loaded_at: float = field(default_factory=time.time)
+    labels: dict[str, str] = field(default_factory=dict)  # feature -> human label (dbt docs), for reasons
 
     def proba(self, rows: Sequence[Row]) -> np.ndarray:
         return self.scorer.proba(rows)
+
+    @property
+    def explains(self) -> bool:
+        """The scorer gives exact contributions (reasons) for this model."""
+        return self.scorer.base is not None
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,8 @@ class MlflowModelSource:
             scorer.kind,
             scorer.max_difference,
         )
+        if scorer.base is None:
+            log.info("model %s v%s answers without reasons (no exact decomposition)", loaded.name, loaded.version)
         return ServingModel(
             name=loaded.name,
             version=loaded.version,
@@ -158,6 +167,7 @@ class MlflowModelSource:
             metrics=dict(loaded.metrics),
             trained_as_of=_as_of(loaded.tags.get("as_of") or loaded.lineage.get("as_of")),
             created=ref.created,
+            labels=labels_from_docs(self.settings, list(loaded.features)),
         )
 
 

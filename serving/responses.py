@@ -171,4 +171,20 @@ READER_UNAUTHORIZED = (
     schemas.ErrorBody,
     "Missing or wrong bearer token, when a read token (STREAMFLOW_API_READ_TOKEN) is configured.",
 )
-BEARER = {"security": [{"HTTPBearer": []}]}  # ``openapi_extra`` of a route that checks the token itself
+BEARER = {"security": [{"HTTPBearer": []}]}
+
+
+def reasons_query(default: int, most: int) -> dict[str, Any]:
+    """``openapi_extra`` documenting ``?reasons=N``, a query parameter the prediction routes read themselves."""
+    return {
+        "parameters": [
+            {
+                "name": "reasons",
+                "in": "query",
+                "required": False,
+                "description": f"Features per direction in `reasons` (pushing the risk up, holding it down): "
+                f"0 for none, at most {most}.",
+                "schema": {"type": "integer", "minimum": 0, "maximum": most, "default": default},
+            }
+        ]
+    }  # ``openapi_extra`` of a route that checks the token itself

@@ -49,6 +49,52 @@ class FeatureValue(BaseModel):
     )
 
 
+class Reason(BaseModel):
+    feature: str = Field(description="A model input.")
+    label: str = Field(description="What the feature means, from the dbt docs of its mart column.")
+    value: Any = Field(description="The feature's value as served (the exact value scored).")
+    contribution: float = Field(
+        description="How much this value moves the user's churn log-odds away from the base: > 0 pushes the "
+        "risk up, < 0 holds it down."
+    )
+
+
+class Reasons(BaseModel):
+    base: float = Field(
+        description="The model's log-odds before any feature speaks: an average subscriber's (the training "
+        "means for logistic regression, the trees' expected values for gradient boosting)."
+    )
+    margin: float = Field(
+        description="This user's log-odds: base plus the contributions of every feature (not only those listed); "
+        "churn_probability = 1 / (1 + exp(-margin))."
+    )
+    up: list[Reason] = Field(description="The features that push this user's churn risk up the most, largest first.")
+    down: list[Reason] = Field(description="The features that hold it down the most, largest first.")
+
+
+EXAMPLE_REASONS = {
+    "base": -0.21,
+    "margin": 0.99,
+    "up": [
+        {"feature": "contract_type", "label": "Contract type", "value": "Month-to-month", "contribution": 0.84},
+        {
+            "feature": "watch_hours_30d",
+            "label": "Hours watched in the last 30 days (minutes / 60)",
+            "value": 3.5,
+            "contribution": 0.52,
+        },
+    ],
+    "down": [
+        {
+            "feature": "months_active",
+            "label": "Months the customer has been subscribed, as of the drop (tenure)",
+            "value": 41,
+            "contribution": -0.31,
+        }
+    ],
+}
+
+
 class Prediction(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -74,6 +120,7 @@ class Prediction(BaseModel):
                             "stale": False,
                         },
                     },
+                    "reasons": EXAMPLE_REASONS,
                 }
             ]
         }
@@ -85,6 +132,11 @@ class Prediction(BaseModel):
     model_version: str = Field(description="Registry version of the model that answered.")
     features_as_of: datetime | None = Field(description="Business time of the features used (oldest view).")
     features: dict[str, FeatureValue] = Field(description="The model's inputs as served, with their as_of.")
+    reasons: Reasons | None = Field(
+        default=None,
+        description="Why: the features that push this user's risk up and hold it down the most (?reasons=N per "
+        "direction, default 3); null with ?reasons=0 or when the model has no exact decomposition.",
+    )
 
 
 class StaleView(BaseModel):

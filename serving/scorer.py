@@ -5,6 +5,10 @@ arithmetic at load time: imputation, scaling and one-hot encoding become look-up
 or logistic-regression classifier is evaluated with numpy directly. The result is checked against the
 pipeline's own ``predict_proba`` on the logged input example and on random rows; any difference falls back
 to calling the classifier on the encoded rows, then to the full pipeline.
+
+The same arithmetic gives the reasons of a prediction (:meth:`Scorer.explain`): each feature's exact contribution
+to the margin, path attributions over the compiled trees or the terms of the weighted sum (:mod:`ml.explain`),
+checked at load to add up to the margin with the base; a model without such a decomposition scores without them.
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from ml.explain import Explainer, LinearTerms, TreePaths, group_matrix, terms_kind
 
 log = logging.getLogger("streamflow.serving.model")
 
 CHECK_ROWS = 256  # random rows the compiled scorer is checked on at load
 CHECK_TOLERANCE = 1e-12  # largest probability difference accepted against the pipeline
+REASONS_TOLERANCE = 1e-9  # largest |base + sum(contributions) - margin| accepted (log-odds)
 
 Row = Mapping[str, Any]
 
@@ -126,83 +131,27 @@ def _encoder(pre, features: list[str]) -> _Encoder | None:
     return _Encoder(numeric, categorical, width)
 
 
-class _Trees:
-    """A binary HistGradientBoostingClassifier evaluated with numpy: every tree walked at once, level by level,
-    leaf values added in the classifier's own order (baseline, then tree by tree)."""
-
-    def __init__(self, clf):
-        predictors = [p[0] for p in clf._predictors]
-        size = max(len(p.nodes) for p in predictors)
-        n = len(predictors)
-        feature = np.zeros((n, size), dtype=np.intp)
-        threshold = np.zeros((n, size))
-        left = np.zeros((n, size), dtype=np.intp)
-        right = np.zeros((n, size), dtype=np.intp)
-        missing_left = np.zeros((n, size), dtype=bool)
-        value = np.zeros((n, size))
-        depth = 0
-        for t, predictor in enumerate(predictors):
-            nodes = predictor.nodes
-            base = t * size
-            k = len(nodes)
-            leaf = nodes["is_leaf"].astype(bool)
-            feature[t, :k] = nodes["feature_idx"]
-            threshold[t, :k] = nodes["num_threshold"]
-            # leaves (and padding) point at themselves, so a walk simply stays once it arrives
-            own = base + np.arange(size)
-            left[t] = own
-            right[t] = own
-            left[t, :k] = np.where(leaf, own[:k], base + nodes["left"].astype(np.intp))
-            right[t, :k] = np.where(leaf, own[:k], base + nodes["right"].astype(np.intp))
-            missing_left[t, :k] = nodes["missing_go_to_left"].astype(bool)
-            value[t, :k] = nodes["value"]
-            depth = max(depth, int(nodes["depth"].max()))
-        self.feature, self.threshold = feature.ravel(), threshold.ravel()
-        self.left, self.right = left.ravel(), right.ravel()
-        self.missing_left, self.value = missing_left.ravel(), value.ravel()
-        self.roots = np.arange(n, dtype=np.intp) * size
-        self.depth = depth
-        self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
+class _Trees(TreePaths):
+    """A binary HistGradientBoosting classifier evaluated with numpy (:class:`ml.explain.TreePaths`)."""
 
     def proba(self, X: np.ndarray) -> np.ndarray:
-        n, width = X.shape
-        flat = X.ravel()
-        offsets = (np.arange(n, dtype=np.intp) * width)[:, None]
-        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        for _ in range(self.depth):
-            x = flat.take(offsets + self.feature.take(node))
-            go_left = np.where(np.isnan(x), self.missing_left.take(node), x <= self.threshold.take(node))
-            node = np.where(go_left, self.left.take(node), self.right.take(node))
-        leaves = self.value.take(node)
-        summed = np.add.accumulate(np.concatenate([np.full((n, 1), self.baseline), leaves], axis=1), axis=1)
-        return expit(summed[:, -1])
+        return expit(self.margin(X))
 
 
-class _Linear:
-    """A binary logistic regression as one weighted sum per row and a sigmoid. The sum runs row by row, so a
-    user's probability does not depend on how many rows are scored with it (a matrix product may round the
-    last digit differently for different batch sizes)."""
-
-    def __init__(self, clf):
-        self.coef = np.asarray(clf.coef_, dtype=float).ravel()
-        self.intercept = float(np.asarray(clf.intercept_, dtype=float).ravel()[0])
+class _Linear(LinearTerms):
+    """A binary logistic regression as one weighted sum per row and a sigmoid (:class:`ml.explain.LinearTerms`).
+    The sum runs row by row, so a user's probability does not depend on how many rows are scored with it (a
+    matrix product may round the last digit differently for different batch sizes)."""
 
     def proba(self, X: np.ndarray) -> np.ndarray:
-        return expit((X * self.coef).sum(axis=1) + self.intercept)
+        return expit(self.margin(X))
 
 
 def _compiled_classifier(clf, width: int):
-    classes = list(getattr(clf, "classes_", []))
-    if len(classes) != 2 or getattr(clf, "n_features_in_", width) != width:
-        return None
-    if isinstance(clf, HistGradientBoostingClassifier):
-        categorical = getattr(clf, "is_categorical_", None)
-        if clf.n_trees_per_iteration_ != 1 or getattr(clf, "_preprocessor", None) is not None:
-            return None
-        if categorical is not None and np.any(categorical):
-            return None
+    kind = terms_kind(clf, width)
+    if kind is TreePaths:
         return _Trees(clf)
-    if isinstance(clf, LogisticRegression) and np.asarray(clf.coef_).shape == (1, width):
+    if kind is LinearTerms:
         return _Linear(clf)
     return None
 
@@ -211,7 +160,11 @@ def _compiled_classifier(clf, width: int):
 class Scorer:
     """Churn probabilities for rows of feature values ({feature: value}), by the fastest path that was shown
     equal to the pipeline: ``compiled`` (numpy only), ``encoded`` (look-up encoding, then the classifier's own
-    predict_proba) or ``pipeline`` (the full scikit-learn pipeline on a frame)."""
+    predict_proba) or ``pipeline`` (the full scikit-learn pipeline on a frame).
+
+    :meth:`explain` also gives each feature's contribution to the margin (log-odds): from the same walk of the
+    compiled trees or the same weighted sum (``compiled``), or from :class:`ml.explain.Explainer` on the
+    pipeline otherwise. ``base`` is None when the model has no exact decomposition (no reasons then)."""
 
     kind: str
     features: list[str]
@@ -219,6 +172,10 @@ class Scorer:
     encoder: _Encoder | None = None
     classifier: Any = None  # _Trees / _Linear for "compiled", the fitted estimator for "encoded"
     max_difference: float = 0.0  # largest difference to the pipeline seen at load
+    base: float | None = None  # the margin every explanation starts from (None: no reasons)
+    groups: np.ndarray | None = None  # encoded columns x features ("compiled")
+    explainer: Explainer | None = None  # the pipeline's decomposition (other kinds)
+    max_gap: float = 0.0  # largest |base + sum(contributions) - margin| seen at load
 
     def proba(self, rows: Sequence[Row]) -> np.ndarray:
         if self.kind == "compiled":
@@ -226,6 +183,52 @@ class Scorer:
         if self.kind == "encoded":
             return self.classifier.predict_proba(self.encoder.encode(rows))[:, 1]
         return self.pipeline.predict_proba(canonical_frame(rows, self.features))[:, 1]
+
+    def explain(self, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probability, margin, contribution per feature) of each row; ``base + contributions.sum(1) == margin``.
+        The probability is the one :meth:`proba` gives."""
+        if self.kind == "compiled" and self.groups is not None:
+            margin, encoded = self.classifier.explain(self.encoder.encode(rows))
+            return expit(margin), margin, encoded @ self.groups
+        if self.explainer is None:
+            raise ValueError(f"model scorer {self.kind!r} has no reasons")
+        margin, contributions = self.explainer.explain(canonical_frame(rows, self.features))
+        return self.proba(rows), margin, contributions
+
+
+def _encoded_groups(encoder: _Encoder, features: list[str]) -> np.ndarray | None:
+    """Encoded columns x features for the compiled encoder (each one-hot column belongs to its feature)."""
+    owner = np.full(encoder.width, -1, dtype=np.intp)
+    for name, col, *_rest in encoder.numeric:
+        owner[col] = features.index(name)
+    for name, index, _fill in encoder.categorical:
+        for col in index.values():
+            owner[col] = features.index(name)
+    return None if np.any(owner < 0) else group_matrix(owner, len(features))
+
+
+def _attach_reasons(scorer: Scorer, rows: Sequence[Row]) -> None:
+    """Give ``scorer`` its decomposition when base + contributions equals the margin on ``rows`` (and, off the
+    compiled path, the margin is the pipeline's); otherwise it scores without reasons."""
+    try:
+        if scorer.kind == "compiled":
+            scorer.groups = _encoded_groups(scorer.encoder, scorer.features)
+            scorer.base = scorer.classifier.base if scorer.groups is not None else None
+        else:
+            scorer.explainer = Explainer.of(scorer.pipeline, scorer.features)
+            scorer.base = scorer.explainer.base
+        if scorer.base is None or not rows:
+            return
+        proba, margin, contributions = scorer.explain(rows)
+        gap = float(np.max(np.abs(scorer.base + contributions.sum(axis=1) - margin)))
+        drift = float(np.max(np.abs(expit(margin) - scorer.proba(rows))))
+        if gap <= REASONS_TOLERANCE and drift <= CHECK_TOLERANCE:
+            scorer.max_gap = gap
+            return
+        log.warning("reasons disabled: contributions miss the margin by %.3g (probability by %.3g)", gap, drift)
+    except Exception as exc:  # noqa: BLE001 - a model without a decomposition still scores, without reasons
+        log.info("reasons are not available for this model: %s", exc)
+    scorer.base, scorer.groups, scorer.explainer = None, None, None
 
 
 def check_rows(pipeline, features: list[str], count: int = CHECK_ROWS, seed: int = 0) -> list[dict[str, Any]]:
@@ -260,6 +263,12 @@ def check_rows(pipeline, features: list[str], count: int = CHECK_ROWS, seed: int
 def compile_scorer(pipeline, features: list[str], example: Sequence[Row] = (), *, fast: bool = True) -> Scorer:
     """The fastest scorer that agrees with ``pipeline.predict_proba`` on ``example`` and on random rows
     (``fast=False``: the pipeline itself)."""
+    scorer = _fastest(pipeline, features, example, fast)
+    _attach_reasons(scorer, list(example) + check_rows(pipeline, features))
+    return scorer
+
+
+def _fastest(pipeline, features: list[str], example: Sequence[Row], fast: bool) -> Scorer:
     fallback = Scorer("pipeline", features, pipeline)
     steps = getattr(pipeline, "steps", None)
     if not fast or not steps or len(steps) != 2:

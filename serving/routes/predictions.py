@@ -4,17 +4,20 @@ With a read token configured (STREAMFLOW_API_READ_TOKEN) a request without it or
 body is read. The body is validated on the event loop before any I/O (413 too large, 422 invalid); the read and
 the scoring run in the threadpool under the route's deadline (:meth:`serving.deps.ServingState.off_loop`). Users
 with missing features are 404, users with month-end features older than their TTL 409 (never scored); the rest are
-scored with the serving model at its logged threshold.
+scored with the serving model at its logged threshold. ``?reasons=N`` (default 3, 0 for none, at most 10) adds
+each prediction's reasons: the N features that push the user's churn log-odds up the most and the N that hold it
+down, from the same pass of the compiled scorer over the exact values scored (:mod:`ml.explain`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
+from ml.explain import DEFAULT_REASONS, MAX_REASONS, top_reasons
 from serving import schemas
 from serving.deps import ServingState
 from serving.model import ServingModel
@@ -28,20 +31,39 @@ from serving.responses import (
     invalid,
     iso,
     json_response,
+    reasons_query,
     request_body,
     stale_body,
     too_large,
     unavailable,
     unknown_body,
 )
-from serving.validation import TOO_LARGE, USER_IDS, BatchShape, BodyTooLarge, read_body, validation_errors
+from serving.validation import TOO_LARGE, USER_IDS, BatchShape, BodyTooLarge, jsonable, read_body, validation_errors
 from streamflow.features.catalog import ServiceLayout, UserRow
 
 router = APIRouter(tags=["predictions"])
 
+REASONS_QUERY = reasons_query(DEFAULT_REASONS, MAX_REASONS)
+REASONS = TypeAdapter(Annotated[int, Field(ge=0, le=MAX_REASONS, strict=False)])
 
-def prediction(state: ServingState, model: ServingModel, row: UserRow, probability: float) -> dict[str, Any]:
-    """One user's answer: probability, decision at the model's threshold, and every input with its as_of."""
+
+def query_errors(exc: ValidationError, name: str) -> list[dict[str, Any]]:
+    """A query parameter's pydantic error as FastAPI's 422 ``detail`` items."""
+    return [
+        {"type": e["type"], "loc": ["query", name], "msg": e["msg"], "input": jsonable(e.get("input"))}
+        for e in exc.errors(include_url=False)
+    ]
+
+
+def prediction(
+    state: ServingState,
+    model: ServingModel,
+    row: UserRow,
+    probability: float,
+    reasons: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One user's answer: probability, decision at the model's threshold, every input with its as_of, and the
+    reasons (None: not asked for, or the model has none)."""
     churn = probability >= model.threshold
     state.telemetry.predicted(probability, churn)
     return {
@@ -52,7 +74,35 @@ def prediction(state: ServingState, model: ServingModel, row: UserRow, probabili
         "model_version": model.version,
         "features_as_of": iso(row.oldest),
         "features": features_body(row, model.features),
+        "reasons": reasons,
     }
+
+
+def reasons_asked(request: Request) -> int | Response:
+    """``?reasons=N``: how many features per direction to explain (default 3, 0 for none, at most 10), or 422."""
+    raw = request.query_params.get("reasons")
+    if raw is None:
+        return DEFAULT_REASONS
+    try:
+        return REASONS.validate_python(raw)
+    except ValidationError as exc:
+        return invalid(query_errors(exc, "reasons"))
+
+
+def scored(model: ServingModel, rows: list[UserRow], count: int) -> list[tuple[float, dict[str, Any] | None]]:
+    """Each row's probability, with its reasons when ``count`` > 0 and the model explains itself: one pass of
+    the scorer gives both, from the exact vector scored."""
+    values = [row.values for row in rows]
+    if count <= 0 or not model.explains:
+        return [(float(p), None) for p in model.proba(values)]
+    probabilities, margins, contributions = model.scorer.explain(values)
+    features, base = model.features, model.scorer.base
+    out = []
+    for row, probability, margin, line in zip(rows, probabilities, margins, contributions, strict=True):
+        served = [row.values.get(f) for f in features]
+        body = {"base": base, "margin": float(margin), **top_reasons(line, served, features, model.labels, count)}
+        out.append((float(probability), body))
+    return out
 
 
 def _not_served(state: ServingState, model: ServingModel, layout: ServiceLayout) -> Response | None:
@@ -75,7 +125,7 @@ def _not_served(state: ServingState, model: ServingModel, layout: ServiceLayout)
         _422=VALIDATION_FAILED,
         _503=NOT_READY,
     ),
-    openapi_extra=request_body(schemas.PredictRequest) | BEARER,
+    openapi_extra=request_body(schemas.PredictRequest) | BEARER | REASONS_QUERY,
 )
 async def predict(request: Request) -> Response:
     """Reads the user's churn_model_v1 features online (one read), refuses stale or missing ones, and scores
@@ -85,16 +135,19 @@ async def predict(request: Request) -> Response:
     refused = state.refuse_reader(request.headers.get("authorization"))
     if refused is not None:
         return refused
+    count = reasons_asked(request)
+    if isinstance(count, Response):
+        return count
     try:
         user_id = schemas.PredictRequest.model_validate_json(await read_body(request)).user_id
     except BodyTooLarge:
         return too_large(TOO_LARGE)
     except ValidationError as exc:
         return invalid(validation_errors(exc))
-    return await state.off_loop(_predict_one, state, user_id, doing="reading online features")
+    return await state.off_loop(_predict_one, state, user_id, count, doing="reading online features")
 
 
-def _predict_one(state: ServingState, user_id: str) -> Response:
+def _predict_one(state: ServingState, user_id: str, count: int) -> Response:
     """/predict after validation (in the threadpool): read, judge, score."""
     model = state.model_or_503()
     if isinstance(model, Response):
@@ -107,9 +160,9 @@ def _predict_one(state: ServingState, user_id: str) -> Response:
     refused = _not_served(state, model, layout)
     if refused is not None:
         return refused
-    probability = float(model.proba([row.values])[0])
+    ((probability, reasons),) = scored(model, [row], count)
     state.telemetry.served(row, layout.stored)
-    return json_response(prediction(state, model, row, probability))
+    return json_response(prediction(state, model, row, probability, reasons))
 
 
 async def _batch_ids(request: Request, limit: int) -> list[str] | Response:
@@ -138,7 +191,7 @@ async def _batch_ids(request: Request, limit: int) -> list[str] | Response:
         _422=VALIDATION_FAILED,
         _503=NOT_READY,
     ),
-    openapi_extra=request_body(schemas.BatchPredictRequest) | BEARER,
+    openapi_extra=request_body(schemas.BatchPredictRequest) | BEARER | REASONS_QUERY,
 )
 async def predict_batch(request: Request) -> Response:
     """Every user is answered: predictions for users with current features, and per-user errors (404 unknown,
@@ -147,13 +200,16 @@ async def predict_batch(request: Request) -> Response:
     refused = state.refuse_reader(request.headers.get("authorization"))
     if refused is not None:
         return refused
+    count = reasons_asked(request)
+    if isinstance(count, Response):
+        return count
     user_ids = await _batch_ids(request, state.batch_limit)
     if isinstance(user_ids, Response):
         return user_ids
-    return await state.off_loop(_predict_many, state, user_ids, doing="reading online features")
+    return await state.off_loop(_predict_many, state, user_ids, count, doing="reading online features")
 
 
-def _predict_many(state: ServingState, user_ids: list[str]) -> Response:
+def _predict_many(state: ServingState, user_ids: list[str], count: int) -> Response:
     """/predict/batch after validation (in the threadpool): one read, then each user judged and scored."""
     model = state.model_or_503()
     if isinstance(model, Response):
@@ -177,8 +233,7 @@ def _predict_many(state: ServingState, user_ids: list[str]) -> Response:
             scorable.append(row)
     predictions = []
     if scorable:
-        probabilities = model.proba([row.values for row in scorable])
-        for row, probability in zip(scorable, probabilities, strict=True):
-            predictions.append(prediction(state, model, row, float(probability)))
+        for row, (probability, reasons) in zip(scorable, scored(model, scorable, count), strict=True):
+            predictions.append(prediction(state, model, row, probability, reasons))
         state.telemetry.served(scorable[-1], layout.stored)
     return json_response({"model_version": model.version, "predictions": predictions, "errors": errors})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import UTC, date, datetime
@@ -13,9 +14,11 @@ import pytest
 import yaml
 
 from ml.errors import MLError
+from ml.explain import Explainer
 from ml.score import COLUMNS, score_frame
 from ml.tracking import LoadedModel
 from tests.conftest import ROOT
+from tests.serving_support import MODEL_FEATURES, fitted_pipeline, user_values
 
 AS_OF = date(2024, 3, 31)
 MACRO = ROOT / "dbt_project" / "macros" / "ml_churn_scores.sql"
@@ -134,3 +137,34 @@ def test_dbt_declares_every_column_of_the_scores_table_as_a_source():
     (table,) = ml_source["tables"]
     assert (ml_source["schema"], table["name"]) == ("ml", "churn_scores")
     assert [c["name"] for c in table["columns"]] == list(COLUMNS)
+
+
+@pytest.mark.parametrize("family", ["hist_gradient_boosting", "logistic_regression"])
+def test_scores_carry_the_top_reasons_of_the_exact_values_scored(family):
+    pipeline = fitted_pipeline(family)
+    frame = pd.DataFrame([{"user_id": f"000{i}-AAAAA", **user_values(i)} for i in range(6)])
+    frame.loc[2, "monthly_fee"] = None
+    loaded = LoadedModel("streamflow_churn", "3", "run", pipeline, list(MODEL_FEATURES), 0.5)
+    rows = score_frame(frame, loaded, AS_OF, datetime.now(UTC), {"contract_type": "Contract type"})
+    margins, contributions = Explainer.of(pipeline, MODEL_FEATURES).explain(frame)
+    for i, text in enumerate(rows["reasons"]):
+        body = json.loads(text)
+        assert body["margin"] == pytest.approx(margins[i], abs=1e-12)
+        assert 1 / (1 + np.exp(-body["margin"])) == pytest.approx(rows["churn_probability"][i], abs=1e-12)
+        line = dict(zip(MODEL_FEATURES, contributions[i], strict=True))
+        assert [r["feature"] for r in body["up"]] == sorted((f for f in line if line[f] > 0), key=lambda f: -line[f])[
+            :3
+        ]
+        assert [r["feature"] for r in body["down"]] == sorted((f for f in line if line[f] < 0), key=lambda f: line[f])[
+            :3
+        ]
+        for r in body["up"] + body["down"]:
+            assert r["contribution"] == pytest.approx(line[r["feature"]], abs=1e-12)
+            assert r["label"] == ("Contract type" if r["feature"] == "contract_type" else r["feature"])
+    assert json.loads(rows["reasons"][2])["margin"] is not None  # a missing fee is imputed, still explained
+
+
+def test_a_model_without_an_exact_decomposition_is_scored_without_reasons():
+    frame = pd.DataFrame({"user_id": ["0001-AAAAA", "0002-BBBBB"], "monthly_fee": [20.0, 50.0]})
+    rows = score_frame(frame, model(), AS_OF, datetime.now(UTC))
+    assert list(rows["reasons"]) == [None, None]
