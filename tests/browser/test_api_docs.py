@@ -13,7 +13,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser.conftest import PAGE_SECONDS
+from tests.browser_support import PAGE_SECONDS
 
 pytestmark = pytest.mark.browser
 

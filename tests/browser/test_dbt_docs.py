@@ -8,7 +8,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from streamflow.core.names import MARTS
-from tests.browser.conftest import PAGE_SECONDS
+from tests.browser_support import PAGE_SECONDS
 
 pytestmark = pytest.mark.browser
 

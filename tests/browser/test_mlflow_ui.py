@@ -9,7 +9,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from ml.tracking import configure
 from streamflow.core.names import CHAMPION, MODEL_NAME
-from tests.browser.conftest import PAGE_SECONDS
+from tests.browser_support import PAGE_SECONDS
 
 pytestmark = pytest.mark.browser
 
