@@ -163,9 +163,9 @@ def users_by_history(settings: Settings) -> tuple[list[str], list[str]]:
     return active, leavers
 
 
-def write_old_values(settings: Settings, user: str, month: date) -> None:
+def write_old_values(settings: Settings, user: str, month: date, dated: datetime | None = None) -> None:
     """Put a user's values of ``month`` into the online store through Feast (as a write that was never
-    followed by newer ones would leave them)."""
+    followed by newer ones would leave them), dated ``dated`` when given (else the month's as_of)."""
     store = feature_store(settings)
     stamp = datetime(month.year, month.month, month.day, tzinfo=UTC)
     with connect(settings) as conn:
@@ -174,4 +174,6 @@ def write_old_values(settings: Settings, user: str, month: date) -> None:
             frame = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
             assert len(frame) == 1, (view, user, month)
             frame[fc.TIMESTAMP_COLUMN] = pd.to_datetime(frame[fc.TIMESTAMP_COLUMN], utc=True)
+            if dated is not None:
+                frame[fc.TIMESTAMP_COLUMN] = pd.Series([dated] * len(frame))
             store.write_to_online_store(view, frame)

@@ -7,18 +7,14 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-import pandas as pd
 import pytest
 
-from streamflow.core.db import connect
 from streamflow.core.names import FEATURE_MARTS
 from streamflow.features import materialize
-from streamflow.features.contract import TIMESTAMP_COLUMN
 from streamflow.features.online import online_read
-from streamflow.features.store import feature_store
 from tests.conftest import server_home
 from tests.faults.conftest import ClientLoop, wait_for
-from tests.serving_world import MAR, api_server, build_world, users_by_history
+from tests.serving_world import MAR, api_server, build_world, users_by_history, write_old_values
 
 pytestmark = pytest.mark.faults
 
@@ -68,7 +64,7 @@ def test_a_forced_rewrite_on_redis_replaces_values_without_leaving_an_active_use
     # values dated after the month served (as a month the history no longer has leaves them): Feast's Redis
     # writer keeps a value only when it is newer, so a rewrite must replace them explicitly
     dated = active[0]
-    write_values_dated(settings, dated, MAR, later)
+    write_old_values(settings, dated, MAR, dated=later)
     assert mart_as_of(online_read(settings, [dated])[0]) == {later}
 
     readers = active[1:21]
@@ -85,19 +81,6 @@ def test_a_forced_rewrite_on_redis_replaces_values_without_leaving_an_active_use
     assert mart_as_of(online_read(settings, [dated])[0]) == {mar}
     assert all(mart_as_of(row) == {mar} for row in online_read(settings, readers))
     assert proc.poll() is None
-
-
-def write_values_dated(settings, user: str, month, stamp: datetime) -> None:
-    """Write ``user``'s values of ``month`` into the online store through Feast, dated ``stamp``."""
-    store = feature_store(settings)
-    month_stamp = datetime(month.year, month.month, month.day, tzinfo=UTC)
-    with connect(settings) as conn:
-        for view in FEATURE_MARTS:
-            cur = conn.execute(f"select * from marts.{view} where user_id = %s and as_of = %s", (user, month_stamp))
-            frame = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
-            assert len(frame) == 1, (view, user, month)
-            frame[TIMESTAMP_COLUMN] = pd.Series([stamp] * len(frame))
-            store.write_to_online_store(view, frame)
 
 
 def mart_as_of(row) -> set[datetime]:
