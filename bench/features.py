@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _reference import insert_select
 
 from streamflow.core.db import connect
 from streamflow.core.names import FEATURE_MARTS
@@ -33,7 +34,7 @@ from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres
 from streamflow.drops.generator.run import generate
 from streamflow.drops.ingest import ingest
-from streamflow.features import apply, materialize, offline, online_store, store
+from streamflow.features import apply, materialize, offline, store
 from streamflow.features import contract as fc
 from streamflow.warehouse.build import build
 
@@ -135,33 +136,7 @@ def bench_materialize(settings: Settings, as_of: date) -> dict:
     users_x_views = sum(result.written.values())
     n_features = sum(len(feast_store.get_feature_view(m).features) for m in FEATURE_MARTS)
 
-    ts = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
-    manifest = fc.load_manifest(fc.ensure_manifest(settings))
-    with connect(settings) as conn:
-        conn.execute("drop schema if exists bench_online cascade")
-        conn.execute("create schema bench_online")
-        statements = []
-        for mart in FEATURE_MARTS:
-            source = online_store.online_table(settings, mart)
-            target = f"bench_online.{mart}"
-            conn.execute(f"create table {target} (like {source} including all)")
-            cols = [c for c, _t in fc.mart_contract(manifest, mart).features]
-            unpivot = ", ".join(f"('{c}', m.{c}::text)" for c in cols)
-            # the rows Feast writes: each user's latest row in the window, one row per feature
-            statements.append(
-                f"insert into {target} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
-                f"select convert_to(m.user_id, 'UTF8'), f.name, convert_to(f.value, 'UTF8'), f.value, m.as_of, null "
-                f"from (select distinct on (user_id) * from marts.{mart} "
-                f"where as_of between %(start)s and %(end)s order by user_id, as_of desc) m "
-                f"cross join lateral (values {unpivot}) as f(name, value)"
-            )
-        conn.commit()
-        t1 = time.perf_counter()
-        inserted = 0
-        for statement in statements:
-            inserted += conn.execute(statement, {"start": ts - timedelta(days=35), "end": ts}).rowcount
-        conn.commit()
-        t_sql = time.perf_counter() - t1
+    t_sql, _users, inserted = insert_select(settings, as_of)
     return {
         "as_of": as_of.isoformat(),
         "users_x_views": users_x_views,

@@ -20,18 +20,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
-from streamflow.core.db import connect
+from _reference import insert_select
+
 from streamflow.core.env import settings_environment
-from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres
 from streamflow.drops.generator.run import generate
 from streamflow.drops.ingest import ingest
-from streamflow.features import apply, online_store, store
-from streamflow.features import contract as fc
+from streamflow.features import apply
 from streamflow.warehouse.build import build
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -76,44 +75,6 @@ def run_child(settings: Settings, as_of: date, mode: str, cwd: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"materialization failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def insert_select(settings: Settings, as_of: date) -> tuple[float, int, int]:
-    """The same rows by a plain INSERT ... SELECT into empty tables shaped like the online tables; returns
-    (seconds, users x views, feature values)."""
-    end = store.business_timestamp(as_of)
-    manifest = fc.load_manifest(fc.ensure_manifest(settings))
-    with connect(settings) as conn:
-        conn.execute("drop schema if exists bench_online cascade")
-        conn.execute("create schema bench_online")
-        statements = []
-        for mart in FEATURE_MARTS:
-            source = online_store.online_table(settings, mart)
-            target = f"bench_online.{mart}"
-            conn.execute(f"create table {target} (like {source} including all)")
-            cols = [c for c, _t in fc.mart_contract(manifest, mart).features]
-            unpivot = ", ".join(f"('{c}', m.{c}::text)" for c in cols)
-            statements.append(
-                f"insert into {target} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
-                f"select convert_to(m.user_id, 'UTF8'), f.name, convert_to(f.value, 'UTF8'), f.value, m.as_of, null "
-                f"from (select distinct on (user_id) * from {fc.mart_table(mart)} "
-                f"where as_of between %(start)s and %(end)s order by user_id, as_of desc) m "
-                f"cross join lateral (values {unpivot}) as f(name, value)"
-            )
-        conn.commit()
-        t0 = time.perf_counter()
-        values = 0
-        for statement in statements:
-            values += conn.execute(statement, {"start": end - timedelta(days=35), "end": end}).rowcount
-        conn.commit()
-        seconds = time.perf_counter() - t0
-        users = sum(
-            conn.execute(f"select count(distinct entity_key) from bench_online.{m}").fetchone()[0]
-            for m in FEATURE_MARTS
-        )
-        conn.execute("drop schema bench_online cascade")
-        conn.commit()
-    return seconds, users, values
 
 
 def main() -> None:
