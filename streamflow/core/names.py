@@ -41,6 +41,10 @@ ANALYST_ROLE = "analyst"
 MODEL_NAME = "streamflow_churn"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+SHADOW = "shadow"
+"""Registry alias of a model scored in shadow next to the champion."""
 
 # --- tables the platform writes outside dbt --------------------------------------------------
 CHURN_SCORES = f"{ML_SCHEMA}.churn_scores"
+SHADOW_SCORES = f"{ML_SCHEMA}.shadow_scores"
+"""A shadow model's probabilities next to the champion's (dbt macro ensure_shadow_scores_table)."""

@@ -127,16 +127,24 @@ def test_the_scorer_writes_exactly_the_columns_of_the_table_dbt_creates():
 
 def test_every_build_creates_the_scores_table_before_the_mart_that_reads_it():
     model = (ROOT / "dbt_project" / "models" / "marts" / "churn_predictions.sql").read_text()
-    assert re.search(r"pre_hook\s*=\s*\"\{\{\s*ensure_churn_scores_table\(\)\s*\}\}\"", model), model
-    assert "{% macro ensure_churn_scores_table() -%}" in MACRO.read_text()
+    hooks = re.search(r"pre_hook\s*=\s*\[(.*?)\]", model, re.S)
+    assert hooks, model
+    for macro in ("ensure_churn_scores_table", "ensure_shadow_scores_table"):
+        assert re.search(r"\"\{\{\s*" + macro + r"\(\)\s*\}\}\"", hooks.group(1)), model
+        assert "{% macro " + macro + "() -%}" in MACRO.read_text()
 
 
 def test_dbt_declares_every_column_of_the_scores_table_as_a_source():
     sources = yaml.safe_load((ROOT / "dbt_project" / "models" / "ml" / "__ml_sources.yml").read_text())
     (ml_source,) = [s for s in sources["sources"] if s["name"] == "ml"]
-    (table,) = ml_source["tables"]
-    assert (ml_source["schema"], table["name"]) == ("ml", "churn_scores")
-    assert [c["name"] for c in table["columns"]] == list(COLUMNS)
+    tables = {t["name"]: t for t in ml_source["tables"]}
+    assert ml_source["schema"] == "ml" and set(tables) == {"churn_scores", "shadow_scores"}
+    assert [c["name"] for c in tables["churn_scores"]["columns"]] == list(COLUMNS)
+    shadow = re.search(r"ml\.shadow_scores\s+\((.*?)\);", MACRO.read_text(), re.S)
+    assert shadow
+    lines = [line.split()[0] for line in shadow.group(1).strip().splitlines()]
+    declared = [name for name in lines if name != "primary"]
+    assert [c["name"] for c in tables["shadow_scores"]["columns"]] == declared
 
 
 @pytest.mark.parametrize("family", ["hist_gradient_boosting", "logistic_regression"])

@@ -1,7 +1,7 @@
 {{
     config(
         materialized='view',
-        pre_hook="{{ ensure_churn_scores_table() }}",
+        pre_hook=["{{ ensure_churn_scores_table() }}", "{{ ensure_shadow_scores_table() }}"],
     )
 }}
 
