@@ -5,6 +5,11 @@
 frame, applies the rule, writes the decision and its reasons as tags on both versions, and moves
 the ``champion`` alias in one call when the challenger wins.
 
+With ``STREAMFLOW_PROMOTION_EVIDENCE=realized`` and a champion in place, the evidence is what happened instead:
+the shadow (alias ``shadow``, else the candidate) replaces the champion only when it ranked the last K labelled
+months better (:mod:`ml.realized`, from the dbt mart ``marts.model_performance``). Without enough realized
+evidence the gate says so and keeps the champion. The decision and the numbers are tagged the same way.
+
 A challenger not stored in the safe form (skops with the project's trusted types, :mod:`ml.model_format`) is
 refused before it is deserialized: the refusal is tagged on the version and raised with its reason, and the
 champion stays. A champion in that form cannot be scored: the challenger is then held to the floors alone.
@@ -20,6 +25,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from sklearn.metrics import log_loss, roc_auc_score
 
+from ml import realized
 from ml.errors import MLError
 from ml.model_format import UnsafeModel
 from ml.threads import limited_threads
@@ -32,13 +38,14 @@ from ml.tracking import (
 )
 from streamflow.core import faults
 from streamflow.core.lock import pipeline_lock
-from streamflow.core.names import CHALLENGER, CHAMPION
+from streamflow.core.names import CHALLENGER, CHAMPION, SHADOW
 from streamflow.core.settings import Settings
 
 PROMOTE = "promote"
 KEEP = "keep"
 REFUSE = "refuse"  # recorded on a challenger that is not in the safe form (promote raises)
 NO_CHAMPION = "there is no champion yet"
+VALIDATION, REALIZED = "validation", "realized"  # settings.promotion_evidence
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class Scores:
     """A model's scores on the validation rows being compared."""
 
     roc_auc: float
-    log_loss: float
+    log_loss: float | None = None  # None: realized evidence (the mart holds no log-loss)
 
 
 @dataclass(frozen=True)
@@ -125,10 +132,12 @@ class PromotionResult:
     challenger_version: str
     champion_before: str | None
     champion_after: str | None
-    challenger_scores: Scores
+    challenger_scores: Scores | None  # None: realized evidence was not enough to score it
     champion_scores: Scores | None
-    validation_rows: int
+    validation_rows: int  # realized evidence: the shadow's labelled rows over the months compared
     policy: Policy = field(default_factory=Policy)
+    evidence: str = VALIDATION
+    realized: dict | None = None  # realized evidence: the months compared, with both ROC-AUCs
 
     def as_dict(self) -> dict:
         return {
@@ -137,10 +146,12 @@ class PromotionResult:
             "challenger_version": self.challenger_version,
             "champion_before": self.champion_before,
             "champion_after": self.champion_after,
-            "challenger_scores": asdict(self.challenger_scores),
+            "challenger_scores": asdict(self.challenger_scores) if self.challenger_scores else None,
             "champion_scores": asdict(self.champion_scores) if self.champion_scores else None,
             "validation_rows": self.validation_rows,
             "policy": asdict(self.policy),
+            "evidence": self.evidence,
+            "realized": self.realized,
         }
 
 
@@ -163,11 +174,13 @@ def promote(settings: Settings, version: str | None = None) -> PromotionResult:
     The candidate is ``version`` (the version a run registered), else the ``challenger`` alias. Under the
     pipeline lock, the champion is read again just before the alias moves; if it changed meanwhile, the
     candidate is compared with the new one first (compare-and-set), so the champion never regresses
-    through a race.
+    through a race. With realized evidence and a champion in place: :func:`promote_on_realized`.
     """
     client = configure(settings)
     name = settings.model_name
     with pipeline_lock(settings, "promote"):
+        if settings.promotion_evidence == REALIZED and _current_champion(client, name) is not None:
+            return promote_on_realized(settings, client, version)
         candidate = _candidate(client, name, version)
         try:
             challenger = load_version(settings, candidate, client)
@@ -258,6 +271,7 @@ def _record(
     tags = {
         "promotion.decision": decision.action,
         "promotion.reasons": "; ".join(decision.reasons),
+        "promotion.evidence": VALIDATION,
         "promotion.challenger": challenger.version,
         "promotion.champion": before or "none",
         "promotion.challenger_roc_auc": f"{challenger_scores.roc_auc:.6f}",
@@ -266,12 +280,16 @@ def _record(
         "promotion.champion_log_loss": f"{champion_scores.log_loss:.6f}" if champion_scores else "none",
         "promotion.validation_frame_sha256": challenger.lineage.get("validation_frame_sha256", "unknown"),
     }
-    versions = {challenger.version} | ({before} if before else set())
-    for version in sorted(versions):
+    _tag(client, name, (challenger.version, before), challenger.run_id, tags)
+
+
+def _tag(client: MlflowClient, name: str, versions, run_id: str, tags: dict[str, str]) -> None:
+    """The decision's tags on each version (None skipped), and the decision and its reasons on the run."""
+    for version in sorted({v for v in versions if v}):
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
-    client.set_tag(challenger.run_id, "promotion.decision", decision.action)
-    client.set_tag(challenger.run_id, "promotion.reasons", tags["promotion.reasons"])
+    client.set_tag(run_id, "promotion.decision", tags["promotion.decision"])
+    client.set_tag(run_id, "promotion.reasons", tags["promotion.reasons"])
 
 
 def _record_refusal(client: MlflowClient, name: str, version: str, champion: str | None, reason: str) -> None:
@@ -284,3 +302,76 @@ def _record_refusal(client: MlflowClient, name: str, version: str, champion: str
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+
+
+# ---------------------------------------------------------------------------------------
+# realized evidence
+# ---------------------------------------------------------------------------------------
+def _shadow_candidate(client: MlflowClient, name: str, version: str | None) -> str:
+    """The model under test in shadow: alias ``shadow``, else ``version``, else the ``challenger`` alias."""
+    shadow_mv = version_by_alias(client, name, SHADOW)
+    if shadow_mv is not None:
+        return str(shadow_mv.version)
+    if version is None and version_by_alias(client, name, CHALLENGER) is None:
+        raise MLError(
+            f"model {name!r} has no shadow and no challenger: set the alias `{SHADOW}` on the version to test, "
+            "or train one with `streamflow train --as-of M`"
+        )
+    return _candidate(client, name, version)
+
+
+def promote_on_realized(settings: Settings, client: MlflowClient, version: str | None = None) -> PromotionResult:
+    """The gate on realized evidence (the caller holds the pipeline lock and there is a champion): the shadow
+    becomes champion only when it beat the champion on the last K labelled months of marts.model_performance.
+    The decision, the months and both ROC-AUCs are tagged on the versions and the shadow's run; a promoted
+    shadow loses the ``shadow`` alias (it is the champion now)."""
+    name, policy, k = settings.model_name, Policy.from_settings(settings), settings.promotion_realized_months
+    candidate = _shadow_candidate(client, name, version)
+    run_id = client.get_model_version(name, candidate).run_id
+    for _attempt in range(3):
+        before = _current_champion(client, name)
+        if before == candidate:
+            decision = Decision(KEEP, (f"version {candidate} is already the champion",))
+            return PromotionResult(decision, candidate, before, before, None, None, 0, policy, REALIZED)
+        evidence = realized.read_evidence(settings, candidate, k)
+        wins, reasons = realized.decide_realized(evidence, policy.min_roc_auc, policy.margin)
+        decision = Decision(PROMOTE if wins else KEEP, reasons)
+        complete = evidence.complete
+        challenger_scores = champion_scores = None
+        if complete:
+            challenger_scores = Scores(realized.mean(m.shadow_roc_auc for m in complete))
+            champion_scores = Scores(realized.mean(m.champion_roc_auc for m in complete))
+        if _current_champion(client, name) != before:
+            continue  # the champion moved while we read: decide again against the new one
+        tags = {
+            "promotion.decision": decision.action,
+            "promotion.reasons": "; ".join(decision.reasons),
+            "promotion.evidence": REALIZED,
+            "promotion.challenger": candidate,
+            "promotion.champion": before,
+            "promotion.realized_months": ",".join(m.as_of.isoformat() for m in evidence.months) or "none",
+            "promotion.challenger_roc_auc": f"{challenger_scores.roc_auc:.6f}" if challenger_scores else "none",
+            "promotion.champion_roc_auc": f"{champion_scores.roc_auc:.6f}" if champion_scores else "none",
+        }
+        _tag(client, name, (candidate, before), run_id, tags)
+        faults.pause("promote.alias")
+        after = before
+        if decision.promote:
+            client.set_registered_model_alias(name, CHAMPION, candidate)
+            shadow_mv = version_by_alias(client, name, SHADOW)
+            if shadow_mv is not None and str(shadow_mv.version) == candidate:
+                client.delete_registered_model_alias(name, SHADOW)
+            after = candidate
+        return PromotionResult(
+            decision,
+            candidate,
+            before,
+            after,
+            challenger_scores,
+            champion_scores,
+            evidence.labelled_rows,
+            policy,
+            REALIZED,
+            evidence.as_dict(),
+        )
+    raise MLError("the champion kept moving while this promotion compared against it; run `streamflow promote` again")

@@ -85,7 +85,9 @@ def promote_cmd(as_json: bool = typer.Option(False, "--json", help="Print one ma
 
     Both are scored on the challenger's validation rows. A first champion needs ROC-AUC >= the floor
     (STREAMFLOW_PROMOTION_MIN_ROC_AUC); later ones must beat the champion by STREAMFLOW_PROMOTION_MARGIN
-    ROC-AUC without losing more than STREAMFLOW_PROMOTION_LOGLOSS_TOLERANCE log-loss.
+    ROC-AUC without losing more than STREAMFLOW_PROMOTION_LOGLOSS_TOLERANCE log-loss. With
+    STREAMFLOW_PROMOTION_EVIDENCE=realized, the shadow must have beaten the champion on the realized
+    labels of the last STREAMFLOW_PROMOTION_REALIZED_MONTHS months (marts.model_performance).
     """
     from ml.promote import promote
 
@@ -98,7 +100,11 @@ def promote_cmd(as_json: bool = typer.Option(False, "--json", help="Print one ma
     console.print(
         f"decision: {verb} (challenger v{result.challenger_version}, champion "
         f"{'v' + result.champion_before if result.champion_before else 'none'}, "
-        f"{result.validation_rows:,} validation rows)",
+        + (
+            f"{result.validation_rows:,} labelled rows over the realized months)"
+            if result.evidence == "realized"
+            else f"{result.validation_rows:,} validation rows)"
+        ),
         highlight=False,
     )
     for reason in result.decision.reasons:

@@ -19,6 +19,10 @@ FEATURE_MARTS = ("subscriptions_profile", "usage_agg_30d", "payments_agg_90d", "
 """The marts Feast reads, one feature view each, keyed by (user_id, as_of)."""
 LABELS_MART = "labels"
 MARTS = (*FEATURE_MARTS, LABELS_MART)
+PERFORMANCE_MART = "model_performance"
+"""Realized performance per scored month, role (champion, shadow) and model version, once labels arrive."""
+CALIBRATION_MART = "model_calibration"
+"""Predicted against realized churn per scored month, role, model version and risk decile."""
 SNAPSHOTS = ("snap_users", "snap_subscriptions")
 
 # --- feature store ---------------------------------------------------------------------------

@@ -104,6 +104,17 @@ class Settings(BaseSettings):
     promotion_logloss_tolerance: float = Field(
         default=0.02, description="Largest log-loss increase a promoted challenger may show."
     )
+    promotion_evidence: Literal["validation", "realized"] = Field(
+        default="validation",
+        description="What the promotion gate compares: validation (the candidate and the champion scored on the "
+        "candidate's validation rows) or realized (a shadow's realized ROC-AUC against the champion's over the last "
+        "labelled months, from marts.model_performance; a first champion still comes from validation).",
+    )
+    promotion_realized_months: int = Field(
+        default=2,
+        ge=1,
+        description="With realized evidence: the last labelled months a shadow must have beaten the champion in.",
+    )
     drift_share_threshold: float = Field(
         default=0.3, description="Share of drifted model features at or above which retraining is advised."
     )
