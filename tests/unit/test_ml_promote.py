@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
 from ml.promote import KEEP, PROMOTE, Policy, Scores, decide
+from ml.realized import MonthEvidence, RealizedEvidence, decide_realized
 from streamflow.core.settings import Settings
 
 POLICY = Policy(min_roc_auc=0.70, margin=0.01, logloss_tolerance=0.02)
@@ -71,3 +74,51 @@ def test_policy_reads_the_settings_fields():
         _env_file=None, promotion_min_roc_auc=0.6, promotion_margin=0.02, promotion_logloss_tolerance=0.1
     )
     assert Policy.from_settings(settings) == Policy(0.6, 0.02, 0.1)
+
+
+# ---------------------------------------------------------------------------------------
+# realized evidence (ml.realized.decide_realized)
+# ---------------------------------------------------------------------------------------
+def _evidence(*months, wanted=2, missing_mart=False):
+    return RealizedEvidence(
+        "7",
+        wanted,
+        tuple(MonthEvidence(date(2024, 1 + i, 28), 3, c, s, 100) for i, (c, s) in enumerate(months)),
+        missing_mart,
+    )
+
+
+def test_realized_evidence_promotes_a_shadow_that_beat_the_champion_every_month_by_the_margin():
+    wins, reasons = decide_realized(_evidence((0.80, 0.83), (0.78, 0.80)), min_roc_auc=0.7, margin=0.01)
+    assert wins
+    assert reasons[0] == "2024-01-28: shadow v7 ROC-AUC 0.8300 vs champion v3 0.8000 (+0.0300)"
+    assert "mean realized ROC-AUC over 2 month(s) 0.8150 vs the champion's 0.7900 (+0.0250" in reasons[2]
+
+
+@pytest.mark.parametrize(
+    ("evidence", "expected"),
+    [
+        (_evidence((0.80, 0.83)), "holds 1 labelled month(s), 2 needed"),
+        (
+            _evidence((0.80, 0.83), (0.78, None)),
+            "version 7 has no realized ROC-AUC next to the champion's for 2024-02-28",
+        ),
+        (_evidence((None, 0.83), (0.78, 0.80)), "for 2024-01-28 (of the last 2"),
+        (_evidence(missing_mart=True), "marts.model_performance does not exist yet"),
+    ],
+)
+def test_realized_evidence_that_is_missing_keeps_the_champion_and_says_so(evidence, expected):
+    wins, reasons = decide_realized(evidence, min_roc_auc=0.7, margin=0.01)
+    assert not wins and len(reasons) == 1
+    assert reasons[0].startswith("not enough realized evidence: ") and expected in reasons[0]
+
+
+def test_realized_evidence_keeps_a_shadow_worse_in_one_month_or_short_of_the_margin_or_the_floor():
+    wins, reasons = decide_realized(_evidence((0.80, 0.90), (0.80, 0.79)), min_roc_auc=0.7, margin=0.01)
+    assert not wins and reasons == (
+        "2024-02-28: shadow v7 ROC-AUC 0.7900 vs champion v3 0.8000 (-0.0100): the shadow is not better",
+    )
+    wins, reasons = decide_realized(_evidence((0.80, 0.805), (0.80, 0.805)), min_roc_auc=0.7, margin=0.01)
+    assert not wins and "margin 0.0100" in reasons[0]
+    wins, reasons = decide_realized(_evidence((0.60, 0.65), (0.60, 0.65)), min_roc_auc=0.7, margin=0.01)
+    assert not wins and reasons == ("mean realized ROC-AUC 0.6500 against the floor 0.7000",)
