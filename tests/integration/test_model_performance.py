@@ -15,17 +15,20 @@ from datetime import UTC, date, datetime
 import mlflow
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from ml.promote import promote
 from ml.score import write_scores
 from ml.tracking import configure, ensure_experiment, version_by_alias
-from streamflow.core.db import connect
+from streamflow.core.db import connect, database_url, with_role
 from streamflow.core.names import CHAMPION, SHADOW
 from streamflow.core.settings import Settings
+from streamflow.core.stack import EmbeddedPostgres
 from streamflow.drops.generator import params
 from streamflow.warehouse import runner
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +115,7 @@ def performance(warehouse_copy, mlflow_settings) -> tuple[Settings, pd.DataFrame
             "mlflow_experiment": "performance",
         }
     )
+    EmbeddedPostgres(settings).up()  # the analyst role's grants in this copy (marts built later get them too)
     scores = pd.concat([write_month(settings, m, seed=i) for i, m in enumerate([*LABELLED, UNLABELLED])])
     selected = ["model_performance", "model_calibration"]
     res = runner.invoke(settings, ["build", "--select", *selected, "--vars", json.dumps({"as_of": str(UNLABELLED)})])
@@ -229,6 +233,31 @@ def test_model_calibration_equals_the_pandas_deciles(performance):
     per_model = got.groupby(KEY)
     assert (per_model.n_users.max() - per_model.n_users.min() <= 1).all()  # deciles of equal size
     assert (got.sort_values([*KEY, "risk_decile"]).groupby(KEY).mean_predicted.is_monotonic_decreasing).all()
+
+
+def test_the_dashboard_queries_run_as_analyst_and_show_the_marts(performance):
+    """The SQL of the Grafana model dashboard, run as the read-only role its data source logs in as."""
+    settings, _ = performance
+    dashboard = json.loads((ROOT / "ops/grafana/dashboards/model.json").read_text())
+    queries = {
+        panel["title"]: target["rawSql"]
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        if target["datasource"]["uid"] == "warehouse"
+    }
+    assert len(queries) == 4
+    with psycopg.connect(database_url(with_role(settings, "analyst"))) as conn:
+        assert conn.execute("select current_user").fetchone() == ("analyst",)
+        rows = {title: conn.execute(sql).fetchall() for title, sql in queries.items()}
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select 1 from ml.churn_scores limit 1")
+    perf = mart(settings, "model_performance")
+    assert len(rows["Realized performance per month and model version"]) == len(perf)
+    assert [r[0] for r in rows["Realized ROC-AUC per month (champion vs best shadow)"]] == ["2024-01", "2024-02"]
+    assert len(rows["Calibration table by risk decile (last labelled month)"]) == 4 * 10  # champion and 3 shadows
+    assert [r[0] for r in rows["Calibration by risk decile (champion, last labelled month)"]] == [
+        str(d) for d in range(1, 11)
+    ]
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tests.serving_support import LocalModels, MemoryFeatures, serve_in_thread, 
 PROMETHEUS_DIR = ROOT / "ops" / "prometheus"
 GRAFANA_DIR = ROOT / "ops" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
+WAREHOUSE_TYPE = "grafana-postgresql-datasource"
 RULE_TESTS = sorted(PROMETHEUS_DIR.glob("alerts*_test.yml"))
 # Series Prometheus records itself for every scrape target, not exported by any application.
 PROMETHEUS_SYNTHETIC = {"up"}
@@ -75,14 +76,26 @@ def alert_rules() -> list[dict]:
 
 
 def dashboard_queries() -> list[tuple[str, str, str]]:
-    """(dashboard, panel title, expr) of every query in every dashboard."""
+    """(dashboard, panel title, expr) of every Prometheus query in every dashboard."""
     out = []
     for path in DASHBOARDS:
         dash = json.loads(path.read_text())
         for panel in dash["panels"]:
             for target in panel.get("targets", []):
-                out.append((dash["title"], panel["title"], target["expr"]))
+                if target["datasource"]["type"] == "prometheus":
+                    out.append((dash["title"], panel["title"], target["expr"]))
     return out
+
+
+def dashboard_sql() -> list[tuple[str, str]]:
+    """(panel title, SQL) of every query on the warehouse data source (the marts, through the analyst role)."""
+    return [
+        (panel["title"], target["rawSql"])
+        for path in DASHBOARDS
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel.get("targets", [])
+        if target["datasource"]["type"] == WAREHOUSE_TYPE
+    ]
 
 
 def metric_names(expr: str) -> set[str]:
@@ -279,6 +292,8 @@ def test_prometheus_scrapes_every_api_replica_on_the_port_the_api_listens_on():
 def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard_folder():
     (datasource,) = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text())["datasources"]
     assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    (warehouse,) = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/warehouse.yml").read_text())["datasources"]
+    sources = {"prometheus": datasource["uid"], WAREHOUSE_TYPE: warehouse["uid"]}
     (provider,) = yaml.safe_load((GRAFANA_DIR / "provisioning/dashboards/streamflow.yml").read_text())["providers"]
     mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services()["grafana"]["volumes"] if v.startswith("."))
     assert mounts["./ops/grafana/dashboards"] == provider["options"]["path"]
@@ -287,7 +302,64 @@ def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard_folder()
         dash = json.loads(path.read_text())
         for panel in dash["panels"]:
             refs = [panel["datasource"], *(t["datasource"] for t in panel["targets"])]
-            assert all(ref == {"type": "prometheus", "uid": datasource["uid"]} for ref in refs), panel["title"]
+            assert len({json.dumps(ref, sort_keys=True) for ref in refs}) == 1, panel["title"]
+            assert sources.get(refs[0]["type"]) == refs[0]["uid"], panel["title"]
+
+
+def test_the_warehouse_datasource_reads_the_marts_as_analyst_with_the_password_from_the_environment():
+    """Read-only role, password never in the repository: Grafana expands ${ANALYST_DB_PASSWORD} from the
+    container's environment, which compose fills from .env (and refuses to start without)."""
+    text = (GRAFANA_DIR / "provisioning/datasources/warehouse.yml").read_text()
+    (source,) = yaml.safe_load(text)["datasources"]
+    assert source["type"] == WAREHOUSE_TYPE and source["url"] == "postgres:5432" and source["editable"] is False
+    assert source["user"] == "analyst" and source["jsonData"]["database"] == "warehouse"
+    assert source["secureJsonData"] == {"password": "${ANALYST_DB_PASSWORD}"} and "password" not in source
+    grafana = services()["grafana"]
+    assert grafana["environment"]["ANALYST_DB_PASSWORD"] == "${ANALYST_DB_PASSWORD:?set ANALYST_DB_PASSWORD in .env}"
+    assert grafana["depends_on"]["postgres"] == {"condition": "service_healthy"}
+
+
+def test_dashboard_sql_reads_only_the_performance_marts_and_their_contract_columns():
+    """Every SQL panel selects from marts.model_performance or marts.model_calibration, and every column it names
+    is in that mart's contract (the queries themselves run against a real warehouse as analyst in
+    tests/integration/test_model_performance.py)."""
+    marts = {}
+    for name in ("model_performance", "model_calibration"):
+        (model,) = yaml.safe_load((ROOT / f"dbt_project/models/marts/{name}.yml").read_text())["models"]
+        marts[f"marts.{name}"] = {c["name"] for c in model["columns"]}
+    queries = dashboard_sql()
+    assert {"realized roc-auc", "calibration"} <= {
+        w for title, _ in queries for w in re.findall(r"realized roc-auc|calibration", title.lower())
+    }
+    for title, sql in queries:
+        tables = set(re.findall(r"\bfrom\s+([\w.]+)", sql))
+        assert tables and tables <= set(marts), title
+        allowed = set().union(*(marts[t] for t in tables))
+        words = set(re.findall(r"\b[a-z_]+\b", re.sub(r"'[^']*'", "", sql)))
+        aliases = set(re.findall(r"\bas\s+(\w+)", sql))
+        sql_words = {
+            "select",
+            "from",
+            "where",
+            "and",
+            "as",
+            "at",
+            "time",
+            "zone",
+            "max",
+            "filter",
+            "group",
+            "by",
+            "order",
+            "desc",
+            "date",
+            "to_char",
+            "text",
+            "marts",
+            "model_performance",
+            "model_calibration",
+        }
+        assert words - allowed - aliases - sql_words == set(), (title, words - allowed - aliases - sql_words)
 
 
 def test_dashboards_are_well_formed_grafana_json():
@@ -301,7 +373,8 @@ def test_dashboards_are_well_formed_grafana_json():
         for panel in dash["panels"]:
             grid = panel["gridPos"]
             assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
-            assert panel["targets"] and all(t["expr"] and t["refId"] for t in panel["targets"]), panel["title"]
+            queries = [t.get("expr") or t.get("rawSql") for t in panel["targets"]]
+            assert panel["targets"] and all(queries) and all(t["refId"] for t in panel["targets"]), panel["title"]
     assert len(uids) == len(set(uids)) >= 2
 
 
