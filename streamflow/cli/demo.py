@@ -267,18 +267,19 @@ def _serve_and_predict(settings: Settings, console: Console, timings: Timings, l
     api = f"http://127.0.0.1:{settings.api_port}"
     user = _active_user(settings)
     body = json.dumps({"user_id": user})
-    answer = httpx.post(f"{api}/predict", json={"user_id": user}, headers=reader, timeout=30)
+    answer = httpx.post(f"{api}/predict?reasons={DEMO_REASONS}", json={"user_id": user}, headers=reader, timeout=30)
     timings.add("serve", time.perf_counter() - t0, "API up, first prediction")
     console.print("\n[bold]A prediction from the running API:[/]")
     auth = ' -H "Authorization: Bearer $STREAMFLOW_API_READ_TOKEN"' if reader else ""
     console.print(
-        f"curl -s -X POST {api}/predict -H 'content-type: application/json' -d '{body}'{auth}",
+        f"curl -s -X POST '{api}/predict?reasons={DEMO_REASONS}' -H 'content-type: application/json' -d '{body}'{auth}",
         markup=False,
         highlight=False,
     )
     console.print_json(answer.text)
     if answer.status_code != 200:
         raise DemoError(f"/predict answered {answer.status_code}; log: {services.log_file(settings, 'api')}")
+    _print_reasons(console, answer.json())
     online = httpx.get(f"{api}/features/{user}", headers=reader, timeout=30)
     if online.status_code == 200:
         features = Table(title=f"online features of {user} (customer_360, GET /features/{user})")
@@ -287,6 +288,37 @@ def _serve_and_predict(settings: Settings, console: Console, timings: Timings, l
         for name, item in online.json().get("features", {}).items():
             features.add_row(name, str(item.get("value")), str(item.get("feature_view")), str(item.get("as_of")))
         console.print(features)
+
+
+DEMO_REASONS = 3  # reasons per direction the demo asks /predict for
+
+
+def _print_reasons(console: Console, answer: dict) -> None:
+    """The prediction in one line, then its reasons: the features that push this user's risk up and those that
+    hold it down, strongest first, with the value served and the contribution to the log-odds."""
+    verdict = "likely to churn" if answer.get("churn") else "likely to stay"
+    console.print(
+        f"\n[bold]{answer.get('user_id')}[/]: churn probability {answer.get('churn_probability', 0):.1%}, "
+        f"{verdict} (threshold {answer.get('threshold', 0):.1%}, model v{answer.get('model_version')})",
+        highlight=False,
+    )
+    reasons = answer.get("reasons")
+    if not reasons:
+        console.print("  (this model gives no reasons)")
+        return
+    table = Table(title="why (each feature's contribution to the churn log-odds; +0.7 about doubles the odds)")
+    for column, justify in (("", "left"), ("feature", "left"), ("value", "right"), ("contribution", "right")):
+        table.add_column(column, justify=justify)
+    for direction, arrow, style in (("up", "pushes risk up", "red"), ("down", "holds risk down", "green")):
+        for reason in reasons.get(direction, []):
+            label = reason.get("label") or reason["feature"]
+            table.add_row(
+                Text(arrow, style=style),
+                f"{label} ({reason['feature']})",
+                str(reason.get("value")),
+                f"{reason['contribution']:+.3f}",
+            )
+    console.print(table)
 
 
 UI_WAIT_SECONDS = 240.0  # Airflow's API server, scheduler and DAG processor take about a minute on 2 cores
