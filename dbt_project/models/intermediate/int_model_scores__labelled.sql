@@ -12,7 +12,7 @@ champion as (
     select
         user_id,
         {{ business_timestamp('as_of') }} as as_of,
-        'champion' as role,
+        'champion' as role,  -- noqa: RF04
         model_version,
         churn_probability
     from {{ source('ml', 'churn_scores') }}
@@ -22,7 +22,7 @@ shadow as (
     select
         user_id,
         {{ business_timestamp('as_of') }} as as_of,
-        'shadow' as role,
+        'shadow' as role,  -- noqa: RF04
         shadow_version as model_version,
         shadow_probability as churn_probability
     from {{ source('ml', 'shadow_scores') }}

@@ -18,12 +18,14 @@ ranked as (
         monthly_fee,
         risk_decile,
         case when churn_label then 1 else 0 end as churned,
+        -- tied probabilities share the average of their ranks: the lowest rank + (ties - 1) / 2
         rank() over (
             partition by as_of, role, model_version
             order by churn_probability asc
-        )
-        + (count(*) over (partition by as_of, role, model_version, churn_probability) - 1) / 2.0
-        as average_rank,
+        ) as lowest_rank,
+        count(*) over (
+            partition by as_of, role, model_version, churn_probability
+        ) as tied,
         -- the default frame of an ordered window ends at the last tie: counts at or above the probability
         sum(case when churn_label then 1 else 0 end) over (
             partition by as_of, role, model_version
@@ -46,7 +48,7 @@ metrics as (
         sum(churned) as n_churned,
         avg(churned::double precision) as churn_rate,
         avg(churn_probability) as mean_predicted,
-        sum(churned * average_rank)::double precision as churned_rank_sum,
+        sum(churned * (lowest_rank + (tied - 1) / 2.0))::double precision as churned_rank_sum,
         sum(
             case when churned = 1 then churned_at_or_above::double precision / users_at_or_above end
         ) as precision_sum,
