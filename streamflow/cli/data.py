@@ -81,10 +81,21 @@ def generate_cmd(
 # ---------------------------------------------------------------------------------------
 def ingest_cmd(
     drops: list[Path] = typer.Argument(
-        ..., help="Drop folders (month_000 ...), each with a manifest.json.", show_default=False
+        ...,
+        help="Drop folders (month_000 ...), each with a manifest.json; with --layout aggregated, one month folder.",
+        show_default=False,
     ),
     rebuild: bool = typer.Option(
         False, "--rebuild", help="Replace the whole loaded history with exactly these drops (in as_of order)."
+    ),
+    layout: str = typer.Option(
+        "events",
+        "--layout",
+        help="events: monthly drops with a manifest; aggregated: a month of pre-aggregated CSV files "
+        "(users, subscriptions, usage_agg_30d, payments_agg_90d, support_agg_90d, labels), one per call, with --as-of.",
+    ),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="With --layout aggregated: the month's end, YYYY-MM-DD.", show_default=False
     ),
 ) -> None:
     """Check drops and load them into raw.* (PostgreSQL COPY, one transaction, idempotent).
@@ -92,12 +103,35 @@ def ingest_cmd(
     Every file is checked against its manifest (sha256, row count), the contract (UTF-8, header, types,
     id format) before anything is loaded. Reloading a loaded drop changes nothing; a newer version of the
     newest month replaces it; an older month is refused unless --rebuild.
-    """
-    from streamflow.drops.ingest import ingest
 
-    with RichProgress() as progress:
-        progress.start("checking")
-        results = ingest(get_settings(), drops, rebuild=rebuild, progress=progress)
+    `--layout aggregated --as-of 2024-01-31 DIR` loads one month of an earlier stack's pre-aggregated
+    files (see the README, "Importing an aggregated history"), months in order, one per call.
+    """
+    from streamflow.drops.ingest import ingest, ingest_aggregated
+
+    if layout not in ("events", "aggregated"):
+        fail(f"--layout must be events or aggregated, got {layout!r}")
+    if layout == "aggregated":
+        if as_of is None or len(drops) != 1 or rebuild:
+            fail(
+                "--layout aggregated loads one month folder per call and needs its month end: "
+                "streamflow ingest --layout aggregated --as-of 2024-01-31 DIR (no --rebuild)"
+            )
+        from streamflow.core.months import parse_month
+
+        try:
+            month_end = parse_month(as_of)
+        except ValueError as exc:
+            fail(f"--as-of: {exc}")
+        with RichProgress() as progress:
+            progress.start("checking")
+            results = [ingest_aggregated(get_settings(), drops[0], month_end, progress=progress)]
+    else:
+        if as_of is not None:
+            fail("--as-of is for --layout aggregated: an event drop names its month in its manifest.json")
+        with RichProgress() as progress:
+            progress.start("checking")
+            results = ingest(get_settings(), drops, rebuild=rebuild, progress=progress)
     # one column per drop, one row per file: fits a narrow terminal
     table = Table(title="ingested" + (" (history rebuilt)" if rebuild else ""))
     table.add_column("")

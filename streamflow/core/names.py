@@ -19,6 +19,8 @@ FEATURE_MARTS = ("subscriptions_profile", "usage_agg_30d", "payments_agg_90d", "
 """The marts Feast reads, one feature view each, keyed by (user_id, as_of)."""
 LABELS_MART = "labels"
 MARTS = (*FEATURE_MARTS, LABELS_MART)
+# raw table of the aggregated layout's labels: the outcomes of its own month end (period_start = as_of)
+MONTH_END_LABELS = "labels_at_month_end"
 SNAPSHOTS = ("snap_users", "snap_subscriptions")
 
 # --- feature store ---------------------------------------------------------------------------
