@@ -35,6 +35,12 @@ def generate_cmd(
         help="Inject drift from this month on (1 to months-1): less watch time, more rebuffering, fees up about 18%.",
         show_default=False,
     ),
+    layout: str = typer.Option(
+        "events",
+        "--layout",
+        help="events: monthly drops with a manifest; aggregated: the same months as pre-aggregated CSV folders "
+        "(add_on_* and payment_method absent), for `streamflow ingest --layout aggregated`.",
+    ),
 ) -> None:
     """Write monthly data drops (CSV + manifest.json) for a simulated streaming business.
 
@@ -47,6 +53,20 @@ def generate_cmd(
     """
     from streamflow.drops.generator.run import generate
 
+    if layout not in ("events", "aggregated"):
+        fail(f"--layout must be events or aggregated, got {layout!r}")
+    if layout == "aggregated":
+        import tempfile
+
+        from streamflow.drops.generator.aggregated import write_history
+
+        with tempfile.TemporaryDirectory() as tmp, RichProgress() as progress:
+            # month k's labels are the outcomes the event history delivers with month k + 1
+            generate(Path(tmp), months=months + 1, users=users, seed=seed, drift_at=drift_at, progress=progress)
+            written = write_history(sorted(Path(tmp).glob("month_*")), months, out)
+        for folder in written:
+            print(folder)
+        return
     try:
         with RichProgress() as progress:
             result = generate(out, months=months, users=users, seed=seed, drift_at=drift_at, progress=progress)
