@@ -61,7 +61,8 @@ final as (
         subscribers.as_of,
         cast(case
             when subscribers.is_imported then coalesce(own.failed_payments_90d, 0)
-            else coalesce(aggregated.failed_payments_90d, 0)
+            else
+                coalesce(aggregated.failed_payments_90d, 0)
                 + coalesce(round(carried.failed_payments_90d * subscribers.carried_share), 0)
         end as bigint) as failed_payments_90d
     from subscribers

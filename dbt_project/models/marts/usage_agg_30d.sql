@@ -69,7 +69,9 @@ final as (
         subscribers.as_of,
         cast(case
             when subscribers.is_imported then coalesce(own.watch_hours_30d, 0)
-            else coalesce(aggregated.minutes_30d / 60, 0) + coalesce(carried.watch_hours_30d * subscribers.carried_share, 0)
+            else
+                coalesce(aggregated.minutes_30d / 60, 0)
+                + coalesce(carried.watch_hours_30d * subscribers.carried_share, 0)
         end as double precision) as watch_hours_30d,
         cast(case
             when subscribers.is_imported then coalesce(own.avg_session_mins_7d, 0)
