@@ -81,12 +81,13 @@ def quality_gate(group_id: str, dbt_vars: dict[str, Any]):
     from cosmos.constants import InvocationMode
     from cosmos.operators.local import DbtTestLocalOperator
 
+    from streamflow.drops.aggregated import RAW_TABLES
     from streamflow.drops.contract import FILES
 
     settings = get_settings()
     _, profile = _dbt_project_profile()
     with TaskGroup(group_id=group_id, tooltip="dbt source tests on raw.* for the drop month") as group:
-        for table in [*FILES, "load_log"]:
+        for table in [*FILES, *RAW_TABLES, "load_log"]:
             DbtTestLocalOperator(
                 task_id=f"raw_{table}",
                 project_dir=str(settings.dbt_project_dir),

@@ -35,6 +35,12 @@ def generate_cmd(
         help="Inject drift from this month on (1 to months-1): less watch time, more rebuffering, fees up about 18%.",
         show_default=False,
     ),
+    layout: str = typer.Option(
+        "events",
+        "--layout",
+        help="events: monthly drops with a manifest; aggregated: the same months as pre-aggregated CSV folders "
+        "(add_on_* and payment_method absent), for `streamflow ingest --layout aggregated`.",
+    ),
 ) -> None:
     """Write monthly data drops (CSV + manifest.json) for a simulated streaming business.
 
@@ -47,6 +53,20 @@ def generate_cmd(
     """
     from streamflow.drops.generator.run import generate
 
+    if layout not in ("events", "aggregated"):
+        fail(f"--layout must be events or aggregated, got {layout!r}")
+    if layout == "aggregated":
+        import tempfile
+
+        from streamflow.drops.generator.aggregated import write_history
+
+        with tempfile.TemporaryDirectory() as tmp, RichProgress() as progress:
+            # month k's labels are the outcomes the event history delivers with month k + 1
+            generate(Path(tmp), months=months + 1, users=users, seed=seed, drift_at=drift_at, progress=progress)
+            written = write_history(sorted(Path(tmp).glob("month_*")), months, out)
+        for folder in written:
+            print(folder)
+        return
     try:
         with RichProgress() as progress:
             result = generate(out, months=months, users=users, seed=seed, drift_at=drift_at, progress=progress)
@@ -81,10 +101,21 @@ def generate_cmd(
 # ---------------------------------------------------------------------------------------
 def ingest_cmd(
     drops: list[Path] = typer.Argument(
-        ..., help="Drop folders (month_000 ...), each with a manifest.json.", show_default=False
+        ...,
+        help="Drop folders (month_000 ...), each with a manifest.json; with --layout aggregated, one month folder.",
+        show_default=False,
     ),
     rebuild: bool = typer.Option(
         False, "--rebuild", help="Replace the whole loaded history with exactly these drops (in as_of order)."
+    ),
+    layout: str = typer.Option(
+        "events",
+        "--layout",
+        help="events: monthly drops with a manifest; aggregated: a month of pre-aggregated CSV files "
+        "(users, subscriptions, usage_agg_30d, payments_agg_90d, support_agg_90d, labels), one per call, with --as-of.",
+    ),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="With --layout aggregated: the month's end, YYYY-MM-DD.", show_default=False
     ),
 ) -> None:
     """Check drops and load them into raw.* (PostgreSQL COPY, one transaction, idempotent).
@@ -92,12 +123,35 @@ def ingest_cmd(
     Every file is checked against its manifest (sha256, row count), the contract (UTF-8, header, types,
     id format) before anything is loaded. Reloading a loaded drop changes nothing; a newer version of the
     newest month replaces it; an older month is refused unless --rebuild.
-    """
-    from streamflow.drops.ingest import ingest
 
-    with RichProgress() as progress:
-        progress.start("checking")
-        results = ingest(get_settings(), drops, rebuild=rebuild, progress=progress)
+    `--layout aggregated --as-of 2024-01-31 DIR` loads one month of an earlier stack's pre-aggregated
+    files (see the README, "Importing an aggregated history"), months in order, one per call.
+    """
+    from streamflow.drops.ingest import ingest, ingest_aggregated
+
+    if layout not in ("events", "aggregated"):
+        fail(f"--layout must be events or aggregated, got {layout!r}")
+    if layout == "aggregated":
+        if as_of is None or len(drops) != 1 or rebuild:
+            fail(
+                "--layout aggregated loads one month folder per call and needs its month end: "
+                "streamflow ingest --layout aggregated --as-of 2024-01-31 DIR (no --rebuild)"
+            )
+        from streamflow.core.months import parse_month
+
+        try:
+            month_end = parse_month(as_of)
+        except ValueError as exc:
+            fail(f"--as-of: {exc}")
+        with RichProgress() as progress:
+            progress.start("checking")
+            results = [ingest_aggregated(get_settings(), drops[0], month_end, progress=progress)]
+    else:
+        if as_of is not None:
+            fail("--as-of is for --layout aggregated: an event drop names its month in its manifest.json")
+        with RichProgress() as progress:
+            progress.start("checking")
+            results = ingest(get_settings(), drops, rebuild=rebuild, progress=progress)
     # one column per drop, one row per file: fits a narrow terminal
     table = Table(title="ingested" + (" (history rebuilt)" if rebuild else ""))
     table.add_column("")

@@ -14,6 +14,7 @@ import calendar
 from datetime import UTC, date, datetime
 
 from streamflow.core import runlog
+from streamflow.core.names import MONTH_END_LABELS
 from streamflow.core.settings import Settings
 
 BUILD_LOG_TABLE = "dbt_build_log"
@@ -108,14 +109,22 @@ def built_months(conn, settings: Settings) -> list[date]:
 
 def labelled_periods(conn, settings: Settings) -> list[date]:
     """Every period whose labels are built, oldest first: drop M carries the labels of period_start = the
-    loaded month before M, so a period is labelled once a later month with a non-empty labels file is built."""
+    loaded month before M, so a period is labelled once a later month with a non-empty labels file is built;
+    a month of the aggregated layout carries the outcomes of its own month end."""
     if not _exists(conn, "raw.load_log"):
         return []
-    rows = dict(conn.execute("select as_of, (files -> 'labels' ->> 'rows')::bigint from raw.load_log").fetchall())
+    found = conn.execute(
+        "select as_of, (files -> 'labels' ->> 'rows')::bigint, (files -> %s ->> 'rows')::bigint from raw.load_log",
+        (MONTH_END_LABELS,),
+    ).fetchall()
+    rows = {as_of: n for as_of, n, _ in found}
+    own = {as_of: n for as_of, _, n in found}  # the aggregated layout: outcomes of the month itself
     loaded = sorted(rows)
     periods = set()
     for month in built_months(conn, settings):
         before = previous(loaded, month)
         if before is not None and (rows.get(month) or 0) > 0:
             periods.add(before)
+        if (own.get(month) or 0) > 0:
+            periods.add(month)
     return sorted(periods)

@@ -23,6 +23,8 @@ PERFORMANCE_MART = "model_performance"
 """Realized performance per scored month, role (champion, shadow) and model version, once labels arrive."""
 CALIBRATION_MART = "model_calibration"
 """Predicted against realized churn per scored month, role, model version and risk decile."""
+# raw table of the aggregated layout's labels: the outcomes of its own month end (period_start = as_of)
+MONTH_END_LABELS = "labels_at_month_end"
 SNAPSHOTS = ("snap_users", "snap_subscriptions")
 
 # --- feature store ---------------------------------------------------------------------------

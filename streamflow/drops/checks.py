@@ -95,7 +95,7 @@ def read_drop(path: Path) -> Drop:
     name = path.name or str(path)
     if not path.is_dir():
         raise _refuse(name, "drop folder does not exist", detail=str(path))
-    special = _special_entries(name, path)  # before anything is read: a link could point anywhere
+    special = special_entries(name, path)  # before anything is read: a link could point anywhere
     if special:
         raise IngestError(special)
     raw, manifest = _read_manifest(name, path / contract.MANIFEST)
@@ -130,7 +130,7 @@ def read_drop(path: Path) -> Drop:
     )
 
 
-def _special_entries(drop: str, path: Path) -> list[Problem]:
+def special_entries(drop: str, path: Path) -> list[Problem]:
     """Every symlink and every entry that is neither a regular file nor a directory (FIFO, device, socket)
     anywhere inside the drop, without following links. A drop holds plain files only: a link would make
     ingestion read (and a refusal echo) whatever it points to, a FIFO would block the read."""
@@ -262,6 +262,16 @@ def _entry_problem(table: str, entry: Any) -> str | None:
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
         return f"files.{table}.sha256 must be 64 hex digits"
     return None
+
+
+def check_utf8(drop: str, fpath: Path, rel: str) -> list[Problem]:
+    """The file's first invalid UTF-8 byte, or a last character cut short; [] when it is valid."""
+    scan = _scan_file(drop, fpath, rel)
+    if scan.utf8_problem:
+        return [scan.utf8_problem]
+    if scan.incomplete:
+        return [Problem(drop, "file is not valid UTF-8 (it ends inside a multi-byte character)", file=rel)]
+    return []
 
 
 @dataclass

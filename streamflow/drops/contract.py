@@ -21,6 +21,7 @@ PG_TYPES = {
     "text": "text",
     "int": "integer",
     "decimal": "numeric(12,2)",
+    "float": "double precision",  # the aggregated layout's windowed values
     "bool": "boolean",
     "date": "date",
     "timestamp": "timestamptz",

@@ -28,7 +28,7 @@ from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import CHURN_SCORES
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
-from streamflow.drops import contract
+from streamflow.drops import aggregated, contract
 from streamflow.drops.checks import CHUNK, Drop, DropFile, IngestError, Problem, read_drop, scan_values
 
 
@@ -38,7 +38,7 @@ from streamflow.drops.checks import CHUNK, Drop, DropFile, IngestError, Problem,
 def raw_ddl() -> list[str]:
     """DDL of the raw schema, idempotent."""
     stmts = ["create schema if not exists raw"]
-    for spec in contract.FILES.values():
+    for spec in [*contract.FILES.values(), *aggregated.RAW_TABLES.values()]:
         cols = ["as_of date not null"] + [f"{c.name} {contract.PG_TYPES[c.type]}" for c in spec.columns]
         stmts.append(f"create table if not exists raw.{spec.table} ({', '.join(cols)}) partition by list (as_of)")
     stmts.append(
@@ -170,9 +170,9 @@ def _refuse_rewrite(d: Drop, loaded: dict[date, str]) -> None:
         )
 
 
-def _drop_month(conn, as_of: date) -> None:
-    for spec in contract.FILES.values():
-        conn.execute(f'drop table if exists raw."{partition_name(spec.table, as_of)}"')
+def _drop_month(conn, as_of: date, tables: Iterable[str] | None = None) -> None:
+    for table in tables if tables is not None else [*contract.FILES, *aggregated.RAW_TABLES]:
+        conn.execute(f'drop table if exists raw."{partition_name(table, as_of)}"')
 
 
 def _load_drop(conn, d: Drop, progress: Progress) -> dict[str, int]:
@@ -211,6 +211,7 @@ def _load_drop(conn, d: Drop, progress: Progress) -> dict[str, int]:
             )
     if problems:
         raise IngestError(problems)
+    _drop_month(conn, d.as_of, aggregated.RAW_TABLES)  # a month of the other layout it replaces
     conn.execute(_swap_sql(new_tables, d.as_of))
     conn.execute(
         """insert into raw.load_log (as_of, drop_name, drop_path, manifest_sha256, files, loaded_at)
@@ -272,3 +273,61 @@ def _explain_copy_error(d: Drop, f: DropFile, exc) -> list[Problem]:
     return [
         Problem(d.name, f"PostgreSQL could not load the file: {primary}", file=f.path.name, column=column, lines=lines)
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# the aggregated layout (one month per call; see streamflow.drops.aggregated)
+# ---------------------------------------------------------------------------------------
+def ingest_aggregated(settings: Settings, month_dir: Path, as_of: date, progress: Progress = SILENT) -> DropResult:
+    """Check and load one month of the aggregated layout as drop month ``as_of``, in one transaction, with
+    the guarantees of :func:`ingest`: checks first, idempotent, append-only in business time."""
+    month = aggregated.read_month(Path(month_dir), as_of)
+    progress.start("loading", total=sum(p.path.stat().st_size for p in month.files.values()))
+    with pipeline_lock(settings, "ingest", as_of), connect(settings) as conn, conn.transaction():
+        conn.execute("set local timezone = 'UTC'")
+        conn.execute("set local datestyle = 'ISO, YMD'")
+        ensure_raw_schema(conn)
+        runlog.ensure_month_log(conn)
+        loaded = {r[0]: r[1] for r in conn.execute("select as_of, manifest_sha256 from raw.load_log")}
+        if loaded.get(as_of) == month.digest:
+            return DropResult(month.name, as_of, "unchanged", {t: p.rows for t, p in month.files.items()}, 0)
+        _refuse_rewrite(month, loaded)  # type: ignore[arg-type]  # name and as_of are all it reads
+        start = time.perf_counter()
+        status = "replaced" if as_of in loaded else "loaded"
+        rows = _load_aggregated(conn, month, progress)
+        runlog.forget_months(conn, as_of)
+        runlog.record_month(conn, as_of, "loaded", {"drop": month.name, "manifest_sha256": month.digest})
+    return DropResult(month.name, as_of, status, rows, time.perf_counter() - start)
+
+
+def _load_aggregated(conn, month: aggregated.AggregatedMonth, progress: Progress) -> dict[str, int]:
+    """Each file COPYed into a temporary table of its own columns, inserted renamed into a fresh table, and
+    the fresh tables swapped in as the month's partitions (the event tables' partitions of that month go)."""
+    rows: dict[str, int] = {}
+    new_tables: dict[str, str] = {}
+    for table, part in month.files.items():
+        spec = contract.FILES.get(table) or aggregated.RAW_TABLES[table]
+        tmp = f"_load_{partition_name(table, month.as_of)}"
+        temp = f"_file_{table}"
+        new_tables[table] = tmp
+        conn.execute(_fresh_table_sql(table, tmp, month.as_of, spec))
+        conn.execute(aggregated.staging_ddl(part, temp))
+        cols = ", ".join(f'"{c}"' for c in part.header)
+        with conn.cursor() as cur:
+            copy_sql = f'copy "{temp}" ({cols}) from stdin with (format csv, header true)'
+            with cur.copy(copy_sql) as copy, open(part.path, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    copy.write(chunk)
+                    progress.advance(len(chunk), f"{month.name}/{part.path.name}")
+            cur.execute(aggregated.insert_sql(part, temp, tmp, spec))
+            rows[table] = cur.rowcount
+    _drop_month(conn, month.as_of, [t for t in contract.FILES if t not in new_tables])
+    conn.execute(_swap_sql(new_tables, month.as_of))
+    conn.execute(
+        """insert into raw.load_log (as_of, drop_name, drop_path, manifest_sha256, files, loaded_at)
+           values (%s, %s, %s, %s, %s, now())
+           on conflict (as_of) do update set drop_name = excluded.drop_name, drop_path = excluded.drop_path,
+             manifest_sha256 = excluded.manifest_sha256, files = excluded.files, loaded_at = excluded.loaded_at""",
+        (month.as_of, month.name, str(month.path), month.digest, json.dumps(month.log_files())),
+    )
+    return rows

@@ -313,6 +313,30 @@ GATE_SEVERITIES: dict[tuple[str, str | None, str], tuple[str, str]] = {
     ("labels", "user_id", "user_active_at_period_start"): (FAILS, "the label's join to features"),
     ("labels", "period_start", "expect_column_values_to_not_be_null"): (FAILS, "the label's period"),
     ("labels", "churn_label", "expect_column_values_to_not_be_null"): (FAILS, "the label"),
+    # the aggregated layout's files: every value is a feature or the label
+    **{
+        (table, None, "expect_compound_columns_to_be_unique"): (FAILS, "one row per user: key of the marts")
+        for table in ("usage_agg_30d", "payments_agg_90d", "support_agg_90d", "labels_at_month_end")
+    },
+    **{
+        (table, "user_id", test): (FAILS, "join to subscribers")
+        for table in ("usage_agg_30d", "payments_agg_90d", "support_agg_90d", "labels_at_month_end")
+        for test in ("expect_column_values_to_not_be_null", "relationships_within_drop")
+    },
+    **{
+        (table, column, "expect_column_values_to_be_between"): (FAILS, f"feature {column}")
+        for table, column in (
+            ("usage_agg_30d", "watch_hours_30d"),
+            ("usage_agg_30d", "avg_session_mins_7d"),
+            ("usage_agg_30d", "unique_devices_30d"),
+            ("usage_agg_30d", "skips_7d"),
+            ("usage_agg_30d", "rebuffer_events_7d"),
+            ("payments_agg_90d", "failed_payments_90d"),
+            ("support_agg_90d", "support_tickets_90d"),
+            ("support_agg_90d", "ticket_avg_resolution_hrs_90d"),
+        )
+    },
+    ("labels_at_month_end", "churn_label", "expect_column_values_to_not_be_null"): (FAILS, "the label"),
 }
 
 
