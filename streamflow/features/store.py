@@ -118,7 +118,17 @@ def repo_config(settings: Settings, *, materializing: bool = False) -> RepoConfi
         entity_key_serialization_version=KEY_SERIALIZATION,
         repo_path=settings.feature_repo_dir,
         batch_engine=engine,
+        materialization=_materialization(settings, engine),
     )
+
+
+def _materialization(settings: Settings, engine: str | dict[str, Any]) -> dict[str, Any]:
+    """Feast's materialization options: Feast's defaults for the local engine; on Ray, one row per user (each
+    user's latest in the window, ``pull_latest_from_table_or_query``, the rows the local path writes; not all
+    rows, deduplicated per block) written in batches of ``materialize_chunk_rows`` users."""
+    if engine == "local":
+        return {}
+    return {"pull_latest_features": True, "online_write_batch_size": settings.materialize_chunk_rows}
 
 
 _stores: dict[tuple, FeatureStore] = {}

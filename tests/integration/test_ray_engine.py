@@ -1,17 +1,18 @@
 """Materialization on Feast's Ray engine against the local engine, on a real two-node Ray cluster.
 
 A head and a worker node are started on loopback (`ray start --block`, free ports, no dashboard, no usage
-reporting, a private temp dir) and stopped by this module: each `ray start --block` runs in a session of its
-own and is terminated with everything it started (never `ray stop`, which stops every Ray process on the
-machine). Two Feast projects share one built warehouse: the real `streamflow features materialize` fills one
-through the cluster (STREAMFLOW_FEAST_ENGINE=ray), the local engine fills the other; every online value of
-every user and view must be the same, month after month.
+reporting, token authentication, a private temp dir) and stopped by this module: each `ray start --block`
+runs in a session of its own and is terminated with everything it started (never `ray stop`, which stops
+every Ray process on the machine, other users' included). Two Feast projects share one built warehouse:
+StreamFlow's materialization fills one through the cluster (STREAMFLOW_FEAST_ENGINE=ray), the local engine
+the other; every online value of every user and view must be the same, month after month.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,8 @@ def ray_cluster():
     temp = Path(tempfile.mkdtemp(prefix="sfray", dir="/tmp"))  # short: Ray's socket paths have a length limit
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray's GCS and raylets listen on every interface whatever the node address: only token holders may use them
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     port = free_port()
     address = f"127.0.0.1:{port}"
     nodes: list[subprocess.Popen] = []
@@ -119,7 +122,7 @@ def ray_cluster():
         # the worker says "Ray runtime started" once its raylet has joined the head
         worker = [f"--address={address}", "--num-cpus=1", *_ports("worker")]
         nodes.append(_start_node(worker, env, temp / "worker.log"))
-        yield address
+        yield address, {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     finally:
         for proc in reversed(nodes):
             _stop_node(proc)
@@ -156,9 +159,13 @@ def online_rows(settings) -> dict[str, list[tuple]]:
 
 
 @pytest.fixture()
-def ray_driver():
-    """This process as a Ray driver for the test, disconnected afterwards (Feast keeps its own flag)."""
-    yield
+def ray_driver(ray_cluster, monkeypatch):
+    """This process as a Ray driver of the cluster (its token in the environment, where Ray reads it),
+    disconnected afterwards (Feast keeps its own flag)."""
+    address, auth = ray_cluster
+    for name, value in auth.items():
+        monkeypatch.setenv(name, value)
+    yield address
     import ray
     from feast.infra import ray_initializer
 
@@ -167,8 +174,8 @@ def ray_driver():
     ray_initializer._ray_wrapper = None
 
 
-def test_the_ray_engine_serves_exactly_what_the_local_engine_serves(base, ray_cluster, ray_driver):
-    on_ray = project(base, "ray_cluster", feast_engine="ray", ray_address=ray_cluster)
+def test_the_ray_engine_serves_exactly_what_the_local_engine_serves(base, ray_driver):
+    on_ray = project(base, "ray_cluster", feast_engine="ray", ray_address=ray_driver)
     local = project(base, "ray_local")
 
     # the first month over the TTL window, then the next month incrementally (one Ray driver: its workers,

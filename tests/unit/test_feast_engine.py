@@ -37,6 +37,9 @@ def test_ray_with_an_address_runs_feasts_ray_engine_on_that_cluster():
     assert config.batch_engine.ray_address == "ray-head:6379"  # Feast's own engine configuration validates it
     assert config.online_config["type"] == bulk_store.BULK_TYPE  # the workers write with COPY, same tables
     assert config.online_store.db_schema == "feast_online" and config.online_store.host == "db.example"
+    # one row per user (Feast's latest in the window, as the local path reads), written in bounded batches
+    assert config.materialization_config.pull_latest_features is True
+    assert config.materialization_config.online_write_batch_size == s.materialize_chunk_rows
 
 
 def test_ray_without_an_address_starts_a_local_cluster_never_one_left_running():
