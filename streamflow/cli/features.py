@@ -94,7 +94,7 @@ def features_materialize_cmd(
     if as_json:
         print(json.dumps(result.as_dict()))
         return
-    table = Table(title=f"materialized {result.as_of} (online store: {settings.online_store})")
+    table = Table(title=f"materialized {result.as_of} (online store: {settings.online_store}, engine: {result.engine})")
     for col in ("view", "users written", "users removed", "users online"):
         table.add_column(col, justify="left" if col == "view" else "right")
     for view, online in result.online_users.items():

@@ -6,16 +6,25 @@ for its own configuration.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamflow.core import names
+from streamflow.core.errors import StreamflowError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+FEAST_ENGINES = ("local", "ray")
+# host:port, optionally ray://host:port (Ray Client) or "auto" (the cluster `ray start` left on this machine)
+_RAY_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}|auto")
+
+
+class SettingsError(StreamflowError):
+    """A setting has a value the platform cannot use."""
 
 
 class Settings(BaseSettings):
@@ -90,6 +99,16 @@ class Settings(BaseSettings):
         default=50_000,
         gt=0,
         description="Users materialization reads, encodes and writes at a time (bounds its memory).",
+    )
+    feast_engine: Literal["local", "ray"] = Field(
+        default="local",
+        description="Engine that materializes the marts into the online store: local (this process, chunked COPY) "
+        "or ray (Feast's Ray compute engine, on the cluster at STREAMFLOW_RAY_ADDRESS).",
+    )
+    ray_address: str = Field(
+        default="",
+        description="Ray cluster the ray engine runs on (host:port of its head node, e.g. 127.0.0.1:6379). "
+        "Empty: Ray starts a local cluster inside the materializing process.",
     )
 
     # --- MLflow --------------------------------------------------------------------------
@@ -174,6 +193,29 @@ class Settings(BaseSettings):
     mlflow_port: int = Field(default=5000, description="`streamflow mlflow` UI port.")
     airflow_port: int = Field(default=8080, description="`streamflow airflow` UI port.")
     docs_port: int = Field(default=8081, description="`streamflow docs` port.")
+
+    @field_validator("feast_engine", mode="before")
+    @classmethod
+    def _known_engine(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text not in FEAST_ENGINES:
+            raise SettingsError(
+                f"STREAMFLOW_FEAST_ENGINE={value!r} is not an engine; allowed: {', '.join(FEAST_ENGINES)}",
+                hint="set STREAMFLOW_FEAST_ENGINE=local (the default) or STREAMFLOW_FEAST_ENGINE=ray",
+            )
+        return text
+
+    @field_validator("ray_address", mode="before")
+    @classmethod
+    def _ray_address(cls, value: object) -> object:
+        text = str(value or "").strip()
+        if text and not _RAY_ADDRESS.fullmatch(text):
+            raise SettingsError(
+                f"STREAMFLOW_RAY_ADDRESS={text!r} is not a Ray cluster address (host:port of the head node, "
+                "e.g. 127.0.0.1:6379 or ray-head:6379)",
+                hint="set STREAMFLOW_RAY_ADDRESS=<head host>:6379, or leave it empty for a local cluster",
+            )
+        return text
 
     # --- derived paths -------------------------------------------------------------------
     @property

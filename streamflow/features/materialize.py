@@ -15,7 +15,7 @@ from streamflow.core.lock import pipeline_lock
 from streamflow.core.names import ENTITY, FEATURE_MARTS, PUSH_VIEW
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
-from streamflow.features import bulk_store
+from streamflow.features import bulk_store, ray_engine
 from streamflow.features import contract as fc
 from streamflow.features.apply import _missing_relations, _relation
 from streamflow.features.online_store import (
@@ -54,6 +54,7 @@ class MaterializeResult:
     seconds: float
     feast_seconds: float
     business_clock: datetime | None = None
+    engine: str = "local"  # the engine that wrote the views (STREAMFLOW_FEAST_ENGINE)
 
     @property
     def rows_per_second(self) -> float:
@@ -63,6 +64,7 @@ class MaterializeResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "as_of": self.as_of.isoformat(),
+            "engine": self.engine,
             "written": self.written,
             "skipped": self.skipped,
             "removed": self.removed,
@@ -157,6 +159,7 @@ def materialize(
         seconds=time.perf_counter() - started,
         feast_seconds=feast_seconds,
         business_clock=clock,
+        engine=settings.feast_engine,
     )
 
 
@@ -216,7 +219,9 @@ def _materialize_view(
     window when ``force``. A rewrite writes the month's values over the old ones (on Redis, whose writer keeps a
     value only when it is newer, with Feast's ``skip_dedup`` for this write), so active users never go missing;
     leavers are removed afterwards. The rows are Feast's, read and written in chunks of
-    ``materialize_chunk_rows`` users (:mod:`streamflow.features.bulk_store`). Returns the seconds it took."""
+    ``materialize_chunk_rows`` users (:mod:`streamflow.features.bulk_store`), or, with ``feast_engine=ray``,
+    by Feast's Ray engine (:mod:`streamflow.features.ray_engine`; its writes are not one transaction per view).
+    Returns the seconds it took."""
     last = view.most_recent_end_time
     if last is not None and last.tzinfo is None:
         last = last.replace(tzinfo=UTC)
@@ -228,6 +233,11 @@ def _materialize_view(
         return 0.0
     start = last if last is not None else end - view.ttl  # Feast's incremental window
     t0 = time.perf_counter()
+    if settings.feast_engine == "ray":
+        engine_store = feature_store(settings, materializing=True)
+        with _silenced(), _overwriting(engine_store, force):
+            written[view.name] = ray_engine.materialize_view(engine_store, view, start, end)
+        return time.perf_counter() - t0
     with _silenced(), _overwriting(store, force):
         written[view.name] = bulk_store.materialize_view(store, view, start, end, settings.materialize_chunk_rows)
     return time.perf_counter() - t0

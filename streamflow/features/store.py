@@ -32,6 +32,7 @@ from streamflow.core.names import (
 from streamflow.core.redact import password_of, redacted, scrub
 from streamflow.core.settings import Settings
 from streamflow.features import contract as fc
+from streamflow.features.bulk_store import BULK_TYPE
 from streamflow.features.catalog import clock_from, clock_of
 
 if TYPE_CHECKING:
@@ -75,15 +76,34 @@ def _postgres_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def repo_config(settings: Settings) -> RepoConfig:
+def batch_engine(settings: Settings) -> str | dict[str, Any]:
+    """Feast's ``batch_engine`` of these settings: ``local``, or Feast's Ray compute engine on the cluster at
+    ``ray_address``. Without an address Ray starts a local cluster in the materializing process (``address:
+    local``: never one another process left running on this machine)."""
+    if settings.feast_engine != "ray":
+        return "local"
+    if settings.ray_address:
+        return {"type": "ray.engine", "ray_address": settings.ray_address}
+    return {"type": "ray.engine", "ray_address": None, "ray_conf": {"address": "local"}}
+
+
+def repo_config(settings: Settings, *, materializing: bool = False) -> RepoConfig:
     """Feast's configuration from the settings (what feature_repo/feature_store.yaml says with ${VAR}s,
-    plus the online store type of ``settings.online_store``)."""
+    plus the online store type of ``settings.online_store``).
+
+    ``materializing``: the configuration materialization runs with: its ``batch_engine`` is the one
+    ``settings.feast_engine`` names (:func:`batch_engine`); with Ray on PostgreSQL, the online store class is
+    the bulk writer (:class:`~streamflow.features.bulk_store.StreamflowPostgresOnlineStore`: the same tables,
+    rows written with COPY). Every other use keeps the local engine: Feast builds the engine whenever it
+    updates infrastructure, so `features apply` and the API never connect to a Ray cluster."""
 
     pg = _postgres_options(settings)
+    engine = batch_engine(settings) if materializing else "local"
     if settings.online_store == "redis":
         online: dict[str, Any] = {"type": "redis", "connection_string": settings.redis_url}
     else:
-        online = {"type": "postgres", **pg, "db_schema": ONLINE_SCHEMA}
+        kind = BULK_TYPE if engine != "local" else "postgres"
+        online = {"type": kind, **pg, "db_schema": ONLINE_SCHEMA}
     return RepoConfig(
         project=settings.feast_project,
         provider="local",
@@ -97,17 +117,30 @@ def repo_config(settings: Settings) -> RepoConfig:
         online_store=online,
         entity_key_serialization_version=KEY_SERIALIZATION,
         repo_path=settings.feature_repo_dir,
+        batch_engine=engine,
+        materialization=_materialization(settings, engine),
     )
+
+
+def _materialization(settings: Settings, engine: str | dict[str, Any]) -> dict[str, Any]:
+    """Feast's materialization options: Feast's defaults for the local engine; on Ray, one row per user (each
+    user's latest in the window, ``pull_latest_from_table_or_query``, the rows the local path writes; not all
+    rows, deduplicated per block) written in batches of ``materialize_chunk_rows`` users."""
+    if engine == "local":
+        return {}
+    return {"pull_latest_features": True, "online_write_batch_size": settings.materialize_chunk_rows}
 
 
 _stores: dict[tuple, FeatureStore] = {}
 _stores_lock = threading.Lock()
 
 
-def _store_key(settings: Settings) -> tuple:
+def _store_key(settings: Settings, materializing: bool) -> tuple:
 
     redis = settings.redis_url if settings.online_store == "redis" else None
+    engine = batch_engine(settings) if materializing else "local"
     return (
+        repr(engine),
         settings.feast_project,
         registry_url(settings),
         database_url(settings),
@@ -117,9 +150,10 @@ def _store_key(settings: Settings) -> tuple:
     )
 
 
-def feature_store(settings: Settings) -> FeatureStore:
-    """The Feast FeatureStore of these settings, built once per configuration and cached."""
-    key = _store_key(settings)
+def feature_store(settings: Settings, *, materializing: bool = False) -> FeatureStore:
+    """The Feast FeatureStore of these settings, built once per configuration and cached (``materializing``:
+    the one materialization writes with, see :func:`repo_config`)."""
+    key = _store_key(settings, materializing)
     with _stores_lock:
         store = _stores.get(key)
     if store is not None:
@@ -127,7 +161,7 @@ def feature_store(settings: Settings) -> FeatureStore:
     _quiet_feast()
 
     with _errors(settings, "opening the feature store"):
-        built = FeatureStore(config=repo_config(settings))
+        built = FeatureStore(config=repo_config(settings, materializing=materializing))
     with _stores_lock:
         return _stores.setdefault(key, built)
 

@@ -293,7 +293,7 @@ def test_tools_in_the_containers_get_every_variable_their_config_files_read(rend
 def _listening_port(name: str, svc: dict) -> int:
     argv = command_argv(svc.get("command") or [])
     for option in ("--port",):
-        if option in argv:
+        if option in argv or any(a.startswith(option + "=") for a in argv):
             return int(option_value(argv, option))
     return {"postgres": 5432, "redis": 6379, "prometheus": 9090, "grafana": 3000, "gateway": 8080, "mlflow-ui": 5000}[
         name
@@ -308,7 +308,7 @@ def test_every_address_in_the_stack_points_at_a_service_on_the_port_it_listens_o
             if "://" in value:
                 url = urlsplit(value)
                 host, port = url.hostname, url.port
-            elif key == "STREAMFLOW_REDIS_URL":
+            elif key in ("STREAMFLOW_REDIS_URL", "STREAMFLOW_RAY_ADDRESS"):
                 host, port = value.split(",")[0].split(":")
                 port = int(port)
             else:
@@ -530,6 +530,8 @@ def test_official_images_are_pinned_and_every_project_service_runs_the_one_proje
         "airflow-dag-processor",
         "api",
         "job",
+        "ray-head",
+        "ray-worker",
     }
     assert len({json.dumps([s["image"], s["build"]], sort_keys=True) for s in projects.values()}) == 1
     for name, svc in services().items():
@@ -538,6 +540,23 @@ def test_official_images_are_pinned_and_every_project_service_runs_the_one_proje
         repo, _, tag = svc["image"].partition(":")
         assert repo in OFFICIAL_IMAGES, f"{name}: {svc['image']} is not an official image"
         assert re.match(r"v?\d+(\.\d+)*", tag) and tag != "latest", f"{name}: {svc['image']} is not pinned"
+
+
+def test_the_ray_cluster_runs_under_the_profile_ray_unpublished_with_token_authentication(rendered):
+    svcs = rendered["services"]
+    head, worker = svcs["ray-head"], svcs["ray-worker"]
+    for svc in (head, worker):
+        assert svc["profiles"] == ["ray"] and "ports" not in svc
+        env = environment(svc)
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] and env["RAY_USAGE_STATS_ENABLED"] == "0"
+        assert "--disable-usage-stats" in command_argv(svc["command"])
+    assert "--include-dashboard=false" in command_argv(head["command"])
+    joins = option_value(command_argv(worker["command"]), "--address")
+    assert joins == f"ray-head:{_listening_port('ray-head', head)}"
+    for name in ("airflow-scheduler", "job"):  # where materialization runs: the cluster's address and token
+        env = environment(svcs[name])
+        assert env["STREAMFLOW_RAY_ADDRESS"] == joins and env["STREAMFLOW_FEAST_ENGINE"] == "local"
+        assert env["RAY_AUTH_TOKEN"] == environment(head)["RAY_AUTH_TOKEN"]
 
 
 def test_postgres_gets_exactly_the_passwords_its_init_script_requires():
