@@ -169,8 +169,12 @@ def ingest_cmd(
             results = ingest(
                 get_settings(), drops, rebuild=rebuild, progress=progress, forget_aggregated=forget_aggregated
             )
-    # one column per drop, one row per file: fits a narrow terminal
-    table = Table(title="ingested" + (" (history rebuilt)" if rebuild and layout == "events" else ""))
+    _print_ingested(results, "ingested" + (" (history rebuilt)" if rebuild and layout == "events" else ""))
+
+
+def _print_ingested(results, title: str) -> None:
+    """One column per drop, one row per file: fits a narrow terminal."""
+    table = Table(title=title)
     table.add_column("")
     for r in results:
         table.add_column(r.name, justify="right")
