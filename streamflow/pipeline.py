@@ -42,8 +42,17 @@ def _jsonable(value: dict) -> dict:
 # ---------------------------------------------------------------------------------------
 # which month
 # ---------------------------------------------------------------------------------------
-def resolve_month(drop: str | None = None, as_of: str | None = None) -> dict:
-    """The month a run is about: the as_of of the drop's manifest, or the as_of given."""
+LAYOUTS = ("events", "aggregated")  # streamflow.drops.aggregated.LAYOUTS, without importing the drops at parse time
+
+
+def resolve_month(drop: str | None = None, as_of: str | None = None, layout: str | None = None) -> dict:
+    """The month a run is about: the as_of of the drop's manifest, or the as_of given (the month end of a
+    folder of the aggregated layout, which has no manifest)."""
+    layout = layout or "events"
+    if layout not in LAYOUTS:
+        raise StepRefused(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if layout == "aggregated":
+        return _resolve_aggregated(drop, as_of)
     if drop:
         manifest = Path(drop) / "manifest.json"
         try:
@@ -56,6 +65,21 @@ def resolve_month(drop: str | None = None, as_of: str | None = None) -> dict:
     if as_of:
         return {"as_of": as_month(as_of).isoformat(), "drop": None}
     raise StepRefused("give the run a drop folder (conf drop) or a month (conf as_of)")
+
+
+def _resolve_aggregated(drop: str | None, as_of: str | None) -> dict:
+    if not drop or not as_of:
+        raise StepRefused(
+            'a month of the aggregated layout needs its folder and its month end: conf {"drop": DIR, '
+            '"as_of": "2024-01-31", "layout": "aggregated"}'
+        )
+    if not Path(drop).is_dir():
+        raise StepRefused(f"month folder {drop} does not exist")
+    try:
+        month = as_month(as_of)
+    except ValueError as exc:
+        raise StepRefused(f"as_of: {exc}") from None
+    return {"as_of": month.isoformat(), "drop": str(Path(drop).resolve()), "layout": "aggregated"}
 
 
 def loaded_months(settings: Settings | None = None) -> list[date]:
@@ -79,12 +103,18 @@ def previous_month(as_of: str | date, settings: Settings | None = None) -> date 
 # ---------------------------------------------------------------------------------------
 # steps
 # ---------------------------------------------------------------------------------------
-def ingest_drop(drop: str, settings: Settings | None = None) -> dict:
-    """Check and load one drop into raw.* (idempotent)."""
-    from streamflow.drops.ingest import IngestError, ingest
+def ingest_drop(
+    drop: str, settings: Settings | None = None, layout: str | None = None, as_of: str | None = None
+) -> dict:
+    """Check and load one drop into raw.* (idempotent): an event drop, or with ``layout="aggregated"`` one
+    month folder of the aggregated layout as month ``as_of``."""
+    from streamflow.drops.ingest import IngestError, ingest, ingest_aggregated
 
     try:
-        (result,) = ingest(_settings(settings), [Path(drop)])
+        if (layout or "events") == "aggregated":
+            result = ingest_aggregated(_settings(settings), Path(drop), as_month(as_of or ""))
+        else:
+            (result,) = ingest(_settings(settings), [Path(drop)])
     except IngestError as exc:
         raise StepRefused(exc.render()) from None
     return {"as_of": result.as_of.isoformat(), "status": result.status, "rows": result.rows}

@@ -3,8 +3,9 @@
 ingest -> dbt (quality gate first, then snapshots, marts and their tests, one task per node)
 -> feast apply -> materialize -> train -> promote -> batch score -> drift against the previous month.
 A failed gate fails its task and everything downstream is upstream_failed: snapshots, marts, the
-online store and the champion stay as they were. conf: {"drop": "/path/month_003"} or, in retrain
-mode, {"as_of": "2024-04-30", "mode": "retrain"} (train, promote and score only).
+online store and the champion stay as they were. conf: {"drop": "/path/month_003"}; a month of the
+aggregated layout: {"drop": "/path/legacy/month_000", "as_of": "2024-01-31", "layout": "aggregated"}; in
+retrain mode, {"as_of": "2024-04-30", "mode": "retrain"} (train, promote and score only).
 """
 
 from __future__ import annotations
@@ -36,8 +37,21 @@ with DAG(
     max_active_runs=1,
     default_args=SERVICE_TASK_ARGS,
     params={
-        "drop": Param(None, type=["null", "string"], description="Drop folder holding manifest.json."),
-        "as_of": Param(None, type=["null", "string"], description="Month end (YYYY-MM-DD), for retrain mode."),
+        "drop": Param(
+            None,
+            type=["null", "string"],
+            description="Drop folder holding manifest.json (with layout aggregated: the month's folder).",
+        ),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            description="Month end (YYYY-MM-DD): for retrain mode, or the month of an aggregated folder.",
+        ),
+        "layout": Param(
+            "events",
+            enum=["events", "aggregated"],
+            description="events: a drop with a manifest; aggregated: a month of pre-aggregated files (needs as_of).",
+        ),
         "mode": Param(
             "monthly",
             enum=["monthly", "retrain"],
@@ -50,7 +64,7 @@ with DAG(
 
     @task(**DATA_TASK_ARGS)
     def resolve_month(params=None) -> dict:
-        return run_step(pipeline.resolve_month, params.get("drop"), params.get("as_of"))
+        return run_step(pipeline.resolve_month, params.get("drop"), params.get("as_of"), params.get("layout"))
 
     @task.branch
     def choose_path(params=None) -> str:
@@ -60,7 +74,7 @@ with DAG(
 
     @task(**DATA_TASK_ARGS)
     def ingest(month: dict) -> dict:
-        return run_step(pipeline.ingest_drop, month["drop"])
+        return run_step(pipeline.ingest_drop, month["drop"], layout=month.get("layout"), as_of=month["as_of"])
 
     @task
     def prepare_warehouse(month: dict) -> dict:

@@ -106,7 +106,17 @@ def ingest_cmd(
         show_default=False,
     ),
     rebuild: bool = typer.Option(
-        False, "--rebuild", help="Replace the whole loaded history with exactly these drops (in as_of order)."
+        False,
+        "--rebuild",
+        help="Replace the loaded event drops with exactly these drops (in as_of order); months imported with "
+        "--layout aggregated are kept (unless a drop of the same month replaces one, or --forget-aggregated). "
+        "With --layout aggregated: load or replace that month in place, the others staying loaded.",
+    ),
+    forget_aggregated: bool = typer.Option(
+        False,
+        "--forget-aggregated",
+        help="With --rebuild: drop the months imported with --layout aggregated too (the new history is exactly "
+        "these drops).",
     ),
     layout: str = typer.Option(
         "events",
@@ -122,20 +132,23 @@ def ingest_cmd(
 
     Every file is checked against its manifest (sha256, row count), the contract (UTF-8, header, types,
     id format) before anything is loaded. Reloading a loaded drop changes nothing; a newer version of the
-    newest month replaces it; an older month is refused unless --rebuild.
+    newest month replaces it; an older month is refused unless --rebuild, which keeps the months imported
+    with --layout aggregated (status `kept`) and replaces the event drops.
 
     `--layout aggregated --as-of 2024-01-31 DIR` loads one month of an earlier stack's pre-aggregated
-    files (see the README, "Importing an aggregated history"), months in order, one per call.
+    files (see the README, "Importing an aggregated history"), months in order, one per call; with --rebuild
+    it loads or replaces that month in place, even before newer months, the other months staying loaded.
     """
     from streamflow.drops.ingest import ingest, ingest_aggregated
 
     if layout not in ("events", "aggregated"):
         fail(f"--layout must be events or aggregated, got {layout!r}")
     if layout == "aggregated":
-        if as_of is None or len(drops) != 1 or rebuild:
+        if as_of is None or len(drops) != 1 or forget_aggregated:
             fail(
                 "--layout aggregated loads one month folder per call and needs its month end: "
-                "streamflow ingest --layout aggregated --as-of 2024-01-31 DIR (no --rebuild)"
+                "streamflow ingest --layout aggregated --as-of 2024-01-31 DIR (with --rebuild it loads or replaces "
+                "that month in place; `streamflow ingest --rebuild EVENT_DROPS` keeps the aggregated months)"
             )
         from streamflow.core.months import parse_month
 
@@ -145,21 +158,30 @@ def ingest_cmd(
             fail(f"--as-of: {exc}")
         with RichProgress() as progress:
             progress.start("checking")
-            results = [ingest_aggregated(get_settings(), drops[0], month_end, progress=progress)]
+            results = [ingest_aggregated(get_settings(), drops[0], month_end, progress=progress, replace=rebuild)]
     else:
         if as_of is not None:
             fail("--as-of is for --layout aggregated: an event drop names its month in its manifest.json")
+        if forget_aggregated and not rebuild:
+            fail("--forget-aggregated goes with --rebuild: streamflow ingest --rebuild --forget-aggregated DROP ...")
         with RichProgress() as progress:
             progress.start("checking")
-            results = ingest(get_settings(), drops, rebuild=rebuild, progress=progress)
-    # one column per drop, one row per file: fits a narrow terminal
-    table = Table(title="ingested" + (" (history rebuilt)" if rebuild else ""))
+            results = ingest(
+                get_settings(), drops, rebuild=rebuild, progress=progress, forget_aggregated=forget_aggregated
+            )
+    _print_ingested(results, "ingested" + (" (history rebuilt)" if rebuild and layout == "events" else ""))
+
+
+def _print_ingested(results, title: str) -> None:
+    """One column per drop, one row per file: fits a narrow terminal."""
+    table = Table(title=title)
     table.add_column("")
     for r in results:
         table.add_column(r.name, justify="right")
     table.add_row("as_of", *[r.as_of.isoformat() for r in results])
     table.add_row("status", *[r.status for r in results])
-    for name in results[0].rows:
-        table.add_row(f"{name} rows", *[f"{r.rows[name]:,}" for r in results])
+    files = list(dict.fromkeys(name for r in results for name in r.rows))  # a kept aggregated month has others
+    for name in files:
+        table.add_row(f"{name} rows", *[f"{r.rows[name]:,}" if name in r.rows else "-" for r in results])
     table.add_row("seconds", *[f"{r.seconds:.1f}" for r in results])
     console.print(table)

@@ -39,7 +39,14 @@ def run_cmd(
         "--as-of",
         callback=month_option,
         show_default=False,
-        help="Retrain mode: the month (YYYY-MM-DD, a month end) to retrain and score for.",
+        help="Retrain mode: the month (YYYY-MM-DD, a month end) to retrain and score for; with --layout "
+        "aggregated: the month end of the --drop folder.",
+    ),
+    layout: str = typer.Option(
+        "events",
+        "--layout",
+        help="events: --drop holds a manifest.json; aggregated: --drop is a month of pre-aggregated files, "
+        "--as-of its month end.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the run and each task's outcome as one JSON object."),
 ) -> None:
@@ -47,15 +54,24 @@ def run_cmd(
 
     The whole cycle: ingest, the dbt quality gate, snapshots and marts, Feast apply and materialize,
     train, promote, batch score and drift. With `--as-of` instead of `--drop`: retrain mode (train,
-    promote and score that month only). Exit status 1 when the run failed (e.g. the gate refused the drop).
+    promote and score that month only). A month of the aggregated layout: `--layout aggregated --drop DIR
+    --as-of 2024-01-31`. Exit status 1 when the run failed (e.g. the gate refused the drop).
     """
     from streamflow.orchestration import MONTHLY_DAG, prepare_orchestration, run_dag
 
-    if (drop is None) == (as_of is None):
-        fail("give exactly one of --drop DIR (a monthly run) or --as-of YYYY-MM-DD (retrain mode)")
-    if drop is not None and not (drop / "manifest.json").is_file():
-        fail(f"{drop} is not a drop folder: it has no manifest.json")
-    conf = {"drop": str(drop.resolve()), "mode": "monthly"} if drop else {"as_of": as_of.isoformat(), "mode": "retrain"}
+    if layout not in ("events", "aggregated"):
+        fail(f"--layout must be events or aggregated, got {layout!r}")
+    if layout == "aggregated":
+        if drop is None or as_of is None or not drop.is_dir():
+            fail("--layout aggregated runs one month folder and needs its month end: --drop DIR --as-of 2024-01-31")
+        conf = {"drop": str(drop.resolve()), "as_of": as_of.isoformat(), "layout": layout, "mode": "monthly"}
+    else:
+        if (drop is None) == (as_of is None):
+            fail("give exactly one of --drop DIR (a monthly run) or --as-of YYYY-MM-DD (retrain mode)")
+        if drop is not None and not (drop / "manifest.json").is_file():
+            fail(f"{drop} is not a drop folder: it has no manifest.json")
+        monthly = drop is not None
+        conf = {"drop": str(drop.resolve()), "mode": "monthly"} if monthly else {"as_of": str(as_of), "mode": "retrain"}
     settings = get_settings()
     with console.status("preparing Airflow (database, dbt manifest) ..."):
         prepare_orchestration(settings)

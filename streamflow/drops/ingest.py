@@ -80,10 +80,13 @@ def ingest(
     drop_dirs: Iterable[Path],
     rebuild: bool = False,
     progress: Progress = SILENT,
+    forget_aggregated: bool = False,
 ) -> list[DropResult]:
     """Check and load drops in as_of order, all in one transaction. Raises IngestError.
 
-    ``progress`` counts the bytes loaded."""
+    With ``rebuild`` the loaded event drops are replaced by exactly these drops; the months imported in the
+    aggregated layout are kept as loaded (reported ``kept``) unless an event drop of the same month replaces
+    one or ``forget_aggregated`` drops them all. ``progress`` counts the bytes loaded."""
     drops = _read_drops(drop_dirs)
     progress.start("loading", total=sum(f.path.stat().st_size for d in drops for f in d.files.values()))
     with pipeline_lock(settings, "ingest", drops[-1].as_of), connect(settings) as conn, conn.transaction():
@@ -92,11 +95,28 @@ def ingest(
         ensure_raw_schema(conn)
         runlog.ensure_month_log(conn)
         loaded = {r[0]: r[1] for r in conn.execute("select as_of, manifest_sha256 from raw.load_log")}
+        kept: list[DropResult] = []
         if rebuild:
-            _forget_history(conn, loaded, {d.as_of for d in drops})
+            new = {d.as_of for d in drops}
+            imported = {} if forget_aggregated else _aggregated_months(conn)
+            kept = [r for as_of, r in sorted(imported.items()) if as_of not in new]
+            _forget_history(conn, loaded, new, [r.as_of for r in kept])
             loaded = {}
         results = [_load_one(conn, d, loaded, progress) for d in drops]
-    return results
+    return sorted([*kept, *results], key=lambda r: r.as_of)
+
+
+def _aggregated_months(conn) -> dict[date, DropResult]:
+    """The loaded months of the aggregated layout (their raw.load_log entry lists a table only that layout
+    has), as results of status ``kept``."""
+    rows = conn.execute(
+        "select as_of, drop_name, files from raw.load_log where files ?| %s order by as_of",
+        (list(aggregated.RAW_TABLES),),
+    ).fetchall()
+    return {
+        as_of: DropResult(name, as_of, "kept", {t: f["rows"] for t, f in files.items()}, 0.0)
+        for as_of, name, files in rows
+    }
 
 
 def _load_one(conn, d: Drop, loaded: dict[date, str], progress: Progress) -> DropResult:
@@ -113,14 +133,19 @@ def _load_one(conn, d: Drop, loaded: dict[date, str], progress: Progress) -> Dro
     return DropResult(d.name, d.as_of, status, rows, time.perf_counter() - start)
 
 
-def _forget_history(conn, loaded: dict[date, str], kept: set[date]) -> None:
-    """``--rebuild``: drop every loaded month, forget every month's states, and remove what was derived
-    from months the new history no longer has (their batch scores and drift decisions)."""
-    for as_of in sorted(loaded):
+def _forget_history(conn, loaded: dict[date, str], new: set[date], kept: list[date]) -> None:
+    """``--rebuild``: drop every loaded month but the ``kept`` ones (aggregated months, loaded as they were),
+    forget every month's states (the kept months are loaded again, nothing later), and remove what was
+    derived from months the new history no longer has (their batch scores and drift decisions)."""
+    for as_of in sorted(set(loaded) - set(kept)):
         _drop_month(conn, as_of)
-    conn.execute("delete from raw.load_log")
+    conn.execute("delete from raw.load_log where not (as_of = any(%s))", (kept,))
     runlog.forget_months(conn)
-    gone = sorted(set(loaded) - kept)
+    for as_of, name, sha in conn.execute(
+        "select as_of, drop_name, manifest_sha256 from raw.load_log order by as_of"
+    ).fetchall():
+        runlog.record_month(conn, as_of, "loaded", {"drop": name, "manifest_sha256": sha, "kept": True})
+    gone = sorted(set(loaded) - new - set(kept))
     if not gone:
         return
     if conn.execute("select to_regclass(%s)", (CHURN_SCORES,)).fetchone()[0] is not None:
@@ -153,7 +178,14 @@ def _read_drops(drop_dirs: Iterable[Path]) -> list[Drop]:
     return drops
 
 
-def _refuse_rewrite(d: Drop, loaded: dict[date, str]) -> None:
+REBUILD_HINT = "to reload older months use --rebuild with every drop that should be loaded"
+AGGREGATED_HINT = (
+    "to load or replace an older month of the aggregated layout in place, the other months staying loaded, "
+    "add --rebuild (streamflow ingest --layout aggregated --as-of DATE --rebuild DIR)"
+)
+
+
+def _refuse_rewrite(d: Drop | aggregated.AggregatedMonth, loaded: dict[date, str], hint: str = REBUILD_HINT) -> None:
     """History is append-only in business time: a drop older than the newest loaded month is refused."""
     newest = max(loaded) if loaded else None
     if newest is not None and d.as_of < newest:
@@ -163,8 +195,7 @@ def _refuse_rewrite(d: Drop, loaded: dict[date, str]) -> None:
                 Problem(
                     d.name,
                     f"as_of {d.as_of} {what} history: the newest loaded month is {newest}. History is "
-                    "append-only in business time; to reload older months use --rebuild with every drop "
-                    "that should be loaded",
+                    f"append-only in business time; {hint}",
                 )
             ]
         )
@@ -278,9 +309,14 @@ def _explain_copy_error(d: Drop, f: DropFile, exc) -> list[Problem]:
 # ---------------------------------------------------------------------------------------
 # the aggregated layout (one month per call; see streamflow.drops.aggregated)
 # ---------------------------------------------------------------------------------------
-def ingest_aggregated(settings: Settings, month_dir: Path, as_of: date, progress: Progress = SILENT) -> DropResult:
+def ingest_aggregated(
+    settings: Settings, month_dir: Path, as_of: date, progress: Progress = SILENT, replace: bool = False
+) -> DropResult:
     """Check and load one month of the aggregated layout as drop month ``as_of``, in one transaction, with
-    the guarantees of :func:`ingest`: checks first, idempotent, append-only in business time."""
+    the guarantees of :func:`ingest`: checks first, idempotent, append-only in business time. With
+    ``replace`` (``--rebuild``) the month is put in place even before newer months (a corrected or a missing
+    export): every other month stays loaded, and the later months forget their states but ``loaded`` (the
+    next build rebuilds from the raw history)."""
     month = aggregated.read_month(Path(month_dir), as_of)
     progress.start("loading", total=sum(p.path.stat().st_size for p in month.files.values()))
     with pipeline_lock(settings, "ingest", as_of), connect(settings) as conn, conn.transaction():
@@ -291,11 +327,14 @@ def ingest_aggregated(settings: Settings, month_dir: Path, as_of: date, progress
         loaded = {r[0]: r[1] for r in conn.execute("select as_of, manifest_sha256 from raw.load_log")}
         if loaded.get(as_of) == month.digest:
             return DropResult(month.name, as_of, "unchanged", {t: p.rows for t, p in month.files.items()}, 0)
-        _refuse_rewrite(month, loaded)  # type: ignore[arg-type]  # name and as_of are all it reads
+        if not replace:
+            _refuse_rewrite(month, loaded, AGGREGATED_HINT)
         start = time.perf_counter()
         status = "replaced" if as_of in loaded else "loaded"
         rows = _load_aggregated(conn, month, progress)
         runlog.forget_months(conn, as_of)
+        for later in sorted(m for m in loaded if m > as_of):
+            runlog.forget_months(conn, later, states=tuple(s for s in runlog.STATES if s != "loaded"))
         runlog.record_month(conn, as_of, "loaded", {"drop": month.name, "manifest_sha256": month.digest})
     return DropResult(month.name, as_of, status, rows, time.perf_counter() - start)
 

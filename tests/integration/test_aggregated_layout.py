@@ -5,6 +5,7 @@ before dbt, and change nothing."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import date
@@ -15,7 +16,9 @@ import pytest
 
 from ml.promote import promote
 from ml.train import train
+from streamflow import pipeline
 from streamflow.core.db import connect
+from streamflow.core.names import MART_SCHEMA, MARTS, SNAPSHOT_SCHEMA, SNAPSHOTS
 from streamflow.core.settings import Settings
 from streamflow.core.stack import EmbeddedPostgres
 from streamflow.drops.generator.aggregated import write_history
@@ -62,6 +65,16 @@ def _raw_state(settings: Settings) -> dict:
             "select as_of, manifest_sha256, loaded_at from raw.load_log order by 1"
         ).fetchall()
     return out
+
+
+def _warehouse_state(settings: Settings) -> dict:
+    """Every mart's and snapshot's rows (as text, ordered): what a rebuild must give again."""
+    tables = [f"{MART_SCHEMA}.{t}" for t in MARTS] + [f"{SNAPSHOT_SCHEMA}.{t}" for t in SNAPSHOTS]
+    with connect(settings) as conn:
+        return {
+            t: conn.execute(f"select count(*), md5(string_agg(x::text, '|' order by x::text)) from {t} x").fetchone()
+            for t in tables
+        }
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +269,118 @@ def test_the_load_log_names_the_files_of_an_aggregated_month(world):
         "labels_at_month_end",
     }
     assert files["labels_at_month_end"]["path"] == "labels.csv"
+
+
+def test_the_carry_rules_of_the_windowed_marts_pass_as_dbt_unit_tests(world):
+    proc = run_cli(world.settings, "dbt", "test", "--select", "test_type:unit")
+    assert "ERROR=0" in proc.stdout and "FAIL" not in proc.stdout, proc.stdout
+    for name in (
+        "usage_carries_the_aggregated_month_into_30_days",
+        "support_carries_the_aggregated_month_by_tickets",
+        "payments_carry_the_aggregated_month_prorated",
+    ):
+        assert re.search(rf"PASS \w+::{name}", proc.stdout), name
+
+
+def test_the_monthly_dags_steps_take_a_month_of_the_aggregated_layout(world):
+    """What the DAG's resolve_month and ingest tasks run for conf {"drop", "as_of", "layout": "aggregated"}."""
+    month = pipeline.resolve_month(str(world.months[1]), FEB.isoformat(), "aggregated")
+    assert month == {"as_of": FEB.isoformat(), "drop": str(world.months[1].resolve()), "layout": "aggregated"}
+    result = pipeline.ingest_drop(month["drop"], world.settings, layout=month["layout"], as_of=month["as_of"])
+    assert result["status"] == "unchanged" and result["as_of"] == FEB.isoformat()
+    assert result["rows"]["usage_agg_30d"] > 0
+    with pytest.raises(pipeline.StepRefused, match="append-only in business time"):
+        pipeline.ingest_drop(str(world.months[0]), world.settings, layout="aggregated", as_of="2024-02-29")
+    assert _raw_state(world.settings) == world.raw_before_rerun
+
+
+def test_forget_aggregated_goes_with_rebuild(world):
+    proc = run_cli(world.settings, "ingest", "--forget-aggregated", str(world.events[2]), check=False)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1 and "--forget-aggregated goes with --rebuild" in out and "Traceback" not in out
+    assert _raw_state(world.settings) == world.raw_before_rerun
+
+
+def test_a_full_refresh_of_the_mixed_history_gives_the_marts_of_the_incremental_build(world):
+    incremental = _warehouse_state(world.settings)
+    proc = run_cli(world.settings, "build", "--full-refresh")
+    assert "full refresh" in proc.stdout
+    assert _warehouse_state(world.settings) == incremental
+    assert incremental["marts.usage_agg_30d"][0] > 0
+
+
+def _month_states(settings: Settings) -> dict:
+    with connect(settings) as conn:
+        rows = conn.execute("select as_of, state from ops.month_log order by 1, 2").fetchall()
+    out: dict = {}
+    for as_of, state in rows:
+        out.setdefault(as_of, []).append(state)
+    return out
+
+
+def test_ingest_rebuild_keeps_the_aggregated_months_and_the_rebuilt_marts_are_the_same(world):
+    s = world.settings
+    marts = _warehouse_state(s)
+    before = _raw_state(s)
+    for attempt in range(2):  # the second time: an idempotent rerun
+        proc = run_cli(s, "ingest", "--rebuild", str(world.events[2]))
+        out = " ".join(proc.stdout.split())
+        assert "history rebuilt" in out and out.count("kept") == 2 and "loaded" in out, proc.stdout
+        after = _raw_state(s)
+        # the aggregated months: their raw rows and their load log entries (loaded_at too) as they were
+        assert {t: v for t, v in after.items() if t != "load_log"} == {
+            t: v for t, v in before.items() if t != "load_log"
+        }, attempt
+        assert after["load_log"][:2] == before["load_log"][:2]
+        assert [r[:2] for r in after["load_log"]] == [r[:2] for r in before["load_log"]]
+        assert after["load_log"][2][2] > before["load_log"][2][2]  # March reloaded
+        assert _month_states(s) == {JAN: ["loaded"], FEB: ["loaded"], MAR: ["loaded"]}
+        if attempt == 0:
+            proc = run_cli(s, "build")
+            assert "rebuilding from the raw history" in " ".join(proc.stdout.split()), proc.stdout
+            assert _warehouse_state(s) == marts
+            before = _raw_state(s)
+
+
+def test_a_corrected_older_aggregated_month_is_refused_then_replaced_in_place_with_rebuild(world, tmp_path):
+    s = world.settings
+    corrected = tmp_path / "month_000"
+    shutil.copytree(world.months[0], corrected)
+    usage = corrected / "usage_agg_30d.csv"
+    header, first, *rest = usage.read_text().splitlines()
+    user, _hours, *others = first.split(",")
+    usage.write_text("\n".join([header, ",".join([user, "123.5", *others]), *rest]) + "\n")
+    before = _raw_state(s)
+
+    proc = _ingest(s, corrected, JAN, check=False)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1 and "replaces already loaded history" in out and "add --rebuild" in out, out
+    assert _raw_state(s) == before
+
+    proc = run_cli(s, "ingest", "--layout", "aggregated", "--as-of", JAN.isoformat(), "--rebuild", str(corrected))
+    assert "replaced" in proc.stdout
+    after = _raw_state(s)
+    assert after["usage_agg_30d"] != before["usage_agg_30d"]
+    for table in ("payments_agg_90d", "sessions", "payments", "tickets", "labels"):
+        assert after[table] == before[table], table  # February's and March's rows as they were
+    assert after["load_log"][1:] == before["load_log"][1:]
+    with connect(s) as conn:
+        hours = conn.execute(
+            "select as_of, watch_hours_30d from raw.usage_agg_30d where user_id = %s order by 1", (user,)
+        ).fetchall()
+    assert hours[0] == (JAN, 123.5) and len(hours) >= 1
+    # January and the months after it are loaded, nothing more, until they are built again
+    assert _month_states(s) == {JAN: ["loaded"], FEB: ["loaded"], MAR: ["loaded"]}
+    proc = run_cli(s, "ingest", "--layout", "aggregated", "--as-of", JAN.isoformat(), "--rebuild", str(corrected))
+    assert "unchanged" in proc.stdout and _raw_state(s) == after
+
+
+def test_ingest_rebuild_with_forget_aggregated_drops_the_imported_months(world):
+    """Last in the module: it leaves only the event month loaded."""
+    proc = run_cli(world.settings, "ingest", "--rebuild", "--forget-aggregated", str(world.events[2]))
+    assert "kept" not in proc.stdout
+    with connect(world.settings) as conn:
+        loaded = [r[0] for r in conn.execute("select as_of from raw.load_log order by 1")]
+        imported = conn.execute("select count(*) from raw.usage_agg_30d").fetchone()[0]
+        users = conn.execute("select count(distinct as_of) from raw.users").fetchone()[0]
+    assert loaded == [MAR] and imported == 0 and users == 1

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from streamflow import pipeline
 from streamflow.orchestration import MATERIALIZE_DAG, MONITOR_DAG, MONTHLY_DAG
 from streamflow.warehouse import runner
 from tests.conftest import ROOT, STREAMFLOW, make_settings
@@ -39,7 +40,12 @@ PROBE = textwrap.dedent(
                 "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule)),
                 "on_warning": getattr(getattr(t, "on_warning_callback", None), "__name__", None),
             }
-        out["dags"][dag_id] = {"tasks": tasks, "schedule": str(getattr(dag.timetable, "expression", ""))}
+        params = {}
+        for k in dag.params:
+            p = dag.params.get_param(k)
+            params[k] = {"default": p.value, "description": p.description, **p.schema}
+        out["dags"][dag_id] = {"tasks": tasks, "schedule": str(getattr(dag.timetable, "expression", "")),
+                               "params": params}
     print("RESULT" + json.dumps(out))
     """
 ).replace("__HEAVY__", repr(HEAVY))
@@ -157,6 +163,31 @@ def test_the_quality_gate_runs_before_any_snapshot_or_mart_and_the_cycle_is_in_o
     for earlier, later in zip(order, order[1:], strict=False):
         assert earlier in _ancestors(tasks, later), f"{earlier} must run before {later}"
     assert tasks["report_failure"]["trigger_rule"].endswith("one_failed")
+
+
+def test_the_monthly_dag_takes_a_month_of_the_aggregated_layout_by_params(parsed):
+    params = parsed["dags"][MONTHLY_DAG]["params"]
+    assert params["layout"]["default"] == "events" and params["layout"]["enum"] == ["events", "aggregated"]
+    assert "aggregated" in params["as_of"]["description"] and params["as_of"]["default"] is None
+
+
+def test_resolving_the_month_of_an_aggregated_folder_needs_its_month_end(tmp_path):
+    folder = tmp_path / "month_000"
+    folder.mkdir()
+    month = pipeline.resolve_month(str(folder), "2024-01-31", "aggregated")
+    assert month == {"as_of": "2024-01-31", "drop": str(folder.resolve()), "layout": "aggregated"}
+    refusals = {
+        "needs its folder and its month end": (str(folder), None, "aggregated"),
+        "not a month end": (str(folder), "2024-01-15", "aggregated"),
+        "does not exist": (str(tmp_path / "nowhere"), "2024-01-31", "aggregated"),
+        "layout must be one of events, aggregated": (str(folder), "2024-01-31", "legacy"),
+    }
+    for message, args in refusals.items():
+        with pytest.raises(pipeline.StepRefused, match=message):
+            pipeline.resolve_month(*args)
+    # an event drop still names its month in its manifest
+    (folder / "manifest.json").write_text(json.dumps({"as_of": "2024-01-31"}))
+    assert pipeline.resolve_month(str(folder))["as_of"] == "2024-01-31"
 
 
 def test_materialization_runs_every_30_minutes_and_the_monitor_can_trigger_a_retrain(parsed):

@@ -1,5 +1,7 @@
 {#- Every batch score of a month whose labels have arrived, champion and shadow side by side, with the
-    realized outcome and the plan's monthly fee: the input of model_performance and model_calibration. -#}
+    realized outcome and the plan's monthly fee: the input of model_performance and model_calibration.
+    ml.churn_scores and ml.shadow_scores are created, empty, by churn_predictions' pre_hook: built after it. -#}
+-- depends_on: {{ ref('churn_predictions') }}
 
 with
 
