@@ -82,7 +82,9 @@ def _finished_task_log(base: str, auth: dict) -> tuple[dict, dict] | None:
     """A task instance the scheduler ran to an end (the DAGs are scheduled and unpaused: their first runs
     start at once), with its log as the API server serves it; None while there is none yet."""
     r = _get(f"{base}/api/v2/dags/~/dagRuns/~/taskInstances", headers=auth)
-    assert r is not None and r.status_code == 200, r and r.text
+    if r is None:  # a busy API server that did not answer within _get's timeout: ask again
+        return None
+    assert r.status_code == 200, r.text
     for ti in r.json()["task_instances"]:
         if ti["state"] in ("success", "skipped", "failed", "up_for_retry") and ti["try_number"] >= 1:
             url = (
