@@ -400,7 +400,7 @@ _readers_lock = threading.Lock()
 
 def online_reader(settings: Settings) -> OnlineReader:
     """The reader of these settings, built once per configuration and kept (no background thread)."""
-    key = (*_store_key(settings), settings.online_timeout_seconds)
+    key = (*_store_key(settings, False), settings.online_timeout_seconds)
     with _readers_lock:
         reader = _readers.get(key)
         if reader is None:
