@@ -13,7 +13,7 @@ import pytest
 
 from serving.app import create_app
 from serving.model import ModelHolder
-from serving.shadow import ShadowQueue, ShadowScorer, Served, shadow_from_settings, shadow_rows
+from serving.shadow import Served, ShadowQueue, ShadowScorer, shadow_from_settings, shadow_rows
 from streamflow.core.runlog import OpsState
 from streamflow.core.settings import Settings
 from tests.serving_support import CLOCK, LocalModels, MemoryFeatures, serve_in_thread, serving_model, user_values
