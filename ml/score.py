@@ -67,6 +67,7 @@ class ScoreResult:
     seconds: float
     shadow_version: str | None = None  # the shadow scored next to the champion (ml.shadow_scores), if any
     shadow_rows: int = 0
+    shadow_error: str | None = None  # why a shadow that exists was not scored (the champion's rows are written)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -179,7 +180,12 @@ def score(
     progress.start(f"scoring {len(frame):,} users")
     with limited_threads(settings):
         rows = score_frame(frame, champion, as_of, datetime.now(UTC), labels_from_docs(settings, champion.features))
-    shadow = shadow_rows(settings, frame, rows)
+    shadow, shadow_error = None, None
+    try:
+        shadow = shadow_rows(settings, frame, rows)
+    except Exception as exc:  # noqa: BLE001 - the shadow is an experiment: the champion's scores are written anyway
+        shadow_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        log.warning("the shadow was not scored (the champion's scores are written): %s", shadow_error)
     replaced = write_scores(settings, as_of, rows, shadow)
     return ScoreResult(
         as_of=as_of,
@@ -192,13 +198,14 @@ def score(
         seconds=time.perf_counter() - started,
         shadow_version=str(shadow["shadow_version"].iloc[0]) if shadow is not None and len(shadow) else None,
         shadow_rows=len(shadow) if shadow is not None else 0,
+        shadow_error=shadow_error,
     )
 
 
 def shadow_rows(settings: Settings, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame | None:
     """The shadow's probability for every user of ``frame``, next to the champion's ``rows`` (None: no shadow).
-    A shadow that cannot be scored (refused by the safe loader, or needing features the frame lacks) is an error:
-    the month is not written half-scored."""
+    Raises when the shadow cannot be scored (refused by the safe loader, or needing features the frame lacks):
+    :func:`score` then writes the champion's rows alone and says why."""
     client = configure(settings)
     found = shadow_of(client, settings.model_name)
     if found is None:

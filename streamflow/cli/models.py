@@ -237,6 +237,8 @@ def score_cmd(
         f"{result.replaced_rows:,} previous rows replaced; {result.seconds:.1f} s",
         highlight=False,
     )
+    if result.shadow_error:
+        err_console.print(f"warning: the shadow was not scored: {result.shadow_error}", highlight=False)
     if result.shadow_version:
         console.print(
             f"shadow v{result.shadow_version}: {result.shadow_rows:,} rows in ml.shadow_scores (source batch)",

@@ -23,6 +23,7 @@ from streamflow.core.db import connect, with_role
 from streamflow.core.names import SHADOW_SCORES
 from streamflow.features.online import OnlineReader, online_read
 from tests.conftest import run_cli, server_home
+from tests.integration.test_model_format import log_version
 from tests.serving_support import serve_in_thread
 from tests.serving_world import FEB, MAR, api_server, build_world, users_by_history
 
@@ -161,3 +162,16 @@ def test_batch_scoring_writes_the_shadows_probability_for_every_active_user(shad
         set_shadow(settings, None)
     assert score(settings, MAR).shadow_version == "2"
     assert len(shadow_rows(settings, "batch")) == 2 * result.rows
+
+
+def test_a_shadow_that_cannot_be_loaded_leaves_the_champions_batch_scores_written(shadow_world):
+    settings, _users, _expected, tmp = shadow_world
+    before = shadow_rows(settings, "batch")
+    set_shadow(settings, log_version(settings, tmp, "pickle"))  # refused by the safe loader
+    try:
+        result = score(settings, MAR)
+    finally:
+        set_shadow(settings, None)
+    assert result.shadow_version is None and "stored as pickle" in (result.shadow_error or ""), result.shadow_error
+    assert result.rows == len(read_scores(settings, MAR)) > 0
+    assert len(shadow_rows(settings, "batch")) == len(before)
