@@ -28,7 +28,10 @@ pytestmark = pytest.mark.integration
 JAN = date(2024, 1, 31)
 PUSH_ROW = "insert into feast_push.usage_events (user_id, event_timestamp) values ('0000-AAAAA', now())"
 MACROS = (ROOT / "dbt_project" / "macros" / "ml_churn_scores.sql").read_text()
-SHADOW_TABLE = MACROS.split("{% macro ensure_shadow_scores_table() -%}")[1].split("{%- endmacro %}")[0]
+ML_TABLES = "".join(  # ml.churn_scores and ml.shadow_scores as every build creates them (plain SQL macros)
+    MACROS.split(f"{{% macro {name}() -%}}")[1].split("{%- endmacro %}")[0] + ";"
+    for name in ("ensure_churn_scores_table", "ensure_shadow_scores_table")
+)
 
 
 def _shadow_upsert(url: str, probability: float) -> None:
@@ -87,8 +90,7 @@ def _pipeline_tables(url: str) -> None:
         "create schema if not exists feast_push;"
         "create table feast_push.usage_events (user_id text not null, event_timestamp timestamptz not null);"
         "create schema if not exists feast_online; create table feast_online.streamflow_usage_realtime (x int);"
-        "create table feast_online.streamflow_usage_agg_30d (x int);"
-        "create schema if not exists ml; create table ml.churn_scores (user_id text);" + SHADOW_TABLE,
+        "create table feast_online.streamflow_usage_agg_30d (x int);" + ML_TABLES,
     )
 
 
