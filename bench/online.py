@@ -284,11 +284,12 @@ def shadow_summary(settings: Settings, fixed: list[Step]) -> dict:
     with connect(settings) as conn:
         rows = conn.execute(f"select count(*), count(distinct user_id) from {SHADOW_SCORES}").fetchone()
     by = {(s.server, s.rate): s for s in fixed}
-    delta = {
-        f"{rate:.0f}": round(by[(SHADOWED, rate)].p99_ms - by[(OURS, rate)].p99_ms, 2)
-        for (server, rate) in by
-        if server == SHADOWED and (OURS, rate) in by
-    }
+    delta = {}
+    for server, rate in by:
+        if server == SHADOWED and (OURS, rate) in by:
+            with_shadow, without = by[(SHADOWED, rate)].p99_ms, by[(OURS, rate)].p99_ms
+            both = math.isfinite(with_shadow) and math.isfinite(without)
+            delta[f"{rate:.0f}"] = round(with_shadow - without, 2) if both else None  # None: a step not sustained
     return {"rows": rows[0], "users": rows[1], "p99_delta_ms_with_shadow": delta}
 
 
