@@ -21,7 +21,7 @@ from serving.model import MlflowModelSource, ModelHolder
 from serving.shadow import shadow_from_settings
 from streamflow.core.db import connect, with_role
 from streamflow.core.names import SHADOW_SCORES
-from streamflow.features.online import OnlineReader, online_read
+from streamflow.features.online import OnlineReader
 from tests.conftest import run_cli, server_home
 from tests.integration.test_model_format import log_version
 from tests.serving_support import serve_in_thread
@@ -42,11 +42,10 @@ def shadow_world(built_warehouse, tmp_path_factory):
         train(settings, FEB)
         active, _leavers = users_by_history(settings)
         users = active[:100]
-        rows = online_read(settings, users, "churn_model_v1")
+        frame = FeastSource(settings).feature_frame(MAR).set_index("user_id").loc[users]  # what is online at March
         expected = {}
         for version in ("1", "2"):
             model = load_version(settings, version)
-            frame = pd.DataFrame([{f: row.values[f] for f in model.features} for row in rows])
             expected[version] = dict(zip(users, (float(p) for p in model.predict_proba(frame)), strict=True))
         assert any(abs(expected["1"][u] - expected["2"][u]) > 1e-6 for u in users)  # told apart
         yield settings, users, expected, tmp
