@@ -134,12 +134,18 @@ def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) 
     raise SystemExit(f"{url} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-def start_ours(settings: Settings, workers: int, logs: Path, *, fast: bool = True) -> Server:
+def start_ours(
+    settings: Settings, workers: int, logs: Path, *, fast: bool = True, shadow: bool | None = None, name: str = ""
+) -> Server:
     """Our API; ``fast=False`` scores with the full scikit-learn pipeline (a frame per request), as before the
-    compiled model."""
+    compiled model; ``shadow`` turns shadow scoring on or off (STREAMFLOW_SHADOW; None: the settings' own)."""
     port = free_port()
     log = logs / ("api.log" if fast else "api-pipeline.log")
-    settings = settings.model_copy(update={"model_fast_path": fast})
+    update: dict = {"model_fast_path": fast}
+    if shadow is not None:
+        update["shadow"] = shadow
+        log = log.with_name(f"api-shadow-{'on' if shadow else 'off'}.log")
+    settings = settings.model_copy(update=update)
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [
@@ -158,7 +164,8 @@ def start_ours(settings: Settings, workers: int, logs: Path, *, fast: bool = Tru
             start_new_session=True,
         )
     wait_for(f"http://127.0.0.1:{port}/ready", proc, log)
-    return Server(OURS if fast else PIPELINE, f"http://127.0.0.1:{port}/predict", '{"user_id":"{user}"}', proc, log)
+    label = name or (OURS if fast else PIPELINE)
+    return Server(label, f"http://127.0.0.1:{port}/predict", '{"user_id":"{user}"}', proc, log)
 
 
 # ---------------------------------------------------------------------------------------

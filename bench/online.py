@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/online.py [--users 7043] [--workers 1] [--duration 30] [--rates 100 200 500]
                                      [--ladder 100 150 200 ...] [--out bench/results/online.json]
+    .venv/bin/python bench/online.py --shadow --servers ours no_reasons feast   # reasons and shadow, against today
 
 Builds a private stack first (embedded PostgreSQL in a temporary directory: generate -> ingest -> dbt build ->
 features apply -> materialize every month -> train -> promote), then starts both servers on loopback with the
@@ -20,6 +21,11 @@ due). Measured per rate: p50, p99, achieved rate, failures, the server's and Pos
 fixed rates for --duration seconds each; (b) a ladder of rates per server until p99 reaches 50 ms: the highest rate
 below that is the sustained rate (a failed step is tried a second time, so one noisy moment on a shared machine
 does not end the ladder).
+
+``--shadow`` also registers a second version (trained a month earlier, left unpromoted: the shadow) and runs our
+API twice: with STREAMFLOW_SHADOW=off (``ours`` asked ``?reasons=3``, ``no_reasons`` asked ``?reasons=0``: the
+figures without reasons and without shadow) and with it on (``?reasons=3`` and the shadow scored off the request
+path), side by side in the same run; the rows the shadow wrote are counted at the end.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ HEY = shutil.which("hey")
 
 
 FEAST = "feast serve /get-online-features"
+SHADOWED = f"{OURS} ?reasons=3 + shadow"
 
 
 def start_feast(settings: Settings, workers: int, logs: Path) -> Server:
@@ -258,6 +265,35 @@ def ladder(server: Server, rates: list[float], seconds: float, bodies, postgres)
 
 
 # ---------------------------------------------------------------------------------------
+# the shadow
+# ---------------------------------------------------------------------------------------
+def add_shadow(settings: Settings, months: int) -> None:
+    """A second version trained a month before the champion's and left unpromoted: the API's shadow."""
+    from ml.train import train
+    from streamflow.drops.generator.params import as_of
+
+    result = train(settings, as_of(months - 2))
+    print(f"shadow: v{result.model_version} registered as challenger, not promoted", flush=True)
+
+
+def shadow_summary(settings: Settings, fixed: list[Step]) -> dict:
+    """Rows the shadow wrote, and p99 with the shadow minus p99 without it (both ?reasons=3) per fixed rate."""
+    from streamflow.core.db import connect
+    from streamflow.core.names import SHADOW_SCORES
+
+    with connect(settings) as conn:
+        rows = conn.execute(f"select count(*), count(distinct user_id) from {SHADOW_SCORES}").fetchone()
+    by = {(s.server, s.rate): s for s in fixed}
+    delta = {}
+    for server, rate in by:
+        if server == SHADOWED and (OURS, rate) in by:
+            with_shadow, without = by[(SHADOWED, rate)].p99_ms, by[(OURS, rate)].p99_ms
+            both = math.isfinite(with_shadow) and math.isfinite(without)
+            delta[f"{rate:.0f}"] = round(with_shadow - without, 2) if both else None  # None: a step not sustained
+    return {"rows": rows[0], "users": rows[1], "p99_delta_ms_with_shadow": delta}
+
+
+# ---------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------
 def main() -> None:
@@ -279,6 +315,12 @@ def main() -> None:
         "`?reasons=0` (needs ours); feast: `feast serve`; pipeline: the API scoring with the full scikit-learn "
         "pipeline (STREAMFLOW_MODEL_FAST_PATH=false), the reference before the compiled model.",
     )
+    parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="Register an unpromoted challenger (the shadow) and add our API with shadow scoring on, asked "
+        "?reasons=3; ours and no_reasons then run with STREAMFLOW_SHADOW=off.",
+    )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "online.json")
     args = parser.parse_args()
     if HEY is None:
@@ -288,13 +330,16 @@ def main() -> None:
     servers: list[Server] = []
     try:
         settings, active = build_stack(home, args.users, args.months)
+        if args.shadow:
+            add_shadow(settings, args.months)
         users = active[:: max(1, len(active) // 200)][:200]
         logs = home / "logs"
         logs.mkdir(exist_ok=True)
         postmaster = int((home / "pgdata" / "postmaster.pid").read_text().split()[0])
         pg_root = psutil.Process(postmaster)
+        no_shadow = False if args.shadow else None
         starters = {
-            "ours": lambda: start_ours(settings, args.workers, logs),
+            "ours": lambda: start_ours(settings, args.workers, logs, shadow=no_shadow),
             "feast": lambda: start_feast(settings, args.workers, logs),
             "pipeline": lambda: start_ours(settings, args.workers, logs, fast=False),
         }
@@ -306,6 +351,13 @@ def main() -> None:
             if ours is None:
                 raise SystemExit("--servers no_reasons asks the API without reasons: add ours")
             servers.append(Server(f"{OURS} ?reasons=0", f"{ours.url}?reasons=0", ours.body, ours.proc, ours.log))
+        if args.shadow:
+            ours = next((s for s in servers if s.name == OURS), None)
+            if ours is not None:
+                ours.url += "?reasons=3"
+            shadowed = start_ours(settings, args.workers, logs, shadow=True, name=SHADOWED)
+            shadowed.url += "?reasons=3"
+            servers.append(shadowed)
         ALL_SERVERS.extend(servers)
         for server in servers:
             warm_up(server, server.bodies(users))
@@ -338,6 +390,9 @@ def main() -> None:
         }
         if sustained.get(OURS) and sustained.get(FEAST):
             result["sustained_ratio_to_feast"] = round(sustained[OURS] / sustained[FEAST], 2)
+        if args.shadow:
+            result["shadow"] = shadow_summary(settings, fixed)
+            print(f"shadow: {json.dumps(result['shadow'])}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
         print(f"results: {args.out}")

@@ -9,6 +9,10 @@ table as a source (``dbt_project/models/ml/__ml_sources.yml``). This module only
 Each row carries the prediction's top reasons (``reasons``, jsonb, the body the API answers: base, margin and the
 features that push the risk up and hold it down the most, with label, value and contribution), computed from the
 exact feature vector scored by :class:`ml.explain.Explainer`; the dbt mart ``churn_reasons`` aggregates them.
+
+When the registry holds a shadow (:func:`ml.tracking.shadow_of`: the alias ``shadow``, else a challenger that was not
+promoted), its probability for every scored user goes to ``ml.shadow_scores`` (``source = 'batch'``) in the same
+transaction (:func:`shadow_rows`, :func:`write_shadow_rows`).
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from ml.dataset import FeastSource, FeatureSource
 from ml.errors import MLError
 from ml.explain import DEFAULT_REASONS, Explainer, top_reasons
 from ml.threads import limited_threads
-from ml.tracking import load_model_alias
+from ml.tracking import configure, load_model_alias, load_version, shadow_of
 from streamflow.core import runlog
 from streamflow.core.db import connect
 from streamflow.core.lock import pipeline_lock
-from streamflow.core.names import CHAMPION, CHURN_SCORES
+from streamflow.core.names import CHAMPION, CHURN_SCORES, SHADOW_SCORES
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.features.labels import labels_from_docs
@@ -38,6 +42,17 @@ from streamflow.features.labels import labels_from_docs
 log = logging.getLogger("streamflow.ml.score")
 
 COLUMNS = ("user_id", "as_of", "churn_probability", "churn_label_predicted", "model_version", "scored_at", "reasons")
+SHADOW_COLUMNS = (
+    "user_id",
+    "as_of",
+    "champion_version",
+    "champion_probability",
+    "shadow_version",
+    "shadow_probability",
+    "source",
+    "scored_at",
+)
+BATCH = "batch"  # ml.shadow_scores.source of the rows `streamflow score` writes
 
 
 @dataclass
@@ -50,6 +65,9 @@ class ScoreResult:
     predicted_churners: int
     replaced_rows: int
     seconds: float
+    shadow_version: str | None = None  # the shadow scored next to the champion (ml.shadow_scores), if any
+    shadow_rows: int = 0
+    shadow_error: str | None = None  # why a shadow that exists was not scored (the champion's rows are written)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -110,8 +128,9 @@ def score_frame(
     )
 
 
-def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
-    """Replace the rows of ``as_of`` in ml.churn_scores with ``rows``; returns how many were replaced."""
+def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame, shadow: pd.DataFrame | None = None) -> int:
+    """Replace the rows of ``as_of`` in ml.churn_scores with ``rows`` (and, given ``shadow``, the shadow's batch rows
+    of that month and version in ml.shadow_scores, in the same transaction); returns how many were replaced."""
     with pipeline_lock(settings, "score", as_of), connect(settings) as conn, conn.transaction():
         if not _table_exists(conn):
             raise MLError(
@@ -139,6 +158,8 @@ def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
                         getattr(rec, "reasons", None),  # rows from before reasons: null
                     )
                 )
+        if shadow is not None:
+            write_shadow_rows(conn, shadow)
         version = int(rows["model_version"].iloc[0]) if len(rows) else None
         runlog.record_month(conn, as_of, "scored", {"rows": len(rows), "model_version": version})
     return replaced
@@ -159,7 +180,13 @@ def score(
     progress.start(f"scoring {len(frame):,} users")
     with limited_threads(settings):
         rows = score_frame(frame, champion, as_of, datetime.now(UTC), labels_from_docs(settings, champion.features))
-    replaced = write_scores(settings, as_of, rows)
+    shadow, shadow_error = None, None
+    try:
+        shadow = shadow_rows(settings, frame, rows)
+    except Exception as exc:  # noqa: BLE001 - the shadow is an experiment: the champion's scores are written anyway
+        shadow_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        log.warning("the shadow was not scored (the champion's scores are written): %s", shadow_error)
+    replaced = write_scores(settings, as_of, rows, shadow)
     return ScoreResult(
         as_of=as_of,
         model_name=settings.model_name,
@@ -169,7 +196,70 @@ def score(
         predicted_churners=int(rows["churn_label_predicted"].sum()),
         replaced_rows=replaced,
         seconds=time.perf_counter() - started,
+        shadow_version=str(shadow["shadow_version"].iloc[0]) if shadow is not None and len(shadow) else None,
+        shadow_rows=len(shadow) if shadow is not None else 0,
+        shadow_error=shadow_error,
     )
+
+
+def shadow_rows(settings: Settings, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame | None:
+    """The shadow's probability for every user of ``frame``, next to the champion's ``rows`` (None: no shadow).
+    Raises when the shadow cannot be scored (refused by the safe loader, or needing features the frame lacks):
+    :func:`score` then writes the champion's rows alone and says why."""
+    client = configure(settings)
+    found = shadow_of(client, settings.model_name)
+    if found is None:
+        return None
+    shadow = load_version(settings, found[0].version, client)
+    frame = frame.sort_values("user_id", kind="mergesort").reset_index(drop=True)
+    if list(frame["user_id"].astype(str)) != list(rows["user_id"]):
+        raise MLError("the shadow's frame and the champion's scores list different users")
+    with limited_threads(settings):
+        proba = shadow.predict_proba(frame)
+    log.info("shadow %s v%s scored next to the champion", found[1], shadow.version)
+    return pd.DataFrame(
+        {
+            "user_id": rows["user_id"],
+            "as_of": rows["as_of"],
+            "champion_version": rows["model_version"].astype(int),
+            "champion_probability": rows["churn_probability"].astype(float),
+            "shadow_version": int(shadow.version),
+            "shadow_probability": proba.astype(float),
+            "source": BATCH,
+            "scored_at": rows["scored_at"],
+        }
+    )
+
+
+def write_shadow_rows(conn, shadow: pd.DataFrame) -> None:
+    """Replace the batch rows of the months and shadow version in ``shadow`` with its rows (in the caller's
+    transaction)."""
+    if not len(shadow):
+        return
+    if conn.execute("select to_regclass(%s)", (SHADOW_SCORES,)).fetchone()[0] is None:
+        raise MLError(
+            f"the warehouse has no {SHADOW_SCORES} table yet (a warehouse built by an earlier version): "
+            "run `streamflow build` first, it creates the table"
+        )
+    for as_of, version in shadow[["as_of", "shadow_version"]].drop_duplicates().itertuples(index=False):
+        conn.execute(
+            f"delete from {SHADOW_SCORES} where as_of = %s and shadow_version = %s and source = %s",
+            (as_of, int(version), BATCH),
+        )
+    with conn.cursor().copy(f"copy {SHADOW_SCORES} ({', '.join(SHADOW_COLUMNS)}) from stdin") as copy:
+        for rec in shadow.itertuples(index=False):
+            copy.write_row(
+                (
+                    rec.user_id,
+                    rec.as_of,
+                    int(rec.champion_version),
+                    float(rec.champion_probability),
+                    int(rec.shadow_version),
+                    float(rec.shadow_probability),
+                    rec.source,
+                    rec.scored_at,
+                )
+            )
 
 
 def read_scores(settings: Settings, as_of: date) -> pd.DataFrame:

@@ -32,7 +32,7 @@ from ml.model_format import SKOPS_TRUSTED_TYPES as SKOPS_TRUSTED_TYPES  # train 
 from ml.model_format import load_pipeline
 from streamflow.core.db import connect, database_url
 from streamflow.core.env import PICKLE_SWITCH, model_safety_environment
-from streamflow.core.names import CHALLENGER, CHAMPION
+from streamflow.core.names import CHALLENGER, CHAMPION, SHADOW
 from streamflow.core.settings import Settings
 
 LINEAGE_ARTIFACT = "lineage.json"
@@ -238,6 +238,42 @@ def load_model_alias(settings: Settings, alias: str, client: MlflowClient | None
     return load_version(settings, mv.version, client)
 
 
+def shadow_of(client: MlflowClient, name: str):
+    """(ModelVersion, alias) of the model scored in shadow next to the champion, or None: the version with the
+    alias ``shadow`` when there is one, else the ``challenger`` when it is not the champion (a challenger the gate
+    did not promote)."""
+    shadow = version_by_alias(client, name, SHADOW)
+    if shadow is not None:
+        return shadow, SHADOW
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if challenger is None:
+        return None
+    champion = version_by_alias(client, name, CHAMPION)
+    if champion is not None and str(champion.version) == str(challenger.version):
+        return None
+    return challenger, CHALLENGER
+
+
+def set_shadow(settings: Settings, version: str | None) -> str | None:
+    """Point the alias ``shadow`` at ``version`` (None: remove it); returns the version it pointed at before."""
+    client = configure(settings)
+    name = settings.model_name
+    before = version_by_alias(client, name, SHADOW)
+    if version is None:
+        if before is not None:
+            client.delete_registered_model_alias(name, SHADOW)
+    else:
+        try:
+            client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            raise MLError(
+                f"model {name!r} has no version {version}: {str(exc).strip().splitlines()[0]}",
+                hint="`streamflow model show` lists the champion and the challenger",
+            ) from None
+        client.set_registered_model_alias(name, SHADOW, str(version))
+    return str(before.version) if before is not None else None
+
+
 def read_run_json(run_id: str, path: str) -> dict:
     """A JSON artifact of a run (call :func:`configure` first)."""
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
@@ -245,11 +281,11 @@ def read_run_json(run_id: str, path: str) -> dict:
 
 
 def model_summary(settings: Settings) -> dict[str, Any]:
-    """Champion and challenger with their validation metrics, without loading either model."""
+    """Champion, challenger and shadow (when set) with their validation metrics, without loading any model."""
     client = configure(settings)
     name = settings.model_name
     out: dict[str, Any] = {"model": name, "tracking_uri": display_uri(tracking_uri(settings))}
-    for alias in (CHAMPION, CHALLENGER):
+    for alias in (CHAMPION, CHALLENGER, SHADOW):
         mv = version_by_alias(client, name, alias)
         if mv is None:
             out[alias] = None

@@ -32,6 +32,7 @@ from serving.metrics import ApiMetrics, build_metrics
 from serving.model import MlflowModelSource, ModelHolder
 from serving.responses import invalid, json_response
 from serving.routes import ROUTERS
+from serving.shadow import ShadowScorer, shadow_from_settings
 from serving.telemetry import REGISTRY, MetricsMiddleware, Telemetry, warehouse_ops_state
 from serving.validation import BodyLimit, jsonable
 from streamflow.core.db import with_role
@@ -77,6 +78,8 @@ def _lifespan(state: ServingState, manage_collaborators: bool, tune_process: boo
         if manage_collaborators:
             await asyncio.to_thread(state.features.start)
             await asyncio.to_thread(state.models.start)
+            if state.shadow is not None:
+                await asyncio.to_thread(state.shadow.start)
         if tune_process:
             gc.collect()
             gc.freeze()  # Feast, MLflow and the model: hundreds of thousands of objects no collection needs to visit
@@ -85,6 +88,8 @@ def _lifespan(state: ServingState, manage_collaborators: bool, tune_process: boo
             yield
         finally:
             if manage_collaborators:
+                if state.shadow is not None:
+                    await asyncio.to_thread(state.shadow.stop)
                 await asyncio.to_thread(state.models.stop)
                 await asyncio.to_thread(state.features.stop)
 
@@ -107,12 +112,14 @@ def create_app(
     *,
     metrics: ApiMetrics | None = None,
     ops_state: Callable[[], OpsState] | None = None,
+    shadow: ShadowScorer | None = None,
     manage_collaborators: bool = True,
     tune_process: bool = False,
 ) -> FastAPI:
     """The API on these collaborators. With ``manage_collaborators`` the app starts their background threads
     (registry refresh, model polling) on startup and stops them on shutdown. ``ops_state`` reads the pipeline
-    and drift state exported at /metrics (default: the warehouse's ops tables). ``tune_process`` (a serving
+    and drift state exported at /metrics (default: the warehouse's ops tables). ``shadow`` scores the shadow model
+    off the request path (:mod:`serving.shadow`; None: no shadow scoring). ``tune_process`` (a serving
     process of its own) freezes the start-up heap out of garbage collection and shortens the interpreter's thread
     switch interval, so background work (registry polls) delays a request by about a millisecond, not five."""
     metrics = metrics or build_metrics()
@@ -124,8 +131,10 @@ def create_app(
     if models.current is not None:
         telemetry.model_swapped(models.current, None)
     state = ServingState(
-        settings, features, models, metrics, telemetry, ops_state or (lambda: warehouse_ops_state(settings))
+        settings, features, models, metrics, telemetry, ops_state or (lambda: warehouse_ops_state(settings)), shadow
     )
+    if shadow is not None:
+        shadow.attach(metrics)
     app = FastAPI(
         title="StreamFlow prediction API",
         version="1.0",
@@ -153,9 +162,10 @@ def create_app(
 
 def app_from_settings() -> FastAPI:
     """The app of the process-wide settings, for uvicorn workers (``--factory``): Feast online features, the
-    MLflow ``champion``, one OpenMP thread (one-row predictions are slower with more)."""
+    MLflow ``champion``, the shadow (unless STREAMFLOW_SHADOW=off), one OpenMP thread (one-row predictions are
+    slower with more)."""
     threadpool_limits(limits=1)
     settings = with_role(get_settings(), "api")  # least privilege: the API's own database role
     reader = OnlineReader(settings)
     models = ModelHolder(MlflowModelSource(settings), settings.model_poll_seconds)
-    return create_app(settings, reader, models, tune_process=True)
+    return create_app(settings, reader, models, shadow=shadow_from_settings(settings), tune_process=True)

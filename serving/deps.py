@@ -40,6 +40,7 @@ from serving.responses import (
     unavailable,
     unknown_body,
 )
+from serving.shadow import ShadowScorer
 from serving.telemetry import REGISTRY, Telemetry
 from streamflow.core.errors import StreamflowError
 from streamflow.core.runlog import OpsState
@@ -114,6 +115,7 @@ class ServingState:
     metrics: ApiMetrics
     telemetry: Telemetry
     read_ops: Callable[[], OpsState]
+    shadow: ShadowScorer | None = None  # the shadow model scored off the request path (None: STREAMFLOW_SHADOW=off)
     tokens: Tokens = field(init=False)
     # (model, version, service layout) -> inputs the service does not serve
     _missing_inputs: dict[tuple, list[str]] = field(default_factory=dict, init=False, repr=False)

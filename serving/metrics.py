@@ -39,6 +39,10 @@ METRIC_NAMES = {
     "streamflow_pipeline_last_run_timestamp_seconds": "When a pipeline last finished (Unix time).",
     "streamflow_drift_share": "Share of model features that drifted in the last drift report.",
     "streamflow_drift_detected": "1 when the last drift report advised retraining, else 0.",
+    "streamflow_shadow_version": "Registry version number of the shadow model scored off the request path (0: none).",
+    "streamflow_shadow_rows": "Shadow rows written to ml.shadow_scores.",
+    "streamflow_shadow_dropped": "Predictions not scored in shadow because the shadow queue was full.",
+    "streamflow_shadow_failed": "Predictions not scored in shadow because scoring or writing their batch failed.",
 }
 
 
@@ -61,6 +65,10 @@ class ApiMetrics:
     pipeline_last_run: Gauge
     drift_share: Gauge
     drift_detected: Gauge
+    shadow_version: Gauge
+    shadow_rows: Counter
+    shadow_dropped: Counter
+    shadow_failed: Counter
 
 
 def build_metrics() -> ApiMetrics:
@@ -114,4 +122,8 @@ def build_metrics() -> ApiMetrics:
         ),
         drift_share=Gauge("streamflow_drift_share", h["streamflow_drift_share"], registry=r),
         drift_detected=Gauge("streamflow_drift_detected", h["streamflow_drift_detected"], registry=r),
+        shadow_version=Gauge("streamflow_shadow_version", h["streamflow_shadow_version"], registry=r),
+        shadow_rows=Counter("streamflow_shadow_rows", h["streamflow_shadow_rows"], registry=r),
+        shadow_dropped=Counter("streamflow_shadow_dropped", h["streamflow_shadow_dropped"], registry=r),
+        shadow_failed=Counter("streamflow_shadow_failed", h["streamflow_shadow_failed"], registry=r),
     )

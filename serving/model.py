@@ -175,6 +175,7 @@ class ModelHolder:
     """The model being served, replaced atomically when the alias moves.
 
     ``current`` is read once per request: the request finishes on that model even if a swap happens meanwhile.
+    With ``clear_when_absent`` (the shadow) an alias that names no version any more leaves ``current`` None.
     ``on_swap(new, old)``, ``on_error(exc)`` (registry unreachable) and ``on_load_failure(failure)`` let the app
     update its metrics; ``accept(model)`` returns why a loaded model must not replace a serving one (None: fine).
     """
@@ -187,8 +188,10 @@ class ModelHolder:
         on_swap: Callable[[ServingModel, ServingModel | None], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         retry_failed_seconds: float = 60.0,
+        clear_when_absent: bool = False,
     ):
         self.source = source
+        self.clear_when_absent = clear_when_absent  # no version behind the alias: serve none (the shadow)
         self.poll_seconds = poll_seconds
         self.retry_failed_seconds = retry_failed_seconds
         self.current: ServingModel | None = None
@@ -221,7 +224,7 @@ class ModelHolder:
             self.registry_ok = True
             if ref is None:
                 self.last_error = f"the registry has no {self.source.alias} version yet"
-                return False
+                return self._clear()
             self.last_error = None
             old = self.current
             if old is not None and old.version == ref.version:
@@ -240,6 +243,14 @@ class ModelHolder:
                 self.on_swap(new, old)
             log.info("serving model %s v%s (%s)", new.name, new.version, new.alias)
             return True
+
+    def _clear(self) -> bool:
+        """With ``clear_when_absent``, stop serving the current model; True when there was one."""
+        if not self.clear_when_absent or self.current is None:
+            return False
+        old, self.current = self.current, None
+        log.info("%s v%s is no longer named by the registry: not served any more", old.alias, old.version)
+        return True
 
     def _failed_recently(self, version: str) -> bool:
         """``version`` failed less than ``retry_failed_seconds`` ago: it is tried again after that."""

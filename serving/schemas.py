@@ -317,6 +317,16 @@ class EventAccepted(BaseModel):
     event_time: datetime
 
 
+class ShadowInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    version: str = Field(description="Registry version scored in shadow.")
+    alias: str = Field(description="shadow (the alias), or challenger (a challenger the gate did not promote).")
+    run_id: str
+    trained_as_of: date | None
+    registered_at: datetime | None = None
+    scorer: str = Field(description="How the shadow is scored (as `scorer` of the serving model).")
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(
         protected_namespaces=(),
@@ -333,6 +343,14 @@ class ModelInfo(BaseModel):
                     "features": ["contract_type", "watch_hours_30d"],
                     "registered_at": "2024-05-01T06:12:00Z",
                     "scorer": "compiled",
+                    "shadow": {
+                        "version": "4",
+                        "alias": "challenger",
+                        "run_id": "0b7e55aa",
+                        "trained_as_of": "2024-05-31",
+                        "registered_at": "2024-06-01T06:10:00Z",
+                        "scorer": "compiled",
+                    },
                 }
             ]
         },
@@ -349,6 +367,11 @@ class ModelInfo(BaseModel):
     scorer: str = Field(
         description="How predictions are computed: compiled (numpy, checked equal to the "
         "pipeline at load), encoded (the classifier on look-up encoded rows) or pipeline."
+    )
+    shadow: ShadowInfo | None = Field(
+        default=None,
+        description="The model scored in shadow off the request path into ml.shadow_scores (never in answers); "
+        "null when there is none or STREAMFLOW_SHADOW is off.",
     )
 
 
@@ -397,6 +420,9 @@ class Readiness(BaseModel):
         "keeps serving while the registry is away)."
     )
     model_version: str | None = None
+    shadow_version: str | None = Field(
+        default=None, description="The version scored in shadow off the request path (null: none)."
+    )
     business_clock: datetime | None = None
     model_load_failure: ModelLoadFailure | None = Field(
         default=None,

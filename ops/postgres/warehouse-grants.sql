@@ -4,7 +4,8 @@
 --   role             can
 --   streamflow       own every schema it creates (raw, staging, snapshots, marts, ml, ops, feast_*, dbt's own)
 --   streamflow_api   read ops, feast_online; write the push tables only (feast_online.*usage_realtime: insert,
---                    update; feast_push.*: insert)
+--                    update; feast_push.*: insert) and the shadow scores (ml.shadow_scores: insert, update and
+--                    the select its upsert needs; nothing else of ml)
 --   analyst          read marts and snapshots
 --
 -- Schemas that do not exist yet get their grants when the pipeline creates them (the event trigger below),
@@ -54,6 +55,13 @@ begin
     execute format('grant insert on all tables in schema %I to streamflow_api', schema_name);
     execute format('alter default privileges for role %s in schema %I grant insert on tables to streamflow_api',
                    owner, schema_name);
+  elsif schema_name = 'ml' then  -- the API upserts shadow scores; nothing else of ml
+    execute format('grant usage on schema %I to streamflow_api', schema_name);
+    if to_regclass('ml.shadow_scores') is not null then
+      -- insert ... on conflict (key) do update set c = excluded.c: PostgreSQL asks for select on the key columns
+      -- and on every column read through excluded, here all of them
+      execute 'grant select, insert, update on ml.shadow_scores to streamflow_api';
+    end if;
   elsif schema_name = 'feast_online' then  -- the online table of the push view: Feast upserts into it
     for push in
       select c.oid::regclass from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -73,8 +81,8 @@ begin
   for created in select * from pg_event_trigger_ddl_commands() loop
     if created.command_tag = 'CREATE SCHEMA' then
       perform public.streamflow_grant_schema((select nspname from pg_namespace where oid = created.objid));
-    elsif created.command_tag = 'CREATE TABLE' and created.schema_name = 'feast_online' then
-      perform public.streamflow_grant_schema('feast_online');
+    elsif created.command_tag = 'CREATE TABLE' and created.schema_name in ('feast_online', 'ml') then
+      perform public.streamflow_grant_schema(created.schema_name);
     end if;
   end loop;
 end $$;
@@ -89,4 +97,4 @@ end $$;
 
 -- Schemas that exist already (a warehouse created before these roles).
 select public.streamflow_grant_schema(nspname::text) from pg_namespace
-where nspname in ('marts', 'snapshots', 'ops', 'feast_online', 'feast_push');
+where nspname in ('marts', 'snapshots', 'ops', 'feast_online', 'feast_push', 'ml');

@@ -16,7 +16,7 @@ from serving.responses import NOT_READY, READ_ONLY_TOKEN, UNAUTHORIZED, document
 router = APIRouter(tags=["model"])
 
 
-def model_body(model: ServingModel) -> dict[str, Any]:
+def model_body(model: ServingModel, shadow: ServingModel | None = None) -> dict[str, Any]:
     return {
         "name": model.name,
         "version": model.version,
@@ -28,6 +28,18 @@ def model_body(model: ServingModel) -> dict[str, Any]:
         "features": model.features,
         "registered_at": iso(model.created),
         "scorer": model.scorer.kind,
+        "shadow": shadow_body(shadow) if shadow is not None else None,
+    }
+
+
+def shadow_body(shadow: ServingModel) -> dict[str, Any]:
+    return {
+        "version": shadow.version,
+        "alias": shadow.alias,
+        "run_id": shadow.run_id,
+        "trained_as_of": shadow.trained_as_of.isoformat() if shadow.trained_as_of else None,
+        "registered_at": iso(shadow.created),
+        "scorer": shadow.scorer.kind,
     }
 
 
@@ -39,11 +51,11 @@ def model_body(model: ServingModel) -> dict[str, Any]:
 )
 async def model_info(state: State) -> Response:
     """Version, alias, validation metrics, decision threshold, trained as_of and inputs of the model answering
-    predictions now."""
+    predictions now, and the shadow scored next to it off the request path (``shadow``)."""
     model = state.model_or_503()
     if isinstance(model, Response):
         return model
-    return json_response(model_body(model))
+    return json_response(model_body(model, state.shadow.model if state.shadow is not None else None))
 
 
 @router.post(

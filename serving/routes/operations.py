@@ -124,6 +124,7 @@ def readiness(state: ServingState) -> tuple[bool, dict[str, Any]]:
 def _readiness_body(state: ServingState, online: bool, clock, detail: dict[str, str]) -> dict[str, Any]:
     models = state.models
     model = models.current
+    shadow = state.shadow.model if state.shadow is not None else None
     failure = models.load_failure
     if model is None:
         detail["model"] = models.why_none()
@@ -138,6 +139,7 @@ def _readiness_body(state: ServingState, online: bool, clock, detail: dict[str, 
         "online_store": online,
         "registry": models.registry_ok,
         "model_version": model.version if model else None,
+        "shadow_version": shadow.version if shadow is not None else None,
         "business_clock": iso(clock),
         "model_load_failure": failure.as_dict() if failure is not None else None,
         "detail": detail,
@@ -179,4 +181,6 @@ def _ready(state: ServingState) -> Response:
 def prometheus(state: State) -> Response:
     state.telemetry.refresh_ops(state.read_ops)
     state.metrics.ready.set(1 if state.models.current is not None and state.features.online_ok else 0)
+    if state.shadow is not None:
+        state.shadow.export()
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

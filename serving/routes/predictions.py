@@ -6,7 +6,8 @@ the scoring run in the threadpool under the route's deadline (:meth:`serving.dep
 with missing features are 404, users with month-end features older than their TTL 409 (never scored); the rest are
 scored with the serving model at its logged threshold. ``?reasons=N`` (default 3, 0 for none, at most 10) adds
 each prediction's reasons: the N features that push the user's churn log-odds up the most and the N that hold it
-down, from the same pass of the compiled scorer over the exact values scored (:mod:`ml.explain`).
+down, from the same pass of the compiled scorer over the exact values scored (:mod:`ml.explain`). Once an answer is
+built, what it served is handed to the shadow scorer (:mod:`serving.shadow`), which never makes a request wait.
 """
 
 from __future__ import annotations
@@ -162,7 +163,10 @@ def _predict_one(state: ServingState, user_id: str, count: int) -> Response:
         return refused
     ((probability, reasons),) = scored(model, [row], count)
     state.telemetry.served(row, layout.stored)
-    return json_response(prediction(state, model, row, probability, reasons))
+    answer = json_response(prediction(state, model, row, probability, reasons))
+    if state.shadow is not None:  # the answer is built: the shadow is scored later, by its own thread
+        state.shadow.offer(row, model.version, probability)
+    return answer
 
 
 async def _batch_ids(request: Request, limit: int) -> list[str] | Response:
@@ -231,9 +235,14 @@ def _predict_many(state: ServingState, user_ids: list[str], count: int) -> Respo
             errors.append({"user_id": row.user_id, "status": 409, "detail": body["detail"], "stale": body["stale"]})
         else:
             scorable.append(row)
-    predictions = []
+    predictions, probabilities = [], []
     if scorable:
         for row, (probability, reasons) in zip(scorable, scored(model, scorable, count), strict=True):
             predictions.append(prediction(state, model, row, probability, reasons))
+            probabilities.append(probability)
         state.telemetry.served(scorable[-1], layout.stored)
-    return json_response({"model_version": model.version, "predictions": predictions, "errors": errors})
+    answer = json_response({"model_version": model.version, "predictions": predictions, "errors": errors})
+    if state.shadow is not None:  # the answer is built: the shadow is scored later, by its own thread
+        for row, probability in zip(scorable, probabilities, strict=True):
+            state.shadow.offer(row, model.version, probability)
+    return answer

@@ -10,13 +10,13 @@ from rich.table import Table
 
 from streamflow.cli.console import RichProgress, console, err_console
 from streamflow.cli.options import month_option
-from streamflow.core.names import CHALLENGER, CHAMPION
+from streamflow.core.names import CHALLENGER, CHAMPION, SHADOW
 from streamflow.core.settings import get_settings
 
 # ---------------------------------------------------------------------------------------
 # models: train, promote, model show, drift, score, evaluate, mlflow
 # ---------------------------------------------------------------------------------------
-model_app = typer.Typer(help="The registered churn model: champion and challenger.", no_args_is_help=True)
+model_app = typer.Typer(help="The registered churn model: champion, challenger and shadow.", no_args_is_help=True)
 
 
 def _ml_call(fn, *args, status: str = "working ...", **kwargs):
@@ -122,7 +122,7 @@ def model_show_cmd(as_json: bool = typer.Option(False, "--json", help="Print one
         print(json.dumps(summary))
         return
     console.print(f"model [bold]{summary['model']}[/] ({summary['tracking_uri']})", highlight=False)
-    present = {alias: summary[alias] for alias in (CHAMPION, CHALLENGER) if summary[alias]}
+    present = {alias: summary[alias] for alias in (CHAMPION, CHALLENGER, SHADOW) if summary.get(alias)}
     if not present:
         console.print("no versions yet: `streamflow train --as-of M`, then `streamflow promote`")
         return
@@ -141,6 +141,29 @@ def model_show_cmd(as_json: bool = typer.Option(False, "--json", help="Print one
     )
     if CHAMPION not in present:
         console.print("no champion yet: `streamflow promote`")
+
+
+@model_app.command("shadow")
+def model_shadow_cmd(
+    version: str = typer.Argument(None, show_default=False, help="The version to score in shadow."),
+    clear: bool = typer.Option(False, "--clear", help="Remove the alias `shadow`."),
+) -> None:
+    """Score VERSION in shadow next to the champion (registry alias `shadow`), or stop with --clear.
+
+    The API scores the shadow off the request path for the users it answers, and `streamflow score` for every
+    active user; both write ml.shadow_scores. Without the alias, a challenger the gate did not promote is the shadow.
+    """
+    from ml.tracking import set_shadow
+
+    if clear == (version is not None):
+        raise typer.BadParameter("give a VERSION or --clear, not both", param_hint="VERSION")
+    if version is not None and not version.isdigit():
+        raise typer.BadParameter(f"a registry version number (1, 2, ...), not {version!r}", param_hint="VERSION")
+    settings = get_settings()
+    before = set_shadow(settings, version)
+    was = f"v{before}" if before else "none"
+    now = f"v{version}" if version else "none (a challenger that was not promoted is scored in shadow)"
+    console.print(f"{settings.model_name} shadow: {now} (was {was})", highlight=False)
 
 
 def drift_cmd(
@@ -214,6 +237,13 @@ def score_cmd(
         f"{result.replaced_rows:,} previous rows replaced; {result.seconds:.1f} s",
         highlight=False,
     )
+    if result.shadow_error:
+        err_console.print(f"warning: the shadow was not scored: {result.shadow_error}", highlight=False)
+    if result.shadow_version:
+        console.print(
+            f"shadow v{result.shadow_version}: {result.shadow_rows:,} rows in ml.shadow_scores (source batch)",
+            highlight=False,
+        )
 
 
 def evaluate_cmd(

@@ -189,6 +189,26 @@ class Settings(BaseSettings):
         "false always runs the full pipeline.",
     )
 
+    shadow: bool = Field(
+        default=True,
+        description="API: score the shadow model (registry alias `shadow`, else a challenger that was not promoted) "
+        "off the request path into ml.shadow_scores; on or off.",
+    )
+    shadow_queue_size: int = Field(
+        default=10_000,
+        gt=0,
+        description="API: predictions waiting to be scored in shadow, per worker; when full, new ones are dropped "
+        "and counted (streamflow_shadow_dropped_total), never waited for.",
+    )
+    shadow_batch_size: int = Field(
+        default=500, gt=0, description="API: shadow rows scored and written per batch (at most)."
+    )
+    shadow_flush_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="API: longest wait, in seconds, before a partial batch of shadow rows is scored and written.",
+    )
+
     # --- UIs -----------------------------------------------------------------------------
     mlflow_port: int = Field(default=5000, description="`streamflow mlflow` UI port.")
     airflow_port: int = Field(default=8080, description="`streamflow airflow` UI port.")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-from datetime import date
+from datetime import UTC, date, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
+from serving.shadow import UPSERT
 from streamflow.core import runlog
 from streamflow.core.db import connect, database_url, with_role
 from streamflow.core.stack import EmbeddedPostgres, _bin_dir
@@ -26,6 +27,18 @@ pytestmark = pytest.mark.integration
 
 JAN = date(2024, 1, 31)
 PUSH_ROW = "insert into feast_push.usage_events (user_id, event_timestamp) values ('0000-AAAAA', now())"
+MACROS = (ROOT / "dbt_project" / "macros" / "ml_churn_scores.sql").read_text()
+ML_TABLES = "".join(  # ml.churn_scores and ml.shadow_scores as every build creates them (plain SQL macros)
+    MACROS.split(f"{{% macro {name}() -%}}")[1].split("{%- endmacro %}")[0] + ";"
+    for name in ("ensure_churn_scores_table", "ensure_shadow_scores_table")
+)
+
+
+def _shadow_upsert(url: str, probability: float) -> None:
+    """The API's own statement (serving.shadow.UPSERT), one row."""
+    row = (["0000-AAAAA"], [JAN], [1], [0.5], [2], [probability], ["api"], [datetime.now(UTC)])
+    with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+        conn.execute(UPSERT, row)
 
 
 def _run(url: str, statement: str) -> list[tuple]:
@@ -47,6 +60,13 @@ def _check_api_and_analyst(pipeline: str, api: str, analyst: str) -> None:
     _denied(api, "create table ops.intruder (x int)")
     _run(api, PUSH_ROW)  # ... except the push table
     _denied(api, "delete from feast_push.usage_events")
+    for probability in (0.25, 0.75):  # ... and the shadow scores, upserted
+        _shadow_upsert(api, probability)
+    assert _run(pipeline, "select shadow_probability from ml.shadow_scores where user_id = '0000-AAAAA'") == [(0.75,)]
+    _denied(api, "delete from ml.shadow_scores")
+    _denied(api, "select 1 from ml.churn_scores limit 1")
+    _denied(api, "create table ml.intruder (x int)")
+    _run(pipeline, "delete from ml.shadow_scores where user_id = '0000-AAAAA'")
     assert _run(api, "select count(*) from ops.pipeline_runs")[0][0] >= 0
     assert _run(analyst, "select count(*) from marts.subscriptions_profile")[0][0] > 0
     _denied(analyst, "select 1 from raw.users limit 1")
@@ -70,7 +90,7 @@ def _pipeline_tables(url: str) -> None:
         "create schema if not exists feast_push;"
         "create table feast_push.usage_events (user_id text not null, event_timestamp timestamptz not null);"
         "create schema if not exists feast_online; create table feast_online.streamflow_usage_realtime (x int);"
-        "create table feast_online.streamflow_usage_agg_30d (x int)",
+        "create table feast_online.streamflow_usage_agg_30d (x int);" + ML_TABLES,
     )
 
 
