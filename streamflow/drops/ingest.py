@@ -329,6 +329,7 @@ def ingest_aggregated(
             return DropResult(month.name, as_of, "unchanged", {t: p.rows for t, p in month.files.items()}, 0)
         if not replace:
             _refuse_rewrite(month, loaded, AGGREGATED_HINT)
+        _refuse_after_events(month, set(loaded) - set(_aggregated_months(conn)))
         start = time.perf_counter()
         status = "replaced" if as_of in loaded else "loaded"
         rows = _load_aggregated(conn, month, progress)
@@ -337,6 +338,25 @@ def ingest_aggregated(
             runlog.forget_months(conn, later, states=tuple(s for s in runlog.STATES if s != "loaded"))
         runlog.record_month(conn, as_of, "loaded", {"drop": month.name, "manifest_sha256": month.digest})
     return DropResult(month.name, as_of, status, rows, time.perf_counter() - start)
+
+
+def _refuse_after_events(month: aggregated.AggregatedMonth, event_months: set[date]) -> None:
+    """The aggregated layout starts a history; event drops continue it. A month of that layout after an event
+    month would put pre-aggregated windows over events already counted (the marts carry aggregated months
+    forward into event months, never back), so it is refused."""
+    earlier = sorted(m for m in event_months if m < month.as_of)
+    if earlier:
+        raise IngestError(
+            [
+                Problem(
+                    month.name,
+                    f"as_of {month.as_of} comes after event drops already loaded ({', '.join(map(str, earlier))}): "
+                    "a history may start in the aggregated layout and continue with event drops, not the other "
+                    "way round; load this month as an event drop, or rebuild the history in order "
+                    "(streamflow ingest --rebuild --forget-aggregated with the event drops)",
+                )
+            ]
+        )
 
 
 def _load_aggregated(conn, month: aggregated.AggregatedMonth, progress: Progress) -> dict[str, int]:

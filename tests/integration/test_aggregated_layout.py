@@ -250,6 +250,14 @@ def test_a_malformed_month_is_refused_naming_file_column_line_and_rule_and_chang
     assert _raw_state(world.settings) == world.raw_before_rerun
 
 
+def test_an_aggregated_month_after_an_event_month_is_refused_and_changes_nothing(world):
+    proc = _ingest(world.settings, world.months[1], date(2024, 4, 30), check=False)  # March is an event drop
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert "comes after event drops already loaded (2024-03-31)" in out, out
+    assert _raw_state(world.settings) == world.raw_before_rerun
+
+
 def test_as_of_must_be_a_month_end_and_the_layout_needs_it(world):
     proc = _ingest(world.settings, world.months[0], date(2024, 4, 15), check=False)
     assert proc.returncode == 1 and "not a month end" in proc.stdout + proc.stderr
