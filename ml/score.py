@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -110,8 +111,10 @@ def score_frame(
     )
 
 
-def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
-    """Replace the rows of ``as_of`` in ml.churn_scores with ``rows``; returns how many were replaced."""
+def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame | Iterable[pd.DataFrame]) -> int:
+    """Replace the rows of ``as_of`` in ml.churn_scores with ``rows`` (a frame, or frames written one after the
+    other, e.g. computed chunk by chunk while the transaction is open); returns how many were replaced."""
+    chunks = [rows] if isinstance(rows, pd.DataFrame) else rows
     with pipeline_lock(settings, "score", as_of), connect(settings) as conn, conn.transaction():
         if not _table_exists(conn):
             raise MLError(
@@ -126,22 +129,52 @@ def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame) -> int:
         # one writer per table at a time; readers are not blocked
         conn.execute(f"lock table {CHURN_SCORES} in share row exclusive mode")
         replaced = conn.execute(f"delete from {CHURN_SCORES} where as_of = %s", (as_of,)).rowcount
-        with conn.cursor().copy(f"copy {CHURN_SCORES} ({', '.join(COLUMNS)}) from stdin") as copy:
-            for rec in rows.itertuples(index=False):
-                copy.write_row(
-                    (
-                        rec.user_id,
-                        rec.as_of,
-                        float(rec.churn_probability),
-                        bool(rec.churn_label_predicted),
-                        int(rec.model_version),
-                        rec.scored_at,
-                        getattr(rec, "reasons", None),  # rows from before reasons: null
-                    )
-                )
-        version = int(rows["model_version"].iloc[0]) if len(rows) else None
-        runlog.record_month(conn, as_of, "scored", {"rows": len(rows), "model_version": version})
+        written, version = 0, None
+        for chunk in chunks:
+            _copy_scores(conn, chunk)
+            written += len(chunk)
+            version = int(chunk["model_version"].iloc[0]) if len(chunk) else version
+        runlog.record_month(conn, as_of, "scored", {"rows": written, "model_version": version})
     return replaced
+
+
+def _copy_scores(conn, rows: pd.DataFrame) -> None:
+    with conn.cursor().copy(f"copy {CHURN_SCORES} ({', '.join(COLUMNS)}) from stdin") as copy:
+        for rec in rows.itertuples(index=False):
+            copy.write_row(
+                (
+                    rec.user_id,
+                    rec.as_of,
+                    float(rec.churn_probability),
+                    bool(rec.churn_label_predicted),
+                    int(rec.model_version),
+                    rec.scored_at,
+                    getattr(rec, "reasons", None),  # rows from before reasons: null
+                )
+            )
+
+
+def score_chunks(
+    frame: pd.DataFrame,
+    model,
+    as_of: date,
+    scored_at: datetime,
+    labels: dict[str, str] | None,
+    chunk_rows: int,
+    totals: dict[str, int],
+) -> Iterator[pd.DataFrame]:
+    """:func:`score_frame` of ``frame`` ``chunk_rows`` users at a time, in user_id order: together exactly the
+    rows of one :func:`score_frame` call, with only one chunk's probabilities and reasons in memory at a time.
+    ``totals`` counts ``rows`` and ``predicted_churners`` as chunks are produced."""
+    if frame["user_id"].duplicated().any():
+        raise MLError(f"the feature frame at {as_of} has duplicate user_id rows")
+    order = np.argsort(frame["user_id"].to_numpy(dtype=str), kind="mergesort")
+    totals.update(rows=0, predicted_churners=0)
+    for start in range(0, len(order), chunk_rows):
+        rows = score_frame(frame.iloc[order[start : start + chunk_rows]], model, as_of, scored_at, labels)
+        totals["rows"] += len(rows)
+        totals["predicted_churners"] += int(rows["churn_label_predicted"].sum())
+        yield rows
 
 
 def score(
@@ -157,16 +190,18 @@ def score(
     if frame.empty:
         raise MLError(f"no active users at {as_of}: has this month been ingested and built (`streamflow build`)?")
     progress.start(f"scoring {len(frame):,} users")
+    labels = labels_from_docs(settings, champion.features)
+    totals: dict[str, int] = {}
     with limited_threads(settings):
-        rows = score_frame(frame, champion, as_of, datetime.now(UTC), labels_from_docs(settings, champion.features))
-    replaced = write_scores(settings, as_of, rows)
+        chunks = score_chunks(frame, champion, as_of, datetime.now(UTC), labels, settings.score_chunk_rows, totals)
+        replaced = write_scores(settings, as_of, chunks)
     return ScoreResult(
         as_of=as_of,
         model_name=settings.model_name,
         model_version=champion.version,
         threshold=champion.threshold,
-        rows=len(rows),
-        predicted_churners=int(rows["churn_label_predicted"].sum()),
+        rows=totals["rows"],
+        predicted_churners=totals["predicted_churners"],
         replaced_rows=replaced,
         seconds=time.perf_counter() - started,
     )
