@@ -203,11 +203,15 @@ def rebuild(conn: Connection, table: str, columns: list[str], select: str) -> in
     does not hold) by building the new table beside the old one and swapping them, in the caller's transaction:
     the rows go into a table without indexes, the indexes and the primary key are built once at the end (under
     temporary names, then renamed to the old ones), the old table's grants are copied. Readers keep reading the
-    old table until the swap, which holds its lock only from the drop to the commit. Returns the rows written."""
+    old table until the swap, which holds its lock only from the drop to the commit. A role that does not own the
+    table upserts into it instead (:func:`upsert`). Returns the rows written."""
     old = _ident(conn, table)
     new_name = f"_sf_new_{table}"[:63]
     new = _ident(conn, new_name)
     cols = ", ".join(_ident(conn, c) for c in columns)
+    owner = "select pg_has_role(current_user, relowner, 'USAGE') from pg_class where oid = %s::regclass"
+    if not conn.execute(owner, (old,)).fetchone()[0]:  # a role that may write the table but not replace it
+        return upsert(conn, table, columns, select)
     conn.execute(f"drop table if exists {new}")
     conn.execute(f"create table {new} (like {old} including defaults)")
     written = conn.execute(f"insert into {new} ({cols}) {select}").rowcount
@@ -229,6 +233,18 @@ def rebuild(conn: Connection, table: str, columns: list[str], select: str) -> in
     for kind, temporary, final in renames:
         conn.execute(f"alter {kind} {_ident(conn, temporary)} rename to {_ident(conn, final)}")
     return written
+
+
+def upsert(conn: Connection, table: str, columns: list[str], select: str) -> int:
+    """Feast's upsert of ``select``'s rows into ``table``, set-based (for a role that does not own the table)."""
+    cols = ", ".join(_ident(conn, c) for c in columns)
+    updates = ", ".join(
+        f"{_ident(conn, c)} = excluded.{_ident(conn, c)}" for c in columns if c not in ("entity_key", "feature_name")
+    )
+    return conn.execute(
+        f"insert into {_ident(conn, table)} ({cols}) {select} "
+        f"on conflict (entity_key, feature_name) do update set {updates}"
+    ).rowcount
 
 
 def _copy_indexes(conn: Connection, table: str, new_name: str) -> list[tuple[str, str, str]]:

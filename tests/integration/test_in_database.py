@@ -119,3 +119,48 @@ def test_sql_entity_key_is_feasts(conn, pg_settings):
         want = serialize_entity_key(key, entity_key_serialization_version=config.entity_key_serialization_version)
         assert bytes(got) == want
         assert want[-len(user.encode()) - 4 : -len(user.encode())] == struct.pack("<I", len(user.encode()))
+
+
+def _online_like(conn, name: str) -> None:
+    conn.execute(f"drop table if exists {name}")
+    conn.execute(
+        f"create table {name} (entity_key bytea, feature_name text, value bytea, value_text text, "
+        f"event_ts timestamptz, created_ts timestamptz, primary key (entity_key, feature_name))"
+    )
+    conn.execute(f"create index {name}_ek on {name} (entity_key)")
+    conn.execute(
+        f"insert into {name} values ('\\x01', 'a', '\\x01', 'old', now(), null), "
+        f"('\\x01', 'b', '\\x01', 'old', now(), null), ('\\x02', 'a', '\\x02', 'kept', now(), null)"
+    )
+
+
+def test_the_swap_and_the_upsert_leave_the_same_rows_indexes_and_grants(conn):
+    """Build beside and swap (the owner) and Feast's upsert (any writer) give the same table: the new rows, plus
+    the old rows of entities the new rows do not hold; the swapped table keeps its indexes' names and grants."""
+    columns = ["entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts"]
+    select = (
+        "select k, f, v, t, '2024-01-31'::timestamp, null::timestamp from (values ('\\x01'::bytea, 'a', "
+        "'\\x0a'::bytea, 'new'), ('\\x01', 'b', '\\x0b', 'new'), ('\\x03', 'a', '\\x03', 'new')) as r(k, f, v, t)"
+    )
+    conn.execute("drop role if exists sf_reader")
+    conn.execute("create role sf_reader")
+    tables = {}
+    for name, write in (("sf_swapped", in_database.rebuild), ("sf_upserted", in_database.upsert)):
+        _online_like(conn, name)
+        conn.execute(f"grant select on {name} to sf_reader")
+        assert write(conn, name, columns, select) == 3
+        tables[name] = conn.execute(
+            f"select entity_key, feature_name, value, value_text from {name} order by 1, 2"
+        ).fetchall()
+    assert tables["sf_swapped"] == tables["sf_upserted"]
+    assert [(bytes(k), f, t) for k, f, _v, t in tables["sf_swapped"]] == [
+        (b"\x01", "a", "new"),
+        (b"\x01", "b", "new"),
+        (b"\x02", "a", "kept"),
+        (b"\x03", "a", "new"),
+    ]
+    indexes = conn.execute("select indexname from pg_indexes where tablename = 'sf_swapped' order by 1").fetchall()
+    assert [i[0] for i in indexes] == ["sf_swapped_ek", "sf_swapped_pkey"]
+    assert conn.execute("select has_table_privilege('sf_reader', 'sf_swapped', 'select')").fetchone()[0]
+    assert conn.execute("select count(*) from pg_class where relname like '_sf_new_%'").fetchone()[0] == 0
+    conn.rollback()
