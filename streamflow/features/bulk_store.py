@@ -20,11 +20,14 @@ own ``feast materialize`` and pushes write through COPY too; reads are Feast's P
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from feast.infra.key_encoding_utils import serialize_entity_key
@@ -51,6 +54,9 @@ if TYPE_CHECKING:
 STAGE = "_streamflow_online_stage"
 CURSOR = "streamflow_materialize"
 BULK_TYPE = "streamflow.features.bulk_store.StreamflowPostgresOnlineStore"
+DEADLOCK_ATTEMPTS = 3
+
+log = logging.getLogger("streamflow.features.bulk_store")
 
 Rows = list[tuple[Any, dict[str, Any], datetime, datetime | None]]  # Feast's (entity key, values, ts, created)
 
@@ -309,6 +315,22 @@ def write_in_database(store: FeatureStore, view: FeatureView, start: datetime, e
     if not _is_postgres(config) or not _same_database(config):
         return None
     query = _window_query(store, view, start, end)
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            return _write_in_database(config, view, query)
+        except psycopg.errors.DeadlockDetected:
+            # the swap's DDL (and the grants an event trigger adds to it) can meet autovacuum or a reader
+            # in a deadlock; PostgreSQL rolled this attempt back whole, so it is simply run again
+            if attempt == DEADLOCK_ATTEMPTS:
+                raise
+            log.warning(
+                "materializing %s met a deadlock; trying again (%d of %d)", view.name, attempt + 1, DEADLOCK_ATTEMPTS
+            )
+            time.sleep(attempt)
+    return None
+
+
+def _write_in_database(config: RepoConfig, view: FeatureView, query: str) -> int | None:
     name = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
     with contextlib.closing(_pg_connection(config)) as conn, conn.transaction():
         columns = _columns(conn, config, name)

@@ -218,7 +218,7 @@ def rebuild(conn: Connection, table: str, columns: list[str], select: str) -> in
     conn.execute(f"lock table {old} in share mode")  # no write to it until the swap
     conn.execute(
         f"insert into {new} select * from {old} o where not exists "
-        f"(select 1 from {new} n where n.entity_key = o.entity_key)"
+        f"(select 1 from (select distinct entity_key from {new}) n where n.entity_key = o.entity_key)"
     )
     renames = _copy_indexes(conn, table, new_name)
     for grantee, privilege in conn.execute(
