@@ -114,7 +114,7 @@ def main() -> None:
             print(f"\nmaterialization of {as_of}: {rows:,} user x view rows ({values:,} feature values)")
             print(f"{'path':<34} {'s':>8} {'rows/s':>10} {'peak MB':>8}")
             print(
-                f"{'chunked COPY + upsert':<34} {bulk['write_s']:>8.2f} {rows / bulk['write_s']:>10,.0f} "
+                f"{'streamflow materialize (write)':<34} {bulk['write_s']:>8.2f} {rows / bulk['write_s']:>10,.0f} "
                 f"{bulk['peak_mb']:>8.0f}  (step total with leaver removal {bulk['total_s']:.2f} s)"
             )
             print(f"{'plain INSERT ... SELECT':<34} {sql_s:>8.2f} {rows / sql_s:>10,.0f} {'':>8}")
@@ -126,7 +126,7 @@ def main() -> None:
                     f"{'Feast store.materialize':<34} {feast['write_s']:>8.2f} {rows / feast['write_s']:>10,.0f} "
                     f"{feast['peak_mb']:>8.0f}"
                 )
-            print(f"\nratio (rows/s, chunked / INSERT ... SELECT): {sql_s / bulk['write_s']:.2f}x")
+            print(f"\nratio (rows/s, streamflow / INSERT ... SELECT): {sql_s / bulk['write_s']:.2f}x")
         finally:
             server.down()
 

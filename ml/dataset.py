@@ -27,6 +27,7 @@ from streamflow.features.store import FeaturesError
 
 KEY_COLUMNS = ("user_id", "as_of")
 LABEL = "churn_label"
+DIGEST_ROWS = 50_000  # rows of CSV text held at a time while a frame is hashed
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,8 +106,15 @@ def frame_digest(frame: pd.DataFrame) -> str:
     """
     canon = canonical_order(frame)
     canon = canon[sorted(canon.columns)]
-    text = canon.to_csv(index=False, float_format="%.12g", date_format="%Y-%m-%dT%H:%M:%S%z", lineterminator="\n")
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256()
+    # the CSV text of the whole frame, hashed DIGEST_ROWS rows at a time (the same bytes, never all in memory)
+    for start in range(0, max(len(canon), 1), DIGEST_ROWS):
+        part = canon.iloc[start : start + DIGEST_ROWS]
+        text = part.to_csv(
+            index=False, header=start == 0, float_format="%.12g", date_format="%Y-%m-%dT%H:%M:%S%z", lineterminator="\n"
+        )
+        digest.update(text.encode("utf-8"))
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -128,9 +129,17 @@ def score_frame(
     )
 
 
-def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame, shadow: pd.DataFrame | None = None) -> int:
-    """Replace the rows of ``as_of`` in ml.churn_scores with ``rows`` (and, given ``shadow``, the shadow's batch rows
-    of that month and version in ml.shadow_scores, in the same transaction); returns how many were replaced."""
+def write_scores(
+    settings: Settings,
+    as_of: date,
+    rows: pd.DataFrame | Iterable[pd.DataFrame],
+    shadow: pd.DataFrame | Callable[[], pd.DataFrame | None] | None = None,
+) -> int:
+    """Replace the rows of ``as_of`` in ml.churn_scores with ``rows`` (a frame, or frames written one after the
+    other, e.g. computed chunk by chunk while the transaction is open); returns how many were replaced. Given
+    ``shadow`` (its rows, or a function giving them once every chunk of ``rows`` is written), the shadow's batch
+    rows of that month and version in ml.shadow_scores are replaced in the same transaction."""
+    chunks = [rows] if isinstance(rows, pd.DataFrame) else rows
     with pipeline_lock(settings, "score", as_of), connect(settings) as conn, conn.transaction():
         if not _table_exists(conn):
             raise MLError(
@@ -145,24 +154,60 @@ def write_scores(settings: Settings, as_of: date, rows: pd.DataFrame, shadow: pd
         # one writer per table at a time; readers are not blocked
         conn.execute(f"lock table {CHURN_SCORES} in share row exclusive mode")
         replaced = conn.execute(f"delete from {CHURN_SCORES} where as_of = %s", (as_of,)).rowcount
-        with conn.cursor().copy(f"copy {CHURN_SCORES} ({', '.join(COLUMNS)}) from stdin") as copy:
-            for rec in rows.itertuples(index=False):
-                copy.write_row(
-                    (
-                        rec.user_id,
-                        rec.as_of,
-                        float(rec.churn_probability),
-                        bool(rec.churn_label_predicted),
-                        int(rec.model_version),
-                        rec.scored_at,
-                        getattr(rec, "reasons", None),  # rows from before reasons: null
-                    )
-                )
-        if shadow is not None:
-            write_shadow_rows(conn, shadow)
-        version = int(rows["model_version"].iloc[0]) if len(rows) else None
-        runlog.record_month(conn, as_of, "scored", {"rows": len(rows), "model_version": version})
+        written, version = 0, None
+        for chunk in chunks:
+            _copy_scores(conn, chunk)
+            written += len(chunk)
+            version = int(chunk["model_version"].iloc[0]) if len(chunk) else version
+        shadow_frame = shadow() if callable(shadow) else shadow
+        if shadow_frame is not None:
+            write_shadow_rows(conn, shadow_frame)
+        runlog.record_month(conn, as_of, "scored", {"rows": written, "model_version": version})
     return replaced
+
+
+def _copy_scores(conn, rows: pd.DataFrame) -> None:
+    with conn.cursor().copy(f"copy {CHURN_SCORES} ({', '.join(COLUMNS)}) from stdin") as copy:
+        for rec in rows.itertuples(index=False):
+            copy.write_row(
+                (
+                    rec.user_id,
+                    rec.as_of,
+                    float(rec.churn_probability),
+                    bool(rec.churn_label_predicted),
+                    int(rec.model_version),
+                    rec.scored_at,
+                    getattr(rec, "reasons", None),  # rows from before reasons: null
+                )
+            )
+
+
+def score_chunks(
+    frame: pd.DataFrame,
+    model,
+    as_of: date,
+    scored_at: datetime,
+    labels: dict[str, str] | None,
+    chunk_rows: int,
+    totals: dict[str, int],
+    each: Callable[[pd.DataFrame, pd.DataFrame], None] | None = None,
+) -> Iterator[pd.DataFrame]:
+    """:func:`score_frame` of ``frame`` ``chunk_rows`` users at a time, in user_id order: together exactly the
+    rows of one :func:`score_frame` call, with only one chunk's probabilities and reasons in memory at a time.
+    ``totals`` counts ``rows`` and ``predicted_churners`` as chunks are produced; ``each(frame_chunk, rows)`` is
+    called with every chunk (the shadow scores the same users)."""
+    if frame["user_id"].duplicated().any():
+        raise MLError(f"the feature frame at {as_of} has duplicate user_id rows")
+    order = np.argsort(frame["user_id"].to_numpy(dtype=str), kind="mergesort")
+    totals.update(rows=0, predicted_churners=0)
+    for start in range(0, len(order), chunk_rows):
+        part = frame.iloc[order[start : start + chunk_rows]]
+        rows = score_frame(part, model, as_of, scored_at, labels)
+        if each is not None:
+            each(part, rows)
+        totals["rows"] += len(rows)
+        totals["predicted_churners"] += int(rows["churn_label_predicted"].sum())
+        yield rows
 
 
 def score(
@@ -178,57 +223,92 @@ def score(
     if frame.empty:
         raise MLError(f"no active users at {as_of}: has this month been ingested and built (`streamflow build`)?")
     progress.start(f"scoring {len(frame):,} users")
+    labels = labels_from_docs(settings, champion.features)
+    totals: dict[str, int] = {}
     with limited_threads(settings):
-        rows = score_frame(frame, champion, as_of, datetime.now(UTC), labels_from_docs(settings, champion.features))
-    shadow, shadow_error = None, None
-    try:
-        shadow = shadow_rows(settings, frame, rows)
-    except Exception as exc:  # noqa: BLE001 - the shadow is an experiment: the champion's scores are written anyway
-        shadow_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        log.warning("the shadow was not scored (the champion's scores are written): %s", shadow_error)
-    replaced = write_scores(settings, as_of, rows, shadow)
+        shadow = BatchShadow.load(settings)
+        chunks = score_chunks(
+            frame, champion, as_of, datetime.now(UTC), labels, settings.score_chunk_rows, totals, shadow.add
+        )
+        replaced = write_scores(settings, as_of, chunks, shadow.rows)
     return ScoreResult(
         as_of=as_of,
         model_name=settings.model_name,
         model_version=champion.version,
         threshold=champion.threshold,
-        rows=len(rows),
-        predicted_churners=int(rows["churn_label_predicted"].sum()),
+        rows=totals["rows"],
+        predicted_churners=totals["predicted_churners"],
         replaced_rows=replaced,
         seconds=time.perf_counter() - started,
-        shadow_version=str(shadow["shadow_version"].iloc[0]) if shadow is not None and len(shadow) else None,
-        shadow_rows=len(shadow) if shadow is not None else 0,
-        shadow_error=shadow_error,
+        shadow_version=shadow.version if shadow.written else None,
+        shadow_rows=shadow.written,
+        shadow_error=shadow.error,
     )
 
 
-def shadow_rows(settings: Settings, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame | None:
-    """The shadow's probability for every user of ``frame``, next to the champion's ``rows`` (None: no shadow).
-    Raises when the shadow cannot be scored (refused by the safe loader, or needing features the frame lacks):
-    :func:`score` then writes the champion's rows alone and says why."""
-    client = configure(settings)
-    found = shadow_of(client, settings.model_name)
-    if found is None:
-        return None
-    shadow = load_version(settings, found[0].version, client)
-    frame = frame.sort_values("user_id", kind="mergesort").reset_index(drop=True)
-    if list(frame["user_id"].astype(str)) != list(rows["user_id"]):
-        raise MLError("the shadow's frame and the champion's scores list different users")
-    with limited_threads(settings):
-        proba = shadow.predict_proba(frame)
-    log.info("shadow %s v%s scored next to the champion", found[1], shadow.version)
-    return pd.DataFrame(
-        {
-            "user_id": rows["user_id"],
-            "as_of": rows["as_of"],
-            "champion_version": rows["model_version"].astype(int),
-            "champion_probability": rows["churn_probability"].astype(float),
-            "shadow_version": int(shadow.version),
-            "shadow_probability": proba.astype(float),
-            "source": BATCH,
-            "scored_at": rows["scored_at"],
-        }
-    )
+class BatchShadow:
+    """The shadow (:func:`ml.tracking.shadow_of`) scored next to the champion, chunk by chunk, by
+    :func:`score`. The shadow is an experiment: when it cannot be loaded or scored (refused by the safe
+    loader, or needing features the frame lacks), ``error`` says why, none of its rows are written, and the
+    champion's scores are written anyway."""
+
+    def __init__(self, model=None, alias: str | None = None, error: str | None = None):
+        self.model, self.alias, self.error = model, alias, error
+        self.version = str(model.version) if model is not None else None
+        self.written = 0
+        self._parts: list[pd.DataFrame] = []
+
+    @classmethod
+    def load(cls, settings: Settings) -> BatchShadow:
+        try:
+            client = configure(settings)
+            found = shadow_of(client, settings.model_name)
+            if found is None:
+                return cls()
+            return cls(load_version(settings, found[0].version, client), found[1])
+        except Exception as exc:  # noqa: BLE001 - the shadow is an experiment: the champion's scores are written anyway
+            return cls(error=cls._failed(exc))
+
+    @staticmethod
+    def _failed(exc: Exception) -> str:
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        log.warning("the shadow was not scored (the champion's scores are written): %s", error)
+        return error
+
+    def add(self, frame: pd.DataFrame, rows: pd.DataFrame) -> None:
+        """Score the users of ``frame`` (one chunk, in the order of the champion's ``rows``)."""
+        if self.model is None or self.error is not None:
+            return
+        try:
+            if list(frame["user_id"].astype(str)) != list(rows["user_id"]):
+                raise MLError("the shadow's frame and the champion's scores list different users")
+            proba = self.model.predict_proba(frame)
+        except Exception as exc:  # noqa: BLE001 - as in load
+            self.error, self._parts = self._failed(exc), []
+            return
+        self._parts.append(
+            pd.DataFrame(
+                {
+                    "user_id": rows["user_id"].to_numpy(),
+                    "as_of": rows["as_of"].to_numpy(),
+                    "champion_version": rows["model_version"].astype(int).to_numpy(),
+                    "champion_probability": rows["churn_probability"].astype(float).to_numpy(),
+                    "shadow_version": int(self.model.version),
+                    "shadow_probability": np.asarray(proba, dtype=float),
+                    "source": BATCH,
+                    "scored_at": rows["scored_at"].to_numpy(),
+                }
+            )
+        )
+
+    def rows(self) -> pd.DataFrame | None:
+        """Every chunk's rows (None: no shadow, or it failed); called once every chunk is scored."""
+        if self.model is None or self.error is not None or not self._parts:
+            return None
+        out = pd.concat(self._parts, ignore_index=True)
+        self._parts, self.written = [], len(out)
+        log.info("shadow %s v%s scored next to the champion", self.alias, self.version)
+        return out
 
 
 def write_shadow_rows(conn, shadow: pd.DataFrame) -> None:

@@ -271,6 +271,8 @@ def train(
     started = time.perf_counter()
     frame, features, periods, plan = load_training_data(settings, as_of, source)
     train_df, valid_df = split_frame(frame, plan, fraction=settings.validation_fraction, seed=settings.seed)
+    whole = (len(frame), frame_digest(frame))  # all the lineage needs of the whole frame
+    del frame  # only the training and validation rows stay in memory while fitting
     data_seconds = time.perf_counter() - started
 
     progress.start(f"fitting {len(families or FAMILIES)} model families on {len(train_df):,} rows")
@@ -280,7 +282,7 @@ def train(
     best = choose(candidates)
     train_seconds = time.perf_counter() - started
 
-    lineage = _lineage(settings, as_of, source, best, frame, features, periods, plan, train_df, valid_df)
+    lineage = _lineage(settings, as_of, source, best, whole, features, periods, plan, train_df, valid_df)
 
     progress.start("logging the run and registering the model")
     started = time.perf_counter()
@@ -311,23 +313,24 @@ def _lineage(
     as_of: date,
     source: FeatureSource,
     best: Candidate,
-    frame: pd.DataFrame,
+    whole: tuple[int, str],
     features: list[str],
     periods: list[date],
     plan: ValidationPlan,
     train_df: pd.DataFrame,
     valid_df: pd.DataFrame,
 ) -> dict[str, Any]:
-    """Where a model comes from: periods, split, row counts, data digests, code and feature versions."""
+    """Where a model comes from: periods, split, row counts, data digests, code and feature versions. ``whole``:
+    the training frame's (rows, digest), taken before it was freed."""
     lineage = {
         "as_of": as_of.isoformat(),
         "label_periods": [p.isoformat() for p in periods],
         "validation_strategy": plan.strategy,
         "train_periods": [p.isoformat() for p in plan.train_periods],
         "validation_periods": [p.isoformat() for p in plan.validation_periods],
-        "rows": {"total": len(frame), "train": len(train_df), "validation": len(valid_df)},
+        "rows": {"total": whole[0], "train": len(train_df), "validation": len(valid_df)},
         "churners": {"train": int(train_df[LABEL].sum()), "validation": int(valid_df[LABEL].sum())},
-        "training_frame_sha256": frame_digest(frame),
+        "training_frame_sha256": whole[1],
         "validation_frame_sha256": frame_digest(valid_df),
         "git_commit": git_commit(settings.project_dir),
         "feature_service": source.service,

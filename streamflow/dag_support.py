@@ -27,17 +27,41 @@ log = logging.getLogger(__name__)
 
 
 def run_step(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a pipeline step: nothing to do -> skipped task, refused input -> failed task (no retry)."""
+    """Run a pipeline step: nothing to do -> skipped task, refused input -> failed task (no retry). Its wall
+    time and its process's peak memory go to the run log (``ops.step_runs``, under the task's id)."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+    from streamflow.core.resources import measure
     from streamflow.pipeline import NothingToDo, StepRefused
 
+    status = "failed"
     try:
-        return step(*args, **kwargs)
-    except NothingToDo as exc:
-        raise AirflowSkipException(str(exc)) from None
-    except StepRefused as exc:
-        raise AirflowFailException(str(exc)) from None
+        with measure() as usage:
+            try:
+                result = step(*args, **kwargs)
+            except NothingToDo as exc:
+                status = "skipped"
+                raise AirflowSkipException(str(exc)) from None
+            except StepRefused as exc:
+                raise AirflowFailException(str(exc)) from None
+            status = "success"
+            return result
+    finally:
+        _record_usage(status, usage)
+
+
+def _record_usage(status: str, usage) -> None:
+    """Write the step just measured to the run log; a run log that cannot be written only logs a warning."""
+    try:
+        from airflow.sdk import get_current_context
+
+        from streamflow.core.runlog import record_step
+
+        context = get_current_context()
+        ti = context["ti"]
+        record_step(get_settings(), ti.dag_id, context["run_id"], ti.task_id, status, usage)
+    except Exception as exc:  # noqa: BLE001 - the step's own outcome matters, not its bookkeeping
+        log.warning("could not record the step's duration and memory: %s", exc)
 
 
 def _dbt_project_profile():

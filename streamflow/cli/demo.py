@@ -27,6 +27,7 @@ from streamflow.core import services
 from streamflow.core.db import connect
 from streamflow.core.errors import StreamflowError
 from streamflow.core.names import CHAMPION, MART_SCHEMA
+from streamflow.core.runlog import step_usage
 from streamflow.core.settings import Settings, get_settings
 from streamflow.core.stack import get_stack
 from streamflow.orchestration import (
@@ -45,6 +46,7 @@ class DemoError(StreamflowError):
 @dataclass
 class Timings:
     phases: list[tuple[str, float, str]] = field(default_factory=list)  # (phase, seconds, note)
+    steps: dict[date, dict] = field(default_factory=dict)  # month -> step -> (status, Usage), from the run log
 
     def add(self, name: str, seconds: float, note: str = "") -> None:
         self.phases.append((name, seconds, note))
@@ -196,6 +198,7 @@ def _run_month(settings: Settings, console: Console, timings: Timings, drop: Pat
         progress.start(f"{MONTHLY_DAG} {as_of}")
         result = run_dag(settings, MONTHLY_DAG, {"drop": str(drop), "mode": "monthly"}, progress=progress)
     seconds = time.perf_counter() - t0
+    timings.steps[as_of] = step_usage(settings, MONTHLY_DAG, result.run_id)
     if not result.ok:
         failed = [t.task_id for t in result.tasks if t.state == "failed"]
         raise DemoError(
@@ -343,6 +346,7 @@ def _start_uis(
 def _print_where_everything_is(
     settings: Settings, console: Console, timings: Timings, local: dict, answered: dict[str, bool]
 ) -> None:
+    _print_step_table(console, timings.steps)
     phases = Table(title="time per phase")
     phases.add_column("phase")
     phases.add_column("seconds", justify="right")
@@ -371,6 +375,32 @@ def _print_where_everything_is(
     console.print(
         "Stop everything: [bold]make stop[/] (or .venv/bin/streamflow stop). Run again: make demo reuses what exists."
     )
+
+
+def _print_step_table(console: Console, steps: dict[date, dict]) -> None:
+    """Each pipeline step of each month run here: wall time and the peak memory of its task's process."""
+    if not steps:
+        return
+    table = Table(
+        title="per step: seconds / peak memory (MB) of the task's process (ops.step_runs)",
+        caption="months reused from an earlier run are not shown; dbt's own tasks are timed by Airflow only",
+    )
+    table.add_column("step")
+    for as_of in steps:
+        table.add_column(as_of.isoformat(), justify="right")
+    names = list(dict.fromkeys(name for month in steps.values() for name in month))
+    for name in names:
+        cells = []
+        for month in steps.values():
+            status, usage = month.get(name, (None, None))
+            cells.append(
+                "-"
+                if usage is None
+                else f"{usage.seconds:.1f} s / {usage.peak_rss_mb:.0f} MB"
+                + ("" if status == "success" else f" ({status})")
+            )
+        table.add_row(name, *cells)
+    console.print(table)
 
 
 def _api_token_where(settings: Settings) -> Text:

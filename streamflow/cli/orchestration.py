@@ -16,15 +16,21 @@ from streamflow.core.settings import get_settings
 # ---------------------------------------------------------------------------------------
 # orchestration (Airflow)
 # ---------------------------------------------------------------------------------------
-def _print_dag_run(result) -> None:
+def _print_dag_run(result, usage: dict) -> None:
     colors = {"success": "green", "failed": "red", "upstream_failed": "red", "skipped": "yellow"}
-    table = Table(title=f"{result.dag_id}  run {result.run_id}")
+    table = Table(
+        title=f"{result.dag_id}  run {result.run_id}",
+        caption="peak MB: the task process's peak resident memory while the step ran (ops.step_runs)",
+    )
     table.add_column("task")
     table.add_column("outcome")
     table.add_column("seconds", justify="right")
+    table.add_column("peak MB", justify="right")
     for t in result.tasks:
         color = colors.get(t.state, "white")
-        table.add_row(t.task_id, f"[{color}]{t.state}[/]", f"{t.seconds:.1f}" if t.seconds is not None else "-")
+        seconds = f"{t.seconds:.1f}" if t.seconds is not None else "-"
+        peak = f"{usage[t.task_id][1].peak_rss_mb:.0f}" if t.task_id in usage else "-"
+        table.add_row(t.task_id, f"[{color}]{t.state}[/]", seconds, peak)
     console.print(table)
     color = "green" if result.ok else "red"
     console.print(f"[{color}]{result.dag_id}: {result.state}[/]  (log: {result.log_file})")
@@ -78,6 +84,9 @@ def run_cmd(
     with RichProgress() as progress:
         progress.start(f"{MONTHLY_DAG}: starting")
         result = run_dag(settings, MONTHLY_DAG, conf, progress=progress)
+    from streamflow.core.runlog import step_usage
+
+    usage = step_usage(settings, result.dag_id, result.run_id)
     if as_json:
         print(
             json.dumps(
@@ -87,11 +96,12 @@ def run_cmd(
                     "state": result.state,
                     "log": str(result.log_file),
                     "tasks": {t.task_id: t.state for t in result.tasks},
+                    "steps": {step: {"status": status, **u.as_dict()} for step, (status, u) in usage.items()},
                 }
             )
         )
     else:
-        _print_dag_run(result)
+        _print_dag_run(result, usage)
     if not result.ok:
         raise typer.Exit(1)
 

@@ -19,6 +19,7 @@ from datetime import date, datetime
 
 from streamflow.core.db import connect
 from streamflow.core.lock import pipeline_lock
+from streamflow.core.resources import Usage
 from streamflow.core.settings import Settings
 
 DDL = [
@@ -164,6 +165,71 @@ def record_run(
                  detail = ops.pipeline_runs.detail || excluded.detail, finished_at = excluded.finished_at""",
             (pipeline, run_id, as_of, status, json.dumps(detail or {}), status),
         )
+
+
+# Each step of a pipeline run: how it ended, its wall time and the peak resident memory of its process while it
+# ran (streamflow.core.resources). Columns are added with "add column if not exists": older warehouses upgrade.
+STEP_LOG = "ops.step_runs"
+STEP_COLUMNS = {
+    "as_of": "date",
+    "status": "text",
+    "seconds": "double precision",
+    "peak_rss_mb": "double precision",
+    "start_rss_mb": "double precision",
+}
+
+
+def ensure_step_log(conn) -> None:
+    conn.execute("create schema if not exists ops")
+    conn.execute(
+        f"""create table if not exists {STEP_LOG} (
+            pipeline text not null,
+            run_id text not null,
+            step text not null,
+            recorded_at timestamptz not null default now(),
+            primary key (pipeline, run_id, step)
+        )"""
+    )
+    for name, sql_type in STEP_COLUMNS.items():
+        conn.execute(f"alter table {STEP_LOG} add column if not exists {name} {sql_type}")
+
+
+def record_step(
+    settings: Settings,
+    pipeline: str,
+    run_id: str,
+    step: str,
+    status: str,
+    usage: Usage,
+    as_of: date | None = None,
+) -> None:
+    """Note one step of a pipeline run with its duration and peak memory (a retried step: its last try)."""
+    with connect(settings) as conn:
+        ensure_step_log(conn)
+        conn.execute(
+            f"""insert into {STEP_LOG} (pipeline, run_id, step, as_of, status, seconds, peak_rss_mb, start_rss_mb)
+               values (%s, %s, %s, %s, %s, %s, %s, %s)
+               on conflict (pipeline, run_id, step) do update set recorded_at = now(), as_of = excluded.as_of,
+                 status = excluded.status, seconds = excluded.seconds, peak_rss_mb = excluded.peak_rss_mb,
+                 start_rss_mb = excluded.start_rss_mb""",
+            (pipeline, run_id, step, as_of, status, usage.seconds, usage.peak_rss_mb, usage.start_rss_mb),
+        )
+
+
+def step_usage(settings: Settings, pipeline: str, run_id: str) -> dict[str, tuple[str, Usage]]:
+    """step -> (status, usage) of every step a run recorded (empty when none did)."""
+    with connect(settings) as conn:
+        if conn.execute("select to_regclass(%s)", (STEP_LOG,)).fetchone()[0] is None:
+            return {}
+        ensure_step_log(conn)
+        rows = conn.execute(
+            f"select step, status, seconds, peak_rss_mb, start_rss_mb from {STEP_LOG} "
+            "where pipeline = %s and run_id = %s order by recorded_at",
+            (pipeline, run_id),
+        ).fetchall()
+    return {
+        step: (status, Usage(seconds or 0.0, peak or 0.0, start or 0.0)) for step, status, seconds, peak, start in rows
+    }
 
 
 def record_drift(

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         default=0.25,
         description="Share of rows held out (stratified) for validation when only one labelled period exists.",
     )
+    score_chunk_rows: int = Field(
+        default=50_000,
+        gt=0,
+        description="Users batch scoring predicts, explains and writes at a time (bounds its memory); a month is "
+        "still replaced in one transaction.",
+    )
     ml_threads: int = Field(
         default=1,
         description="OpenMP/BLAS threads for training and batch scoring; 0 = all cores. One is fastest on a "

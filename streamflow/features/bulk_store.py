@@ -20,11 +20,14 @@ own ``feast materialize`` and pushes write through COPY too; reads are Feast's P
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from feast.infra.key_encoding_utils import serialize_entity_key
@@ -41,6 +44,8 @@ from feast.type_map import pg_type_code_to_arrow, python_values_to_proto_values
 from feast.utils import _coerce_datetime, _convert_arrow_to_proto
 from psycopg import sql
 
+from streamflow.features import in_database
+
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
     from feast.repo_config import RepoConfig
@@ -49,6 +54,9 @@ if TYPE_CHECKING:
 STAGE = "_streamflow_online_stage"
 CURSOR = "streamflow_materialize"
 BULK_TYPE = "streamflow.features.bulk_store.StreamflowPostgresOnlineStore"
+DEADLOCK_ATTEMPTS = 3
+
+log = logging.getLogger("streamflow.features.bulk_store")
 
 Rows = list[tuple[Any, dict[str, Any], datetime, datetime | None]]  # Feast's (entity key, values, ts, created)
 
@@ -289,6 +297,52 @@ def _is_postgres(config: RepoConfig) -> bool:
     return config.online_store.type in ("postgres", BULK_TYPE)
 
 
+def _same_database(config: RepoConfig) -> bool:
+    """Whether the offline store's tables are readable by the online store's connection (same server,
+    database and role): then the rows can be computed where they are."""
+    off, on = config.offline_store, config.online_store
+    fields = ("host", "port", "database", "user")
+    return getattr(off, "type", "") == "postgres" and all(
+        str(getattr(off, f, None)) == str(getattr(on, f, None)) for f in fields
+    )
+
+
+def write_in_database(store: FeatureStore, view: FeatureView, start: datetime, end: datetime) -> int | None:
+    """Feast's rows of ``view`` in [start, end] computed by PostgreSQL and swapped in with the table's other rows,
+    in one transaction (:mod:`streamflow.features.in_database`); returns the entities written, or None when this
+    store or view needs the chunked path (nothing is written then)."""
+    config = store.config
+    if not _is_postgres(config) or not _same_database(config):
+        return None
+    query = _window_query(store, view, start, end)
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            return _write_in_database(config, view, query)
+        except psycopg.errors.DeadlockDetected:
+            # the swap's DDL (and the grants an event trigger adds to it) can meet autovacuum or a reader
+            # in a deadlock; PostgreSQL rolled this attempt back whole, so it is simply run again
+            if attempt == DEADLOCK_ATTEMPTS:
+                raise
+            log.warning(
+                "materializing %s met a deadlock; trying again (%d of %d)", view.name, attempt + 1, DEADLOCK_ATTEMPTS
+            )
+            time.sleep(attempt)
+    return None
+
+
+def _write_in_database(config: RepoConfig, view: FeatureView, query: str) -> int | None:
+    name = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+    with contextlib.closing(_pg_connection(config)) as conn, conn.transaction():
+        columns = _columns(conn, config, name)
+        select = in_database.plan(conn, config, view, query, name, columns)
+        if select is None:
+            return None
+        conn.execute(in_database.FUNCTIONS)
+        conn.execute("set local extra_float_digits = 1")  # float8 text: shortest round-trip digits
+        values = in_database.rebuild(conn, name, columns, select)
+    return values // len(view.features)
+
+
 def materialize_view(
     store: FeatureStore,
     view: FeatureView,
@@ -296,10 +350,18 @@ def materialize_view(
     end: datetime,
     chunk_rows: int,
     on_chunk: Callable[[int], None] = lambda _n: None,
+    *,
+    in_db: bool = True,
 ) -> int:
-    """Materialize ``view`` over [start, end] as Feast would, in chunks of ``chunk_rows`` entities, then record
-    the interval in the registry as Feast does; returns the entities written."""
-    written = write_tables(store, view, read_tables(store, view, start, end, chunk_rows), on_chunk)
+    """Materialize ``view`` over [start, end] as Feast would, then record the interval in the registry as Feast
+    does; returns the entities written. Inside PostgreSQL when the marts and the online store share a database
+    (``in_db``, nothing read into this process); otherwise read, encoded and written in chunks of
+    ``chunk_rows`` entities."""
+    written = write_in_database(store, view, start, end) if in_db else None
+    if written is not None:
+        on_chunk(written)
+    else:
+        written = write_tables(store, view, read_tables(store, view, start, end, chunk_rows), on_chunk)
     store.registry.apply_materialization(view, store.project, start, end)
     return written
 

@@ -24,7 +24,7 @@ from streamflow.features.online_store import (
     _redis_fields,
     _redis_rows,
     entity_key_bytes,
-    online_entities,
+    online_count,
 )
 from streamflow.features.store import (
     FeaturesError,
@@ -145,7 +145,7 @@ def materialize(
         if recorded is not None and recorded > end:
             _rewind_clock(settings, store, end)
         progress.advance(1, "done")
-        online = {name: len(online_entities(settings, name)) for name in (*FEATURE_MARTS, PUSH_VIEW)}
+        online = {name: online_count(settings, name) for name in (*FEATURE_MARTS, PUSH_VIEW)}
         with connect(settings) as conn:
             runlog.record_month(conn, as_of, "materialized", {"written": written, "removed": removed})
             runlog.record_served(conn, as_of, settings.feast_project)  # the API's clock moves only now

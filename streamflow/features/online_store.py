@@ -115,6 +115,19 @@ def online_entities(settings: Settings, view_name: str) -> set[str]:
     return {_user_of(bytes(r[0])) for r in rows}
 
 
+def online_count(settings: Settings, view_name: str) -> int:
+    """How many users the online store holds values of ``view_name`` for (counted where the rows are)."""
+    if settings.online_store == "redis":
+        return len(online_entities(settings, view_name))
+    store = feature_store(settings)
+    with _errors(settings, "reading the online store"):
+        table = _pg_table(store, store.get_feature_view(view_name))
+        with connect(settings) as conn:
+            if _missing_relations(conn, [table]):
+                return 0
+            return conn.execute(f"select count(distinct entity_key) from {table}").fetchone()[0]
+
+
 # ---------------------------------------------------------------------------------------
 # connections of a long-lived reader
 # ---------------------------------------------------------------------------------------

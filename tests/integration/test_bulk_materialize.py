@@ -62,8 +62,10 @@ def intervals(settings) -> dict[str, list]:
     return {v: feast_store.get_feature_view(v).materialization_intervals for v in FEATURE_MARTS}
 
 
-def test_the_bulk_writer_stores_exactly_what_feasts_writer_stores(base):
-    by_feast, by_chunks = project(base, "bulk_feast"), project(base, "bulk_chunks")
+@pytest.mark.parametrize("in_db", [False, True], ids=["python-chunks", "in-database"])
+def test_the_bulk_writer_stores_exactly_what_feasts_writer_stores(base, in_db):
+    suffix = "db" if in_db else "py"
+    by_feast, by_chunks = project(base, f"bulk_feast_{suffix}"), project(base, f"bulk_chunks_{suffix}")
     feast_store, chunk_store = store.feature_store(by_feast), store.feature_store(by_chunks)
     start = ts(JAN) - feast_store.get_feature_view(FEATURE_MARTS[0]).ttl
 
@@ -72,9 +74,12 @@ def test_the_bulk_writer_stores_exactly_what_feasts_writer_stores(base):
     chunks: list[int] = []
     for name in FEATURE_MARTS:
         view = chunk_store.get_feature_view(name)
-        written = bulk_store.materialize_view(chunk_store, view, start, ts(JAN), CHUNK, chunks.append)
+        written = bulk_store.materialize_view(chunk_store, view, start, ts(JAN), CHUNK, chunks.append, in_db=in_db)
         assert written == sum(1 for _ in {r[0] for r in online_rows(by_chunks)[name]})
-    assert len(chunks) > len(FEATURE_MARTS) and max(chunks) == CHUNK, "several chunks per view"
+    if in_db:
+        assert len(chunks) == len(FEATURE_MARTS), "one statement per view"
+    else:
+        assert len(chunks) > len(FEATURE_MARTS) and max(chunks) == CHUNK, "several chunks per view"
     first = online_rows(by_feast)
     assert all(first.values())
     assert online_rows(by_chunks) == first
@@ -83,7 +88,7 @@ def test_the_bulk_writer_stores_exactly_what_feasts_writer_stores(base):
     feast_store.materialize_incremental(end_date=ts(FEB), feature_views=list(FEATURE_MARTS))
     for name in FEATURE_MARTS:
         view = chunk_store.get_feature_view(name)
-        bulk_store.materialize_view(chunk_store, view, ts(JAN), ts(FEB), CHUNK)
+        bulk_store.materialize_view(chunk_store, view, ts(JAN), ts(FEB), CHUNK, in_db=in_db)
     second = online_rows(by_feast)
     assert second != first
     assert online_rows(by_chunks) == second

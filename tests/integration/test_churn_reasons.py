@@ -181,3 +181,19 @@ def test_a_scores_table_from_before_reasons_is_refused_until_a_build_adds_the_co
     build_ml_marts(scored, MONTH)  # the pre_hook migrates the table
     result = score(scored, MONTH)
     assert result.rows == len(read_scores(scored, MONTH)) and read_scores(scored, MONTH)["reasons"].notna().all()
+
+
+def test_scoring_in_chunks_stores_exactly_the_rows_of_one_chunk(scored):
+    """A month scored 100 users at a time (several chunks, the last partial) replaces the month with the same rows
+    as scoring it in one chunk: same users, probabilities, labels, version and reasons; one scored_at."""
+    whole = score(scored.model_copy(update={"score_chunk_rows": 1_000_000}), MONTH)
+    one_chunk = read_scores(scored, MONTH)
+    assert whole.rows == len(one_chunk) > 250
+    chunked = score(scored.model_copy(update={"score_chunk_rows": 100}), MONTH)
+    in_chunks = read_scores(scored, MONTH)
+    assert (chunked.rows, chunked.predicted_churners) == (whole.rows, whole.predicted_churners)
+    assert chunked.replaced_rows == whole.rows
+    assert in_chunks["scored_at"].nunique() == 1
+    columns = [c for c in in_chunks.columns if c != "scored_at"]
+    pd.testing.assert_frame_equal(in_chunks[columns], one_chunk[columns])
+    assert in_chunks["reasons"].notna().all()
