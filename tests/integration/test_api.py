@@ -2,16 +2,18 @@
 store through Feast and the champion from the MLflow registry.
 
 The module's platform is private (tests/serving_world.py): a copy of the session's built warehouse on its own
-PostgreSQL, so the last tests can stop and restart that server. Tests that change shared state (the champion, the
-server) come last, in file order.
+PostgreSQL, so the last tests can stop and restart that server and rebuild its served month. Tests that change shared
+state (the champion, the server, the served month) come last, in file order.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 import schemathesis
@@ -21,6 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
+from ml.explain import Explainer
 from ml.promote import promote
 from ml.tracking import configure, load_model_alias, load_version
 from ml.train import train
@@ -28,13 +31,17 @@ from serving.app import create_app
 from serving.model import MlflowModelSource, ModelHolder
 from streamflow.core.names import CHALLENGER
 from streamflow.core.stack import EmbeddedPostgres
-from streamflow.features import online
+from streamflow.drops.ingest import ingest
+from streamflow.features import materialize, online
 from streamflow.features.online import OnlineReader
-from tests.conftest import server_home
+from streamflow.warehouse.build import build
+from tests.conftest import WAREHOUSE_MONTHS, server_home
+from tests.integration.dbt_reference import copy_drop
 from tests.serving_support import serve_in_thread
 from tests.serving_world import (
     FEB,
     JAN,
+    MAR,
     READ_TOKEN,
     TOKEN,
     World,
@@ -485,3 +492,99 @@ def test_postgres_down_answers_503_and_not_ready_and_the_service_recovers_withou
     for store in ("online", "registry"):
         assert f'streamflow_store_errors_total{{store="{store}"}}' in metrics
     assert 'route="/predict",status="503"' in metrics
+
+
+# ---------------------------------------------------------------------------------------
+# a corrected month reaches the reasons
+# ---------------------------------------------------------------------------------------
+ADDED = 12  # events added to one user's corrected March
+
+
+def _failed_payments(frame: pd.DataFrame, user: str) -> pd.DataFrame:
+    days = [f"2024-03-{d + 2:02d}T12:00:00Z" for d in range(ADDED)]
+    rows = {"payment_id": [f"PFIX{d:09d}" for d in range(ADDED)], "attempted_at": days}
+    return pd.concat([frame, pd.DataFrame({**rows, "user_id": user, "amount": "19.99", "status": "failed"})])
+
+
+def _open_tickets(frame: pd.DataFrame, user: str) -> pd.DataFrame:
+    days = [f"2024-03-{d + 2:02d}T12:00:00Z" for d in range(ADDED)]
+    rows = {"ticket_id": [f"TFIX{d:09d}" for d in range(ADDED)], "opened_at": days}
+    return pd.concat([frame, pd.DataFrame({**rows, "user_id": user, "resolved_at": "", "category": "billing"})])
+
+
+def _more_failed_payments(values: dict) -> dict:
+    return {**values, "failed_payments_90d": values["failed_payments_90d"] + ADDED}
+
+
+def _more_open_tickets(values: dict) -> dict:  # unresolved: the average resolution time stays
+    tickets = values["support_tickets_90d"] + ADDED
+    per_month = tickets / min(max(values["months_active"], 1), 3)  # feature_repo/on_demand.py
+    return {**values, "support_tickets_90d": tickets, "tickets_per_active_month": per_month}
+
+
+# model inputs a corrected drop raises by adding one user's events: (drop file, its edit, the served values after)
+RAISABLE = {
+    "failed_payments_90d": ("payments", _failed_payments, _more_failed_payments),
+    "support_tickets_90d": ("tickets", _open_tickets, _more_open_tickets),
+}
+
+
+def raised_choice(champion, served: pd.DataFrame) -> tuple[str, int, float]:
+    """From the champion's own contributions: the raisable input whose contribution grows most on average when
+    raised, the row (user) of ``served`` whose top `up` reason it is not yet and then becomes with the margin
+    nearest 0, and its contribution for that user now."""
+    explainer = Explainer.of(champion.pipeline, champion.features)
+    margins, now = explainer.explain(served)
+    choices = []
+    for feature, (_file, _edit, raise_) in RAISABLE.items():
+        j = champion.features.index(feature)
+        raised_margins, raised = explainer.explain(pd.DataFrame([raise_(r) for r in served.to_dict("records")]))
+        becomes = [
+            i
+            for i in range(len(served))
+            if now[i].argmax() != j and raised[i].argmax() == j and raised[i, j] > max(now[i, j], 0)
+            if raised_margins[i] > margins[i]
+        ]
+        gain = float(np.mean(raised[:, j] - now[:, j]))
+        if gain > 0 and becomes:
+            i = min(becomes, key=lambda i: abs(margins[i]))  # the least certain: its probability can move most
+            choices.append((gain, feature, i, float(now[i, j])))
+    assert choices, "the champion counts none of the raisable inputs up: no reason can be moved by raising one"
+    _gain, feature, i, contribution = max(choices)
+    return feature, i, contribution
+
+
+def test_a_corrected_month_makes_the_raised_input_a_users_top_reason_and_leaves_the_others(
+    world, api, session_drops, tmp_path
+):
+    """A corrected March drop raises one model input of one user (events added); after the rebuild and the
+    materialization the same server names that input, with its new value, as the user's top `up` reason, with
+    a larger contribution and a higher probability, and every other user's answer is unchanged."""
+    settings = world.settings.model_copy(update={"dbt_target_path": tmp_path / "target"})
+    shutil.copytree(world.settings.dbt_target_dir, settings.dbt_target_dir)  # a target of its own, parse cache too
+    champion = load_model_alias(settings, "champion")
+    users = world.active[-150:]  # the batch limit; none of the users the other tests use
+    before = api.post("/predict/batch?reasons=3", json={"user_ids": users}).json()["predictions"]
+    assert [p["user_id"] for p in before] == users
+    served = pd.concat([model_frame(p, champion.features) for p in before], ignore_index=True)
+    feature, i, contribution = raised_choice(champion, served)
+    user = users[i]
+    first = api.post("/predict?reasons=3", json={"user_id": user}).json()
+    assert first == before[i] and first["reasons"]["up"][0]["feature"] != feature
+
+    march = session_drops[WAREHOUSE_MONTHS - 1]
+    file, edit, _raise = RAISABLE[feature]
+    ingest(settings, [copy_drop(march, tmp_path / march.name, {file: lambda frame: edit(frame, user)})])
+    build(settings)
+    assert materialize.materialize(settings, MAR).skipped == []  # the rebuilt month is written over the served one
+
+    now = api.post("/predict?reasons=3", json={"user_id": user}).json()
+    top = now["reasons"]["up"][0]
+    assert top["feature"] == feature and top["label"] != feature
+    assert top["value"] == now["features"][feature]["value"] == first["features"][feature]["value"] + ADDED
+    assert top["contribution"] > max(contribution, 0)
+    assert now["churn_probability"] > first["churn_probability"]
+    assert now["reasons"]["margin"] > first["reasons"]["margin"]
+    after = api.post("/predict/batch?reasons=3", json={"user_ids": users}).json()["predictions"]
+    assert after[i] == now
+    assert after[:i] + after[i + 1 :] == before[:i] + before[i + 1 :]  # the same values, probabilities and reasons
