@@ -107,24 +107,6 @@ def test_two_months_through_airflow_end_with_a_champion_and_online_features(stac
     assert user in online.stdout and "2024-02-29" in online.stdout
 
 
-def test_streamflow_run_shows_each_steps_time_and_peak_memory(stack):
-    """Retrain mode (train, promote, score) as a user runs it: the table has each step's seconds and peak MB."""
-    settings, _ = stack
-    out = run_cli(settings, "run", "--as-of", "2024-02-29", timeout=900).stdout
-    assert "peak MB" in out, out
-    for task in ("train", "promote", "batch_score"):
-        row = next(line for line in out.splitlines() if f" {task} " in line)
-        cells = [c.strip() for c in row.strip("│┃ ").split("│")]
-        assert cells[1] == "success" and float(cells[2]) > 0 and float(cells[3]) > 0, row
-    with connect(settings) as conn:
-        rows = conn.execute(
-            "select step, seconds, peak_rss_mb from ops.step_runs where run_id = "
-            "(select run_id from ops.step_runs where step = 'batch_score' order by recorded_at desc limit 1)"
-        ).fetchall()
-    assert {r[0] for r in rows} >= {"resolve_month", "train", "promote", "batch_score"}
-    assert all(seconds > 0 and peak > 0 for _step, seconds, peak in rows), rows
-
-
 def test_the_scheduled_materialization_dag_keeps_the_newest_month_online(stack):
     settings, _ = stack
     before = online_fingerprint(settings)

@@ -19,7 +19,6 @@ from streamflow.core.db import connect, database_url, with_role
 from streamflow.core.stack import EmbeddedPostgres, _bin_dir
 from streamflow.features import apply, materialize
 from streamflow.features.online_store import online_table
-from streamflow.warehouse.build import build
 from tests.compose_model import ROOT, environment, interpolate, raw_compose, read_env_file
 from tests.conftest import make_settings
 
@@ -129,18 +128,6 @@ def test_the_api_role_is_refused_the_warehouse_and_reads_online_and_writes_the_p
             _run(registry, f'select count(*) from public."{tables[0]}"')
             _denied(registry, f'delete from public."{tables[0]}"')
         _denied(registry, "create table public.intruder (x int)")
-
-
-def test_a_full_refresh_swapped_in_keeps_every_roles_privileges(roles_warehouse):
-    settings = roles_warehouse
-    pipeline, api, analyst = (database_url(with_role(settings, r)) for r in ("pipeline", "api", "analyst"))
-    before = _run(pipeline, "select 'marts.labels'::regclass::oid")[0][0]
-    result = build(settings, full_refresh=True)
-    assert result.full_refresh and not result.warnings
-    assert _run(pipeline, "select 'marts.labels'::regclass::oid")[0][0] != before  # new tables, swapped in
-    _check_api_and_analyst(pipeline, api, analyst)
-    assert _run(analyst, "select count(*) from snapshots.snap_users")[0][0] > 0
-    _denied(api, "select 1 from marts.labels limit 1")
 
 
 def test_stack_up_gives_each_role_a_private_password_and_rotates_it(roles_warehouse):
