@@ -97,10 +97,11 @@ def gate_warnings(context: dict[str, Any]) -> list[str]:
 
 
 def quality_gate(group_id: str, dbt_vars: dict[str, Any]):
-    """The quality gate: one cosmos `dbt test` task per raw table (its source tests), so ops see
-    which table failed. Retrying cannot change a data check, so these tasks do not retry. A test of
-    severity warn does not fail its task (dbt: status `warn`, success); it is logged by
-    :func:`gate_warnings`."""
+    """The quality gate: one cosmos `dbt test` task per raw table of the event drops (its source tests), so
+    ops see which table failed, and one for the four tables of the aggregated layout (`raw_aggregated`; the
+    failing test's name in its log names the table). Retrying cannot change a data check, so these tasks do
+    not retry. A test of severity warn does not fail its task (dbt: status `warn`, success); it is logged
+    by :func:`gate_warnings`."""
     from airflow.sdk import TaskGroup
     from cosmos.constants import InvocationMode
     from cosmos.operators.local import DbtTestLocalOperator
@@ -111,12 +112,15 @@ def quality_gate(group_id: str, dbt_vars: dict[str, Any]):
     settings = get_settings()
     _, profile = _dbt_project_profile()
     with TaskGroup(group_id=group_id, tooltip="dbt source tests on raw.* for the drop month") as group:
-        for table in [*FILES, *RAW_TABLES, "load_log"]:
+        # one task per table of the event drops; one for the aggregated layout's four (empty in event months)
+        selections = {f"raw_{t}": [f"source:raw.{t}"] for t in [*FILES, "load_log"]}
+        selections["raw_aggregated"] = [f"source:raw.{t}" for t in RAW_TABLES]
+        for task_id, select in selections.items():
             DbtTestLocalOperator(
-                task_id=f"raw_{table}",
+                task_id=task_id,
                 project_dir=str(settings.dbt_project_dir),
                 profile_config=profile,
-                select=[f"source:raw.{table}"],
+                select=select,
                 vars=dbt_vars,
                 install_deps=False,
                 invocation_mode=InvocationMode.DBT_RUNNER,
