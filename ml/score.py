@@ -35,7 +35,7 @@ from ml.tracking import configure, load_model_alias, load_version, shadow_of
 from streamflow.core import runlog
 from streamflow.core.db import connect
 from streamflow.core.lock import pipeline_lock
-from streamflow.core.names import CHAMPION, CHURN_SCORES, SHADOW_SCORES
+from streamflow.core.names import CHAMPION, CHURN_SCORES, SHADOW_SCORES, SHADOW_SCORES_COLUMNS
 from streamflow.core.progress import SILENT, Progress
 from streamflow.core.settings import Settings
 from streamflow.features.labels import labels_from_docs
@@ -43,16 +43,7 @@ from streamflow.features.labels import labels_from_docs
 log = logging.getLogger("streamflow.ml.score")
 
 COLUMNS = ("user_id", "as_of", "churn_probability", "churn_label_predicted", "model_version", "scored_at", "reasons")
-SHADOW_COLUMNS = (
-    "user_id",
-    "as_of",
-    "champion_version",
-    "champion_probability",
-    "shadow_version",
-    "shadow_probability",
-    "source",
-    "scored_at",
-)
+SHADOW_COLUMNS = SHADOW_SCORES_COLUMNS
 BATCH = "batch"  # ml.shadow_scores.source of the rows `streamflow score` writes
 
 

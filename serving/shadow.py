@@ -32,7 +32,7 @@ from ml.tracking import shadow_of
 from serving.metrics import ApiMetrics
 from serving.model import MlflowModelSource, ModelHolder, ServingModel, VersionRef
 from streamflow.core.db import connect
-from streamflow.core.names import SHADOW, SHADOW_SCORES
+from streamflow.core.names import SHADOW, SHADOW_SCORES, SHADOW_SCORES_COLUMNS
 from streamflow.core.settings import Settings
 from streamflow.features.catalog import UserRow
 
@@ -41,16 +41,7 @@ log = logging.getLogger("streamflow.serving.shadow")
 API = "api"  # ml.shadow_scores.source of the rows the API writes
 WRITE_TIMEOUT_SECONDS = 10.0  # connect and statement timeout of the shadow writer
 IDLE_WAIT_SECONDS = 0.2  # how long the worker waits for a first row before checking whether it should stop
-COLUMNS = (
-    "user_id",
-    "as_of",
-    "champion_version",
-    "champion_probability",
-    "shadow_version",
-    "shadow_probability",
-    "source",
-    "scored_at",
-)
+COLUMNS = SHADOW_SCORES_COLUMNS
 TYPES = ("text", "date", "integer", "double precision", "integer", "double precision", "text", "timestamptz")
 UPSERT = (
     f"insert into {SHADOW_SCORES} ({', '.join(COLUMNS)}) "

@@ -54,3 +54,14 @@ SHADOW = "shadow"
 CHURN_SCORES = f"{ML_SCHEMA}.churn_scores"
 SHADOW_SCORES = f"{ML_SCHEMA}.shadow_scores"
 """A shadow model's probabilities next to the champion's (dbt macro ensure_shadow_scores_table)."""
+SHADOW_SCORES_COLUMNS = (
+    "user_id",
+    "as_of",
+    "champion_version",
+    "champion_probability",
+    "shadow_version",
+    "shadow_probability",
+    "source",
+    "scored_at",
+)
+"""Its columns in table order (the API's upsert and `streamflow score` both write all of them)."""
