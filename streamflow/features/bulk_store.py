@@ -33,18 +33,17 @@ import pyarrow.compute as pc
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _to_naive_utc, extract_text_and_num
 from feast.infra.online_stores.postgres_online_store.postgres import (
-    PostgreSQLOnlineStore,
     PostgreSQLOnlineStoreConfig,
     _table_id,
 )
-from feast.infra.utils.postgres.connection_utils import _get_conn, _get_connection_pool
-from feast.infra.utils.postgres.postgres_config import ConnectionType
+from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.type_map import pg_type_code_to_arrow, python_values_to_proto_values
 from feast.utils import _coerce_datetime, _convert_arrow_to_proto
 from psycopg import sql
 
 from streamflow.features import in_database
+from streamflow.features.columnar_read import READ_TYPE, StreamflowColumnarOnlineStore
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -294,7 +293,7 @@ def write_tables(
 
 
 def _is_postgres(config: RepoConfig) -> bool:
-    return config.online_store.type in ("postgres", BULK_TYPE)
+    return config.online_store.type in ("postgres", BULK_TYPE, READ_TYPE)
 
 
 def _same_database(config: RepoConfig) -> bool:
@@ -375,27 +374,9 @@ class StreamflowPostgresOnlineStoreConfig(PostgreSQLOnlineStoreConfig):
     type: Literal["streamflow.features.bulk_store.StreamflowPostgresOnlineStore"] = BULK_TYPE  # type: ignore[assignment]
 
 
-class StreamflowPostgresOnlineStore(PostgreSQLOnlineStore):
+class StreamflowPostgresOnlineStore(StreamflowColumnarOnlineStore):
     """Feast's PostgreSQL online store whose writes go through COPY and one upsert per batch (same tables,
-    same rows); reads, table creation and teardown are Feast's."""
-
-    @contextlib.contextmanager
-    def _get_conn(self, config: RepoConfig, autocommit: bool = False) -> Iterator[Connection]:
-        # Feast's own, less its assertion that the type is named "postgres"
-        online = config.online_store
-        if online.conn_type == ConnectionType.pool:
-            if not self._conn_pool:
-                self._conn_pool = _get_connection_pool(online)
-                self._conn_pool.open()
-            connection = self._conn_pool.getconn()
-            connection.set_autocommit(autocommit)
-            yield connection
-            self._conn_pool.putconn(connection)
-        else:
-            if not self._conn:
-                self._conn = _get_conn(online)
-            self._conn.set_autocommit(autocommit)
-            yield self._conn
+    same rows); reads, table creation and teardown are Feast's (plus the columnar read of its base)."""
 
     def online_write_batch(self, config: RepoConfig, table: FeatureView, data: Rows, progress) -> None:
         with self._get_conn(config) as conn:

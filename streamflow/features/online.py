@@ -35,6 +35,7 @@ from streamflow.core.names import ALL_SERVICE, ENTITY, MODEL_SERVICE
 from streamflow.core.settings import Settings
 from streamflow.features import online_store as ostore
 from streamflow.features.catalog import Catalog, ServiceLayout, UserRow, read_catalog, rows_from_response
+from streamflow.features.columnar_read import ColumnarRead, StreamflowColumnarOnlineStore
 from streamflow.features.push import PushResult, push_usage_event
 from streamflow.features.store import FeaturesError, _quiet_feast, _service, _store_key
 
@@ -75,6 +76,7 @@ class OnlineReader:
         self._catalog: Catalog | None = None
         self._split_ok: dict[str, bool] = {}  # service -> the split read agreed with Feast's (for _split_for)
         self._split_for: Catalog | None = None
+        self._columnar: dict[str, ColumnarRead | None] = {}  # service -> its columnar read, checked (_split_for)
         self._retry_at = 0.0  # until then reads fail fast: at most one reconnection attempt per pause
         self._store_lock = threading.Lock()
         # reads, pushes and pings share the store's one PostgreSQL connection, and a push's write switches it out
@@ -239,7 +241,7 @@ class OnlineReader:
         if time.monotonic() < self._retry_at:  # a read failed just now: answer at once, retry after a pause
             raise StoreUnavailable(ONLINE, f"the online store did not answer ({self.last_error}); retry shortly")
         if self._split_for is not catalog:  # a new registry snapshot is checked again
-            self._split_ok, self._split_for = {}, catalog
+            self._split_ok, self._columnar, self._split_for = {}, {}, catalog
         try:
             with self._io("reading online features"):
                 self._ensure_connection()
@@ -256,11 +258,18 @@ class OnlineReader:
 
     def _read(self, store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
         verdict = self._split_ok.get(layout.name)
-        if verdict is None:  # first read of this snapshot: compare both ways, keep the split one if equal
+        if verdict is None:  # first read of this snapshot: compare each way with Feast's, keep what agrees
             data = _read_whole(store, layout, user_ids)
             self._split_ok[layout.name] = _agrees(store, layout, user_ids, data)
+            self._columnar[layout.name] = _columnar_plan(store, layout, user_ids)
             return data
-        return _read_split(store, layout, user_ids) if verdict else _read_whole(store, layout, user_ids)
+        if not verdict:
+            return _read_whole(store, layout, user_ids)
+        plan = self._columnar.get(layout.name)
+        if plan is None:
+            return _read_split(store, layout, user_ids)
+        online = store._get_provider().online_store
+        return _derive(layout, online.read_columns(store.config, plan, user_ids))
 
     def ping(self) -> bool:
         """True when the online store answers now."""
@@ -354,15 +363,46 @@ def _read_whole(store: FeatureStore, layout: ServiceLayout, user_ids: list[str])
 def _read_split(store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
     """The stored features from Feast, then each on-demand view's own transformation applied to them: the same
     values with less work per request (checked equal to :func:`_read_whole` for every registry snapshot)."""
+    return _derive(layout, _read_stored(store, layout, user_ids))
+
+
+def _read_stored(store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
+    """The service's stored features (no on-demand ones) as Feast reads them."""
     response = store.get_online_features(features=list(layout.stored_refs), entity_rows=[{ENTITY: u} for u in user_ids])
-    data = response.to_dict(include_event_timestamps=True)
+    return response.to_dict(include_event_timestamps=True)
+
+
+def _derive(layout: ServiceLayout, data: dict[str, list]) -> dict[str, list]:
+    """The stored features plus each on-demand view's outputs, computed by the view's registered function."""
+    n = len(data[ENTITY])
     inputs = {k: v for k, v in data.items() if not k.endswith(TIMESTAMP_POSTFIX)}
     for odfv, outputs in layout.transforms or ():
         result = odfv.feature_transformation.transform(inputs)  # the view's registered python function
         for name in outputs:
             data[name] = list(result[name])
-            data[name + TIMESTAMP_POSTFIX] = [0] * len(user_ids)  # as Feast: derived values have no event time
+            data[name + TIMESTAMP_POSTFIX] = [0] * n  # as Feast: derived values have no event time
     return data
+
+
+def _columnar_plan(store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> ColumnarRead | None:
+    """The columnar read of ``layout``'s stored features when the store offers it and, for ``user_ids``, it
+    answers exactly what Feast's own read answers (else None: reads keep going through Feast)."""
+    online = store._get_provider().online_store
+    if not isinstance(online, StreamflowColumnarOnlineStore) or not layout.stored_refs:
+        return None
+    try:
+        plan = ColumnarRead(store, layout.stored_refs, ENTITY)
+        mine = online.read_columns(store.config, plan, user_ids)
+    except Exception as exc:
+        if ostore.is_store_error(exc):
+            raise
+        log.warning("the columnar read of %s failed (%s): reading through Feast", layout.name, exc)
+        return None
+    feast = _read_stored(store, layout, user_ids)
+    if mine.keys() != feast.keys() or not all(_same(feast[k], mine[k]) for k in feast):
+        log.warning("the columnar read of %s differs from Feast's: reading through Feast", layout.name)
+        return None
+    return plan
 
 
 def _agrees(store: FeatureStore, layout: ServiceLayout, user_ids: list[str], whole: dict) -> bool:

@@ -32,6 +32,7 @@ from streamflow.core.db import connect
 from streamflow.core.names import ENTITY, ONLINE_SCHEMA
 from streamflow.core.settings import Settings
 from streamflow.features.apply import _missing_relations
+from streamflow.features.columnar_read import READ_TYPE
 from streamflow.features.store import KEY_SERIALIZATION, FeaturesError, _errors, feature_store, repo_config
 
 
@@ -133,8 +134,9 @@ def online_count(settings: Settings, view_name: str) -> int:
 # ---------------------------------------------------------------------------------------
 def reader_config(settings: Settings, timeout: float) -> RepoConfig:
     """The platform's Feast configuration, tuned for a long-lived reader: the registry cache never expires by
-    itself (the reader refreshes it), views being materialized keep serving their last values, and the online
-    store gets ``timeout`` seconds to connect and answer."""
+    itself (the reader refreshes it), views being materialized keep serving their last values, the online
+    store gets ``timeout`` seconds to connect and answer, and on PostgreSQL it is Feast's store plus the
+    columnar read (:class:`~streamflow.features.columnar_read.StreamflowColumnarOnlineStore`)."""
     config = repo_config(settings)
     registry = dict(config.registry_config)
     registry.update(cache_ttl_seconds=0, cache_mode="sync", serve_features_while_materializing=True)
@@ -142,11 +144,13 @@ def reader_config(settings: Settings, timeout: float) -> RepoConfig:
     engine["connect_args"] = {**engine.get("connect_args", {}), "connect_timeout": max(1, round(timeout))}
     registry["sqlalchemy_config_kwargs"] = engine
     update: dict[str, Any] = {"registry_config": registry}
+    online = dict(config.online_config) if isinstance(config.online_config, dict) else None
     if settings.online_store == "redis":
-        online = dict(config.online_config) if isinstance(config.online_config, dict) else None
         if online is not None and "socket_timeout" not in online.get("connection_string", ""):
             online["connection_string"] += f",socket_timeout={timeout},socket_connect_timeout={timeout}"
             update["online_config"] = online
+    elif online is not None and online.get("type") == "postgres":  # Feast's store plus the columnar read
+        update["online_config"] = {**online, "type": READ_TYPE}
     return config.model_copy(update=update)
 
 
@@ -189,7 +193,7 @@ def reset_connections(store: FeatureStore) -> None:
 def ping(store: FeatureStore) -> None:
     """One round trip to the online store (raises when it does not answer)."""
     online = store._get_provider().online_store
-    if store.config.online_store.type == "postgres":
+    if store.config.online_store.type != "redis":
         # as Feast's reads do: in autocommit (a push's write may have left the connection out of it)
         with online._get_conn(store.config, autocommit=True) as conn:
             conn.execute("select 1")

@@ -27,7 +27,7 @@ from streamflow.core.db import connect
 from streamflow.core.env import tool_environment
 from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.stack import EmbeddedPostgres
-from streamflow.features import apply, materialize, offline, online_store, push, store
+from streamflow.features import apply, columnar_read, materialize, offline, online_store, push, store
 from streamflow.features import contract as fc
 from streamflow.features import online as online_reads
 from tests.conftest import free_port, run_cli, settings_env
@@ -433,6 +433,63 @@ def test_a_user_who_cancelled_is_not_served_as_current(online, people):
     got = online_reads.online_features(settings, people["leavers"][0])
     assert not got.found
     assert all(v is None for v in got.values.values())
+
+
+def _read_users(people) -> list[str]:
+    """Stayers, joiners, a leaver (not online), an unknown id and a repeated id: every shape of a read."""
+    return [*people["stayers"][:4], *people["joiners"][:2], people["leavers"][0], "nobody-at-all", people["stayers"][0]]
+
+
+def test_the_columnar_read_answers_exactly_what_feasts_own_read_answers(online, people):
+    settings, _ = online
+    reader = online_reads.OnlineReader(settings)
+    catalog = reader.refresh()
+    feast_store = reader.feature_store()
+    online_store_ = feast_store._get_provider().online_store
+    assert isinstance(online_store_, columnar_read.StreamflowColumnarOnlineStore)
+    users = _read_users(people)
+    for service in (reader.model_service, reader.all_service):
+        layout = catalog.services[service]
+        plan = columnar_read.ColumnarRead(feast_store, layout.stored_refs, names.ENTITY)
+        mine = online_store_.read_columns(feast_store.config, plan, users)
+        feast = feast_store.get_online_features(
+            features=list(layout.stored_refs), entity_rows=[{names.ENTITY: u} for u in users]
+        ).to_dict(include_event_timestamps=True)
+        assert mine.keys() == feast.keys()
+        for column, values in feast.items():
+            assert online_reads._same(values, mine[column]), column
+        for column, values in mine.items():  # the leaver and the unknown id: absent; the repeat: the first
+            absent = 0 if column.endswith("__ts") else None
+            assert column.startswith(names.ENTITY) or values[6] == values[7] == absent, column
+            assert values[8] == values[0], column
+        # the reader checks it on a snapshot's first read, then answers from it: the same judged rows
+        first, _ = reader.read(users, service)
+        assert reader._columnar[service] is not None, "the columnar read agreed and is used"
+        second, _ = reader.read(users, service)
+        assert [(r.user_id, r.values, r.as_of, r.verdict) for r in first] == [
+            (r.user_id, r.values, r.as_of, r.verdict) for r in second
+        ]
+    reader.stop()
+
+
+def test_a_columnar_read_that_differs_from_feasts_is_not_used(online, people, monkeypatch):
+    settings, _ = online
+    honest = columnar_read.ColumnarRead.read
+    stayer = people["stayers"][0]
+
+    def off_by_one(self, conn, user_ids):
+        out = honest(self, conn, user_ids)
+        out["monthly_fee"] = [v + 1.0 if v is not None else v for v in out["monthly_fee"]]
+        return out
+
+    monkeypatch.setattr(columnar_read.ColumnarRead, "read", off_by_one)
+    reader = online_reads.OnlineReader(settings)
+    reader.refresh()
+    for _ in range(3):
+        (row,), _catalog = reader.read([stayer], reader.model_service)
+        assert row.values["monthly_fee"] == _mart_row(settings, "subscriptions_profile", stayer, FEB)["monthly_fee"]
+    assert reader._columnar[reader.model_service] is None
+    reader.stop()
 
 
 def _online_snapshot(settings) -> dict:
