@@ -88,16 +88,31 @@ class TreePaths:
         self.base = self.baseline + float(self.expected[self.roots].sum())
         self.width = width
         self.paths = paths.reshape(n * size, width)  # a node's path credits, by flat node index
+        # The walk goes by doubled node ids (d = 2 * node): a level is one gather of the row's value, one
+        # comparison and one gather of the child (d + 1: left, d: right). The row is laid out twice: missing
+        # values as -inf in the first copy (they go left: -inf <= any threshold) and as NaN in the second (they go
+        # right: NaN <= t is false); each node reads the copy its missing_go_to_left names.
+        self._column2 = np.repeat(np.where(self.missing_left, self.feature, self.feature + width), 2)
+        self._threshold2 = np.repeat(self.threshold, 2)
+        self._child2 = np.empty(2 * len(self.left), dtype=np.intp)
+        self._child2[0::2], self._child2[1::2] = 2 * self.right, 2 * self.left
 
-    def _step(self, flat: np.ndarray, offsets: np.ndarray, node: np.ndarray) -> np.ndarray:
-        x = flat.take(offsets + self.feature.take(node))
-        go_left = np.where(np.isnan(x), self.missing_left.take(node), x <= self.threshold.take(node))
-        return np.where(go_left, self.left.take(node), self.right.take(node))
+    def _step(self, flat: np.ndarray, offsets: np.ndarray, doubled: np.ndarray) -> np.ndarray:
+        x = flat.take(offsets + self._column2.take(doubled))
+        return self._child2.take(doubled + (x <= self._threshold2.take(doubled)))
 
     def _start(self, X: np.ndarray):
         n, width = X.shape
-        offsets = (np.arange(n, dtype=np.intp) * width)[:, None]
-        return X.ravel(), offsets, np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        twice = np.concatenate([np.where(np.isnan(X), -np.inf, X), X], axis=1)
+        offsets = (np.arange(n, dtype=np.intp) * (2 * width))[:, None]
+        return twice.ravel(), offsets, np.broadcast_to(2 * self.roots, (n, len(self.roots))).copy()
+
+    def _leaves(self, X: np.ndarray) -> np.ndarray:
+        """The leaf each row reaches in each tree (rows x trees, flat node indexes)."""
+        flat, offsets, doubled = self._start(X)
+        for _ in range(self.depth):
+            doubled = self._step(flat, offsets, doubled)
+        return doubled >> 1
 
     def _margin_of(self, node: np.ndarray) -> np.ndarray:
         leaves = self.value.take(node)
@@ -106,17 +121,12 @@ class TreePaths:
         return summed[:, -1]
 
     def margin(self, X: np.ndarray) -> np.ndarray:
-        flat, offsets, node = self._start(X)
-        for _ in range(self.depth):
-            node = self._step(flat, offsets, node)
-        return self._margin_of(node)
+        return self._margin_of(self._leaves(X))
 
     def explain(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(margin per row, contribution per row and encoded column) from one walk of every tree: the leaves it
         reaches, then the credits of each leaf's path (precomputed at load) summed over the trees."""
-        flat, offsets, node = self._start(X)
-        for _ in range(self.depth):
-            node = self._step(flat, offsets, node)
+        node = self._leaves(X)
         n, trees = node.shape
         if n * trees * self.width <= PATH_SUM_LIMIT:  # a request: one gather, one sum
             contributions = self.paths.take(node, axis=0).sum(axis=1)

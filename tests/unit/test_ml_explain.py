@@ -8,8 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
 
-from ml.explain import DOWN, UP, Explainer, top_reasons
+from ml.explain import DOWN, UP, Explainer, TreePaths, top_reasons
 from ml.train import FAMILIES
 from serving.scorer import canonical_frame, check_rows, compile_scorer
 from streamflow.features.labels import feature_labels, label_of
@@ -170,3 +171,26 @@ def test_every_model_input_has_a_label_from_the_dbt_docs(manifest):
     assert labels["fee_per_active_month"] == "Monthly fee per month subscribed"  # a derived feature's doc block
     assert all(labels[f] != f and labels[f] for f in inputs), labels
     assert feature_labels(manifest, ["not_documented"]) == {"not_documented": "not_documented"}
+
+
+def test_the_tree_walk_sends_missing_and_infinite_values_where_the_classifier_does():
+    """Trees trained with missing values learn, split by split, which side they go to; the flat walk must land
+    in the classifier's own leaves for NaN, -inf and +inf inputs, bit for bit."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(3000, 4))
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
+    X[rng.random(X.shape) < 0.15] = np.nan  # missing on both sides of many splits
+    y[np.isnan(X[:, 3])] = 1  # and a feature whose missingness alone predicts the label
+    clf = HistGradientBoostingClassifier(max_iter=60, random_state=0).fit(X, y)
+    nodes = np.concatenate([p[0].nodes for p in clf._predictors])
+    splits = nodes[~nodes["is_leaf"].astype(bool)]
+    assert splits["missing_go_to_left"].any() and not splits["missing_go_to_left"].all()
+    probe = rng.normal(size=(500, 4))
+    probe[rng.random(probe.shape) < 0.3] = np.nan
+    probe[::37, 1] = np.inf
+    probe[::41, 2] = -np.inf
+    walked = TreePaths(clf)
+    assert np.array_equal(walked.margin(probe), clf._raw_predict(probe).ravel())
+    margin, contributions = walked.explain(probe)
+    assert np.array_equal(margin, clf._raw_predict(probe).ravel())
+    np.testing.assert_allclose(walked.base + contributions.sum(axis=1), margin, atol=1e-9)
