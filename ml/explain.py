@@ -96,6 +96,7 @@ class TreePaths:
         self._threshold2 = np.repeat(self.threshold, 2)
         self._child2 = np.empty(2 * len(self.left), dtype=np.intp)
         self._child2[0::2], self._child2[1::2] = 2 * self.right, 2 * self.left
+        self._roots2 = 2 * self.roots
 
     def _step(self, flat: np.ndarray, offsets: np.ndarray, doubled: np.ndarray) -> np.ndarray:
         x = flat.take(offsets + self._column2.take(doubled))
@@ -103,9 +104,12 @@ class TreePaths:
 
     def _start(self, X: np.ndarray):
         n, width = X.shape
-        twice = np.concatenate([np.where(np.isnan(X), -np.inf, X), X], axis=1)
+        twice = np.empty((n, 2 * width))
+        twice[:, :width] = X
+        np.copyto(twice[:, :width], -np.inf, where=np.isnan(X))
+        twice[:, width:] = X
         offsets = (np.arange(n, dtype=np.intp) * (2 * width))[:, None]
-        return twice.ravel(), offsets, np.broadcast_to(2 * self.roots, (n, len(self.roots))).copy()
+        return twice.ravel(), offsets, np.tile(self._roots2, (n, 1))
 
     def _leaves(self, X: np.ndarray) -> np.ndarray:
         """The leaf each row reaches in each tree (rows x trees, flat node indexes)."""

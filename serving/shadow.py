@@ -40,6 +40,7 @@ log = logging.getLogger("streamflow.serving.shadow")
 
 API = "api"  # ml.shadow_scores.source of the rows the API writes
 WRITE_TIMEOUT_SECONDS = 10.0  # connect and statement timeout of the shadow writer
+YIELD_ROWS = 32  # rows scored between two hand-overs of the interpreter to requests (a chunk: about 1 ms)
 IDLE_WAIT_SECONDS = 0.2  # how long the worker waits for a first row before checking whether it should stop
 COLUMNS = SHADOW_SCORES_COLUMNS
 TYPES = ("text", "date", "integer", "double precision", "integer", "double precision", "text", "timestamptz")
@@ -130,7 +131,11 @@ class ShadowQueue:
 def shadow_rows(batch: Sequence[Served], model: ServingModel, scored_at: datetime) -> list[Row]:
     """The rows of ``batch`` scored by ``model`` in one call, one per (month, user): the last served wins (the
     table's key is (as_of, shadow_version, source, user_id), and one statement may not update a row twice)."""
-    probabilities = model.proba([s.values for s in batch])
+    probabilities: list[float] = []
+    for start in range(0, len(batch), YIELD_ROWS):
+        if start:
+            time.sleep(0)  # let a request waiting for the interpreter run between chunks, not after the batch
+        probabilities.extend(model.proba([s.values for s in batch[start : start + YIELD_ROWS]]))
     version = int(model.version)
     rows: dict[tuple[date, str], Row] = {}
     for served, probability in zip(batch, probabilities, strict=True):

@@ -13,7 +13,7 @@ import pytest
 
 from serving.app import create_app
 from serving.model import ModelHolder
-from serving.shadow import Served, ShadowQueue, ShadowScorer, shadow_from_settings, shadow_rows
+from serving.shadow import YIELD_ROWS, Served, ShadowQueue, ShadowScorer, shadow_from_settings, shadow_rows
 from streamflow.core.runlog import OpsState
 from streamflow.core.settings import Settings
 from tests.serving_support import CLOCK, LocalModels, MemoryFeatures, serve_in_thread, serving_model, user_values
@@ -88,6 +88,16 @@ def test_rows_are_scored_by_the_shadow_and_deduplicated_per_month_and_user_the_l
     last = by_key[(MONTH, USERS[0])]
     assert last == (USERS[0], MONTH, 1, 0.3, 2, pytest.approx(float(model.proba([user_values(2)])[0])), "api", at)
     assert by_key[(MONTH, USERS[1])][5] == pytest.approx(float(model.proba([user_values(1)])[0]), abs=1e-15)
+
+
+def test_a_batch_longer_than_a_chunk_is_scored_in_chunks_exactly_as_in_one_call():
+    _registry, holder = shadow_holder()
+    model = holder.current
+    batch = [served(f"{2000 + i}-BBBBB", i) for i in range(3 * YIELD_ROWS + 5)]
+    rows = shadow_rows(batch, model, datetime(2024, 4, 1, tzinfo=UTC))
+    whole = model.proba([s.values for s in batch])
+    assert [r[0] for r in rows] == [s.user_id for s in batch]
+    assert [r[5] for r in rows] == pytest.approx([float(p) for p in whole], rel=1e-12, abs=1e-15)
 
 
 def test_the_worker_writes_batches_of_at_most_the_batch_size_and_counts_failures():
