@@ -50,6 +50,8 @@ from streamflow.features.catalog import Catalog, ServiceLayout, UserRow
 from streamflow.features.online import ONLINE, OnlineReader, StoreUnavailable
 
 DEADLINE_SLACK_SECONDS = 0.5  # a route's deadline: the store's own timeout, plus this
+WORK_THREADS = 1  # threads a process runs its routes' blocking work in, one request after the other: reads share the
+# store's one connection and scoring holds the interpreter, so more threads would only take turns (and each turn costs)
 
 ADMIN_ACCESS, READ_ACCESS = "admin", "read"  # what a bearer token grants
 
@@ -119,9 +121,16 @@ class ServingState:
     tokens: Tokens = field(init=False)
     # (model, version, service layout) -> inputs the service does not serve
     _missing_inputs: dict[tuple, list[str]] = field(default_factory=dict, init=False, repr=False)
+    _threads: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.tokens = api_tokens(self.settings)
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        limiter = self._threads
+        if limiter is None:  # made in the event loop, on first use
+            limiter = self._threads = anyio.CapacityLimiter(WORK_THREADS)
+        return limiter
 
     def refuse_reader(self, authorization: str | None) -> Response | None:
         """401 for a read route when a read token is configured and ``authorization`` grants neither token;
@@ -151,7 +160,9 @@ class ServingState:
         given). The thread is left to finish: every store call it makes has a timeout of its own."""
         try:
             with anyio.fail_after(self.deadline):
-                return await anyio.to_thread.run_sync(partial(work, *args), abandon_on_cancel=True)
+                return await anyio.to_thread.run_sync(
+                    partial(work, *args), abandon_on_cancel=True, limiter=self._limiter()
+                )
         except TimeoutError:
             self.telemetry.store_error(store)
             if late is not None:

@@ -85,7 +85,7 @@ class ColumnarRead:
             out[feature] = [None] * n
             out[feature + TIMESTAMP_POSTFIX] = [0] * n
         value = ValueProto()
-        with conn.cursor() as cur:
+        with conn.cursor(binary=True) as cur:  # bytea and timestamptz as they are stored: nothing to parse
             cur.execute(self.query, {"keys": list(where)}, prepare=True)
             for entity_key, feature, raw, event_ts in cur:
                 value.ParseFromString(raw)
