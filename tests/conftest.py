@@ -178,3 +178,16 @@ def warehouse_copy(built_warehouse, tmp_path_factory):
         return settings.model_copy(update={"dbt_target_path": root / name / "target"})
 
     return copy_of
+
+
+@pytest.fixture(scope="session")
+def world_template(built_warehouse, tmp_path_factory) -> Settings:
+    """The settings of a serving world (tests/serving_world.py: the built warehouse copied in, Feast applied and
+    January to March materialized, a champion promoted) built once per session, its server stopped: modules
+    take a `clone_world` of it, each with a server and a data directory of its own."""
+    from tests.serving_world import build_world  # Feast and MLflow, imported only by sessions that serve
+
+    with server_home("streamflow-world-template-") as home:
+        settings = build_world(home, built_warehouse, tmp_path_factory.mktemp("world_template"))
+        EmbeddedPostgres(settings).down()
+        yield settings

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+from psycopg import sql
 
 from ml.promote import promote
 from ml.train import train
@@ -125,18 +126,35 @@ def api_server(settings: Settings, log: Path, *extra: str) -> Iterator[tuple[str
                 os.killpg(proc.pid, 9)
 
 
+# the settings of every world; a clone may change only those read at run time (RUNTIME_SETTINGS)
+WORLD_SETTINGS = dict(
+    api_token=TOKEN,
+    model_poll_seconds=1.0,
+    feature_refresh_seconds=2.0,
+    batch_limit=150,
+    promotion_min_roc_auc=0.5,
+)
+RUNTIME_SETTINGS = frozenset(
+    {
+        "api_token",
+        "api_read_token",
+        "model_poll_seconds",
+        "feature_refresh_seconds",
+        "batch_limit",
+        "shadow_flush_seconds",
+        "api_port",
+        "mlflow_port",
+        "docs_port",
+        "airflow_port",
+    }
+)
+
+
 def build_world(home: Path, warehouse: Settings, tmp: Path, **overrides) -> Settings:
     """Settings of a platform under ``home`` with the built warehouse copied in, Feast applied and January to
     March materialized, and version 1 (trained at March) promoted to champion. ``overrides``: other settings (the
-    Redis online store, say)."""
-    values = dict(
-        dbt_target_path=warehouse.dbt_target_path,
-        api_token=TOKEN,
-        model_poll_seconds=1.0,
-        feature_refresh_seconds=2.0,
-        batch_limit=150,
-        promotion_min_roc_auc=0.5,
-    )
+    Redis online store, say). A world with the default built state is cheaper as a :func:`clone_world`."""
+    values = dict(dbt_target_path=warehouse.dbt_target_path, **WORLD_SETTINGS)
     settings = make_settings(home, **{**values, **overrides})
     EmbeddedPostgres(settings).up()
     copy_warehouse(warehouse, "dbt_warehouse_template", settings, tmp / "warehouse.dump")
@@ -147,6 +165,56 @@ def build_world(home: Path, warehouse: Settings, tmp: Path, **overrides) -> Sett
     result = promote(settings)
     assert result.champion_after == "1", result.as_dict()
     return settings
+
+
+def clone_world(template: Settings, home: Path, **overrides) -> Settings:
+    """A world of its own under ``home``, the same as :func:`build_world` gives, copied from the stopped
+    ``template`` world (its home: the data directory, secrets, MLflow artifacts) and started on a free port.
+
+    Independent of the template and of every other clone: its own server, data directory and artifacts.
+    ``overrides``: settings read at run time only (RUNTIME_SETTINGS); a world whose built state differs (the
+    Redis online store) is built with :func:`build_world`."""
+    built_state = set(overrides) - RUNTIME_SETTINGS
+    assert not built_state, f"{sorted(built_state)} change what is built: use build_world"
+    source = EmbeddedPostgres(template)
+    assert not source.is_running(), "the template world's server must be stopped while it is copied"
+    subprocess.run(["cp", "-a", f"{source.home}/.", str(home)], check=True, capture_output=True, timeout=300)
+    settings = make_settings(home, dbt_target_path=template.dbt_target_path, **{**WORLD_SETTINGS, **overrides})
+    server = EmbeddedPostgres(settings)
+    server.log_file.write_text("")  # the template's server log is not this server's
+    server.up()
+    rehome_mlflow(settings, source.home, server.home)
+    rehome_artifacts(settings, source.home, server.home)
+    return settings
+
+
+def rehome_artifacts(settings: Settings, old: Path, new: Path) -> None:
+    """Rewrite ``old`` (the template's home) as ``new`` in the artifact files that name it (MLmodel)."""
+    for path in settings.artifacts_dir.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if f"{old}/".encode() not in data:
+            continue
+        text = data.decode()  # a binary artifact naming the home would fail here rather than be corrupted
+        path.write_text(text.replace(f"{old}/", f"{new}/"))
+
+
+def rehome_mlflow(settings: Settings, old: Path, new: Path) -> None:
+    """Point every location the MLflow store holds under ``old`` (artifact roots of experiments, runs, logged
+    models and model versions: absolute file URIs) at the same place under ``new``."""
+    with connect(settings, settings.mlflow_db, autocommit=True) as conn:
+        columns = conn.execute(
+            "select table_name, column_name from information_schema.columns "
+            "where table_schema = 'public' and data_type in ('text', 'character varying')"
+        ).fetchall()
+        for table, column in columns:
+            conn.execute(
+                sql.SQL("update {t} set {c} = replace({c}, %(old)s, %(new)s) where strpos({c}, %(old)s) > 0").format(
+                    t=sql.Identifier(table), c=sql.Identifier(column)
+                ),
+                {"old": f"{old}/", "new": f"{new}/"},
+            )
 
 
 def users_by_history(settings: Settings) -> tuple[list[str], list[str]]:

@@ -28,7 +28,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from streamflow.core.settings import Settings
 from tests.browser_support import chromium, headless_chromium, keep_page
 from tests.conftest import ROOT, STREAMFLOW, free_port, server_home, settings_env
-from tests.serving_world import api_server, build_world, users_by_history
+from tests.serving_world import api_server, clone_world, users_by_history
 
 START_SECONDS = 180  # a UI process from start to its first answer (MLflow's server, dbt docs generate)
 
@@ -76,12 +76,12 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
 
 
 @pytest.fixture(scope="session")
-def platform(built_warehouse, tmp_path_factory) -> Iterator[Platform]:
+def platform(world_template, tmp_path_factory) -> Iterator[Platform]:
     """The API, the MLflow UI and the dbt docs site of one platform, all on loopback."""
     chromium()  # fail before minutes of set-up when the browser is missing
     tmp = tmp_path_factory.mktemp("browser")
     with server_home("streamflow-browser-") as home:
-        settings = build_world(home, built_warehouse, tmp)
+        settings = clone_world(world_template, home)
         active, _leavers = users_by_history(settings)
         mlflow_port, docs_port = free_port(), free_port()
         # dbt docs generate writes its own target folder, not the shared one of the session's warehouse

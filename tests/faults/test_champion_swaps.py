@@ -15,7 +15,7 @@ from ml.train import train
 from streamflow.features.online import online_read
 from tests.conftest import server_home
 from tests.faults.conftest import ClientLoop
-from tests.serving_world import FEB, api_server, build_world, users_by_history
+from tests.serving_world import FEB, api_server, clone_world, users_by_history
 
 pytestmark = pytest.mark.faults
 
@@ -24,11 +24,11 @@ SWAPS = 8
 
 
 @pytest.fixture(scope="module")
-def swap_world(built_warehouse, tmp_path_factory):
+def swap_world(world_template, tmp_path_factory):
     """A platform whose model ``streamflow_churn_swap`` has versions 1 (trained at March) and 2 (at February)."""
     tmp = tmp_path_factory.mktemp("swap_world")
     with server_home("streamflow-swap-faults-") as home:
-        base = build_world(home, built_warehouse, tmp)
+        base = clone_world(world_template, home)
         train(base, FEB)
         settings = base.model_copy(update={"model_name": "streamflow_churn_swap"})
         client = configure(base)

@@ -20,16 +20,16 @@ from streamflow.features.online_store import online_table
 from tests.conftest import server_home
 from tests.faults.conftest import ClientLoop, wait_for
 from tests.serving_support import CATEGORICAL, NUMERIC, training_frame
-from tests.serving_world import World, api_server, build_world, users_by_history, wait_http
+from tests.serving_world import World, api_server, clone_world, users_by_history, wait_http
 
 pytestmark = pytest.mark.faults
 
 
 @pytest.fixture(scope="module")
-def world(built_warehouse, tmp_path_factory) -> World:
+def world(world_template, tmp_path_factory) -> World:
     tmp = tmp_path_factory.mktemp("faults_world")
     with server_home("streamflow-faults-") as home:
-        settings = build_world(home, built_warehouse, tmp)
+        settings = clone_world(world_template, home)
         active, leavers = users_by_history(settings)
         log = tmp / "api.log"
         with api_server(settings, log) as (url, proc):

@@ -46,7 +46,7 @@ from tests.serving_world import (
     TOKEN,
     World,
     api_server,
-    build_world,
+    clone_world,
     users_by_history,
     wait_http,
     write_old_values,
@@ -60,10 +60,10 @@ UNKNOWN = [f"0000-QQQ{a}{b}" for a in "ABCDEFGHIJ" for b in "ABC"]  # valid ids 
 
 
 @pytest.fixture(scope="module")
-def world(built_warehouse, tmp_path_factory) -> World:
+def world(world_template, tmp_path_factory) -> World:
     tmp = tmp_path_factory.mktemp("api_world")
     with server_home("streamflow-api-") as home:
-        settings = build_world(home, built_warehouse, tmp, api_read_token=READ_TOKEN)
+        settings = clone_world(world_template, home, api_read_token=READ_TOKEN)
         active, leavers = users_by_history(settings)
         write_old_values(settings, leavers[0], JAN)  # a user whose online values stayed at January
         log = tmp / "api.log"

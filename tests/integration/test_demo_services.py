@@ -21,7 +21,7 @@ from streamflow.cli import demo
 from streamflow.core import services
 from streamflow.orchestration import airflow_environment
 from tests.conftest import free_port, run_cli, server_home
-from tests.serving_world import build_world
+from tests.serving_world import clone_world
 
 pytestmark = pytest.mark.integration
 
@@ -47,15 +47,12 @@ def process_tree(pids: list[int]) -> set[psutil.Process]:
     return out
 
 
-def test_every_url_the_demo_prints_answers_and_stop_leaves_no_process_and_no_port(
-    built_warehouse, tmp_path_factory, monkeypatch
-):
-    tmp = tmp_path_factory.mktemp("demo_services")
+def test_every_url_the_demo_prints_answers_and_stop_leaves_no_process_and_no_port(world_template, monkeypatch):
     venv_bin = str(Path(sys.executable).parent)
     monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin))
     with server_home("streamflow-demo-services-") as home:
         ports = {"api_port": free_port(), "mlflow_port": free_port(), "docs_port": free_port()}
-        settings = build_world(home, built_warehouse, tmp, airflow_port=free_port(), **ports)
+        settings = clone_world(world_template, home, airflow_port=free_port(), **ports)
         local = services.local_services(settings)
         out = io.StringIO()
         console = Console(file=out, width=200)

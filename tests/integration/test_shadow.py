@@ -25,7 +25,7 @@ from streamflow.features.online import OnlineReader
 from tests.conftest import run_cli, server_home
 from tests.integration.test_model_format import log_version
 from tests.serving_support import serve_in_thread
-from tests.serving_world import FEB, MAR, api_server, build_world, users_by_history
+from tests.serving_world import FEB, MAR, api_server, clone_world, users_by_history
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +33,12 @@ REQUESTS = 300
 
 
 @pytest.fixture(scope="module")
-def shadow_world(built_warehouse, tmp_path_factory):
+def shadow_world(world_template, tmp_path_factory):
     """A platform whose champion is v1 (trained at March) and whose challenger v2 (trained at February) was not
     promoted: v2 is the shadow. ``expected``: version -> user -> probability on the users' online features."""
     tmp = tmp_path_factory.mktemp("shadow_world")
     with server_home("streamflow-shadow-") as home:
-        settings = build_world(home, built_warehouse, tmp, shadow_flush_seconds=0.2)
+        settings = clone_world(world_template, home, shadow_flush_seconds=0.2)
         train(settings, FEB)
         active, _leavers = users_by_history(settings)
         users = active[:100]
