@@ -122,6 +122,7 @@ class ServingState:
     # (model, version, service layout) -> inputs the service does not serve
     _missing_inputs: dict[tuple, list[str]] = field(default_factory=dict, init=False, repr=False)
     _threads: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
+    in_flight: int = field(default=0, init=False)  # requests waiting for or in the worker thread (event loop only)
 
     def __post_init__(self) -> None:
         self.tokens = api_tokens(self.settings)
@@ -158,6 +159,7 @@ class ServingState:
     ) -> Response:
         """``work(*args)`` in the threadpool, its answer, or once :attr:`deadline` passes a 503 (``late(self)`` when
         given). The thread is left to finish: every store call it makes has a timeout of its own."""
+        self.in_flight += 1
         try:
             with anyio.fail_after(self.deadline):
                 return await anyio.to_thread.run_sync(
@@ -168,6 +170,8 @@ class ServingState:
             if late is not None:
                 return late(self)
             return unavailable(f"no answer within {self.deadline:g} s while {doing}; retry shortly", store)
+        finally:
+            self.in_flight -= 1
 
     def model_or_503(self) -> ServingModel | Response:
         """The model to answer with, or the 503 saying why there is none."""

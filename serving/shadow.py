@@ -40,7 +40,9 @@ log = logging.getLogger("streamflow.serving.shadow")
 
 API = "api"  # ml.shadow_scores.source of the rows the API writes
 WRITE_TIMEOUT_SECONDS = 10.0  # connect and statement timeout of the shadow writer
-YIELD_ROWS = 32  # rows scored between two hand-overs of the interpreter to requests (a chunk: about 1 ms)
+YIELD_ROWS = 8  # rows scored between two chances for requests to go first (a chunk: well under a millisecond)
+GIVE_WAY_SECONDS = 0.05  # the longest the shadow waits for requests in progress before its next chunk
+GIVE_WAY_POLL_SECONDS = 0.0005
 IDLE_WAIT_SECONDS = 0.2  # how long the worker waits for a first row before checking whether it should stop
 COLUMNS = SHADOW_SCORES_COLUMNS
 TYPES = ("text", "date", "integer", "double precision", "integer", "double precision", "text", "timestamptz")
@@ -128,13 +130,19 @@ class ShadowQueue:
         return self._queue.qsize()
 
 
-def shadow_rows(batch: Sequence[Served], model: ServingModel, scored_at: datetime) -> list[Row]:
+def _let_others_run() -> None:
+    time.sleep(0)
+
+
+def shadow_rows(
+    batch: Sequence[Served], model: ServingModel, scored_at: datetime, give_way: Callable[[], None] = _let_others_run
+) -> list[Row]:
     """The rows of ``batch`` scored by ``model`` in one call, one per (month, user): the last served wins (the
     table's key is (as_of, shadow_version, source, user_id), and one statement may not update a row twice)."""
     probabilities: list[float] = []
     for start in range(0, len(batch), YIELD_ROWS):
         if start:
-            time.sleep(0)  # let a request waiting for the interpreter run between chunks, not after the batch
+            give_way()  # requests go first: between chunks, not after the whole batch
         probabilities.extend(model.proba([s.values for s in batch[start : start + YIELD_ROWS]]))
     version = int(model.version)
     rows: dict[tuple[date, str], Row] = {}
@@ -213,6 +221,7 @@ class ShadowScorer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
+        self.busy: Callable[[], bool] = lambda: False  # requests are being worked on: the shadow waits its turn
 
     @property
     def model(self) -> ServingModel | None:
@@ -233,6 +242,13 @@ class ShadowScorer:
             if self._metrics is not None:
                 self._metrics.shadow_dropped.inc()
 
+    def _give_way(self) -> None:
+        """Wait while requests are being worked on (``busy``), at most GIVE_WAY_SECONDS, then let others run."""
+        deadline = time.monotonic() + GIVE_WAY_SECONDS
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(GIVE_WAY_POLL_SECONDS)
+        time.sleep(0)
+
     def flush(self, batch: Sequence[Served]) -> int:
         """Score ``batch`` with the shadow and write it; returns the rows written (0 when it failed, counted)."""
         model = self.models.current
@@ -242,7 +258,8 @@ class ShadowScorer:
         try:
             if missing:
                 raise ValueError(f"shadow v{model.version} needs features the served rows lack: {missing}")
-            rows = shadow_rows(batch, model, datetime.now(UTC))
+            rows = shadow_rows(batch, model, datetime.now(UTC), self._give_way)
+            self._give_way()
             self.write(rows)
         except Exception as exc:  # noqa: BLE001 - shadow scoring never affects the service: count, log, go on
             self._failed(len(batch), exc)

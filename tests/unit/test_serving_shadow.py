@@ -13,7 +13,15 @@ import pytest
 
 from serving.app import create_app
 from serving.model import ModelHolder
-from serving.shadow import YIELD_ROWS, Served, ShadowQueue, ShadowScorer, shadow_from_settings, shadow_rows
+from serving.shadow import (
+    GIVE_WAY_SECONDS,
+    YIELD_ROWS,
+    Served,
+    ShadowQueue,
+    ShadowScorer,
+    shadow_from_settings,
+    shadow_rows,
+)
 from streamflow.core.runlog import OpsState
 from streamflow.core.settings import Settings
 from tests.serving_support import CLOCK, LocalModels, MemoryFeatures, serve_in_thread, serving_model, user_values
@@ -98,6 +106,22 @@ def test_a_batch_longer_than_a_chunk_is_scored_in_chunks_exactly_as_in_one_call(
     whole = model.proba([s.values for s in batch])
     assert [r[0] for r in rows] == [s.user_id for s in batch]
     assert [r[5] for r in rows] == pytest.approx([float(p) for p in whole], rel=1e-12, abs=1e-15)
+
+
+def test_the_shadow_waits_between_chunks_while_requests_are_in_progress_but_never_for_ever():
+    _registry, holder = shadow_holder()
+    table = Table()
+    scorer = ShadowScorer(holder, table, queue_size=100, batch_size=100, flush_seconds=0.1)
+    batch = [served(f"{3000 + i}-CCCCC", i) for i in range(3 * YIELD_ROWS)]
+    started = time.perf_counter()
+    assert scorer.flush(batch) == len(batch)
+    idle = time.perf_counter() - started
+    scorer.busy = lambda: True  # a request always in progress: each chunk and the write wait their bounded turn
+    started = time.perf_counter()
+    assert scorer.flush(batch) == len(batch)
+    waited = time.perf_counter() - started
+    assert waited >= 3 * GIVE_WAY_SECONDS > idle
+    assert len(table.rows) == 2 * len(batch)
 
 
 def test_the_worker_writes_batches_of_at_most_the_batch_size_and_counts_failures():
