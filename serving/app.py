@@ -135,7 +135,7 @@ def create_app(
     )
     if shadow is not None:
         shadow.attach(metrics)
-        shadow.busy = lambda: state.in_flight > 0  # the shadow scores between requests, not during them
+        shadow.wait_idle = state.idle.wait  # the shadow scores between requests, not during them
     app = FastAPI(
         title="StreamFlow prediction API",
         version="1.0",

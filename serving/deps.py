@@ -18,6 +18,7 @@ unreachable store makes those requests answer 503 while /health and everything e
 from __future__ import annotations
 
 import hmac
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -123,9 +124,11 @@ class ServingState:
     _missing_inputs: dict[tuple, list[str]] = field(default_factory=dict, init=False, repr=False)
     _threads: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
     in_flight: int = field(default=0, init=False)  # requests waiting for or in the worker thread (event loop only)
+    idle: threading.Event = field(default_factory=threading.Event, init=False)  # set while in_flight is 0
 
     def __post_init__(self) -> None:
         self.tokens = api_tokens(self.settings)
+        self.idle.set()
 
     def _limiter(self) -> anyio.CapacityLimiter:
         limiter = self._threads
@@ -160,6 +163,7 @@ class ServingState:
         """``work(*args)`` in the threadpool, its answer, or once :attr:`deadline` passes a 503 (``late(self)`` when
         given). The thread is left to finish: every store call it makes has a timeout of its own."""
         self.in_flight += 1
+        self.idle.clear()
         try:
             with anyio.fail_after(self.deadline):
                 return await anyio.to_thread.run_sync(
@@ -172,6 +176,8 @@ class ServingState:
             return unavailable(f"no answer within {self.deadline:g} s while {doing}; retry shortly", store)
         finally:
             self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
 
     def model_or_503(self) -> ServingModel | Response:
         """The model to answer with, or the 503 saying why there is none."""

@@ -42,7 +42,6 @@ API = "api"  # ml.shadow_scores.source of the rows the API writes
 WRITE_TIMEOUT_SECONDS = 10.0  # connect and statement timeout of the shadow writer
 YIELD_ROWS = 8  # rows scored between two chances for requests to go first (a chunk: well under a millisecond)
 GIVE_WAY_SECONDS = 0.05  # the longest the shadow waits for requests in progress before its next chunk
-GIVE_WAY_POLL_SECONDS = 0.0005
 IDLE_WAIT_SECONDS = 0.2  # how long the worker waits for a first row before checking whether it should stop
 COLUMNS = SHADOW_SCORES_COLUMNS
 TYPES = ("text", "date", "integer", "double precision", "integer", "double precision", "text", "timestamptz")
@@ -221,7 +220,8 @@ class ShadowScorer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
-        self.busy: Callable[[], bool] = lambda: False  # requests are being worked on: the shadow waits its turn
+        # blocks until no request is being worked on (or the timeout passes): the shadow waits its turn
+        self.wait_idle: Callable[[float], object] = lambda _timeout: None
 
     @property
     def model(self) -> ServingModel | None:
@@ -243,10 +243,9 @@ class ShadowScorer:
                 self._metrics.shadow_dropped.inc()
 
     def _give_way(self) -> None:
-        """Wait while requests are being worked on (``busy``), at most GIVE_WAY_SECONDS, then let others run."""
-        deadline = time.monotonic() + GIVE_WAY_SECONDS
-        while self.busy() and time.monotonic() < deadline:
-            time.sleep(GIVE_WAY_POLL_SECONDS)
+        """Wait until no request is being worked on (``wait_idle``, at most GIVE_WAY_SECONDS), then let others
+        run: the shadow's chunks fill the gaps between requests."""
+        self.wait_idle(GIVE_WAY_SECONDS)
         time.sleep(0)
 
     def flush(self, batch: Sequence[Served]) -> int:

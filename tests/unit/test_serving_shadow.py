@@ -116,7 +116,8 @@ def test_the_shadow_waits_between_chunks_while_requests_are_in_progress_but_neve
     started = time.perf_counter()
     assert scorer.flush(batch) == len(batch)
     idle = time.perf_counter() - started
-    scorer.busy = lambda: True  # a request always in progress: each chunk and the write wait their bounded turn
+    in_progress = threading.Event()  # never set: a request always in progress, each chunk and the write wait
+    scorer.wait_idle = in_progress.wait
     started = time.perf_counter()
     assert scorer.flush(batch) == len(batch)
     waited = time.perf_counter() - started
