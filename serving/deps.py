@@ -160,8 +160,9 @@ class ServingState:
         store: str = ONLINE,
         late: Callable[[ServingState], Response] | None = None,
     ) -> Response:
-        """``work(*args)`` in the threadpool, its answer, or once :attr:`deadline` passes a 503 (``late(self)`` when
-        given). The thread is left to finish: every store call it makes has a timeout of its own."""
+        """``work(*args)`` in the worker thread (WORK_THREADS, requests in turn), its answer, or once
+        :attr:`deadline` passes a 503 (``late(self)`` when given). The thread is left to finish: every store call it
+        makes has a timeout of its own."""
         self.in_flight += 1
         self.idle.clear()
         try:

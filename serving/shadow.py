@@ -136,8 +136,9 @@ def _let_others_run() -> None:
 def shadow_rows(
     batch: Sequence[Served], model: ServingModel, scored_at: datetime, give_way: Callable[[], None] = _let_others_run
 ) -> list[Row]:
-    """The rows of ``batch`` scored by ``model`` in one call, one per (month, user): the last served wins (the
-    table's key is (as_of, shadow_version, source, user_id), and one statement may not update a row twice)."""
+    """The rows of ``batch`` scored by ``model`` (YIELD_ROWS at a time, ``give_way()`` between chunks), one per
+    (month, user): the last served wins (the table's key is (as_of, shadow_version, source, user_id), and one
+    statement may not update a row twice)."""
     probabilities: list[float] = []
     for start in range(0, len(batch), YIELD_ROWS):
         if start:
