@@ -40,8 +40,13 @@ demo: venv
 stop:
 	@test -x $(VENV)/bin/streamflow && $(VENV)/bin/streamflow stop || true
 
+# Two pytest workers (pytest-xdist), each test module whole on one of them, handed out in the order of
+# tests/conftest.py (longest first): most of a test's time is spent waiting on the servers, dbt and Airflow it
+# starts, so two at a time use both cores. TEST_WORKERS=0 runs them one by one.
+TEST_WORKERS ?= 2
+
 test: venv sysdeps
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Every locked package against the known advisories (pip-audit on PyPI's JSON API; needs network). Accepted
 # advisories, each with its reason and review date: ops/pip-audit-allowlist.toml. The hosted workflow runs it as a job of its own.

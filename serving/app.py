@@ -153,7 +153,7 @@ def create_app(
     app.state.models = models
     app.state.metrics = metrics
     app.add_middleware(BodyLimit)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, working=state.working)
     app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     for router in ROUTERS:

@@ -17,9 +17,10 @@ unreachable store makes those requests answer 503 while /health and everything e
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated
@@ -123,7 +124,7 @@ class ServingState:
     # (model, version, service layout) -> inputs the service does not serve
     _missing_inputs: dict[tuple, list[str]] = field(default_factory=dict, init=False, repr=False)
     _threads: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
-    in_flight: int = field(default=0, init=False)  # requests waiting for or in the worker thread (event loop only)
+    in_flight: int = field(default=0, init=False)  # requests in progress, answers not sent yet (event loop only)
     idle: threading.Event = field(default_factory=threading.Event, init=False)  # set while in_flight is 0
 
     def __post_init__(self) -> None:
@@ -163,8 +164,6 @@ class ServingState:
         """``work(*args)`` in the worker thread (WORK_THREADS, requests in turn), its answer, or once
         :attr:`deadline` passes a 503 (``late(self)`` when given). The thread is left to finish: every store call it
         makes has a timeout of its own."""
-        self.in_flight += 1
-        self.idle.clear()
         try:
             with anyio.fail_after(self.deadline):
                 return await anyio.to_thread.run_sync(
@@ -175,6 +174,15 @@ class ServingState:
             if late is not None:
                 return late(self)
             return unavailable(f"no answer within {self.deadline:g} s while {doing}; retry shortly", store)
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """A request in progress, from its start until its answer is sent (the metrics middleware enters this for
+        every request): :attr:`idle` is clear until none is, and the shadow scores only then."""
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            yield
         finally:
             self.in_flight -= 1
             if not self.in_flight:
@@ -197,7 +205,21 @@ class ServingState:
     def read_user(self, user_id: str, service: str) -> tuple[UserRow, ServiceLayout] | Response:
         """One user's judged row of ``service`` and the service's layout, or the answer that refuses it:
         404 naming the missing features, 409 naming the stale views, 503 when the store is down."""
-        result = self.read([user_id], service)
+        return self._judged(self.read([user_id], service), service)
+
+    async def read_user_async(self, user_id: str, service: str) -> tuple[UserRow, ServiceLayout] | Response | None:
+        """:meth:`read_user` on the event loop (:meth:`OnlineReader.read_async`), or None when this read must go
+        through :meth:`read_user` in the worker thread."""
+        try:
+            result = await self.features.read_async([user_id], service)
+        except StoreUnavailable as exc:
+            return unavailable(str(exc), exc.store)
+        return None if result is None else self._judged(result, service)
+
+    @staticmethod
+    def _judged(
+        result: tuple[list[UserRow], Catalog] | Response, service: str
+    ) -> tuple[UserRow, ServiceLayout] | Response:
         if isinstance(result, Response):
             return result
         (row,), catalog = result

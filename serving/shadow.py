@@ -9,8 +9,10 @@ A prediction route, once its answer is built, hands what it served (user, busine
 the champion's version and probability) to :meth:`ShadowScorer.offer`: a put into a bounded in-memory queue that
 never waits. When the queue is full the prediction is dropped and counted (``streamflow_shadow_dropped_total``).
 A background thread takes batches (``STREAMFLOW_SHADOW_BATCH_SIZE`` rows, or what arrived within
-``STREAMFLOW_SHADOW_FLUSH_SECONDS``), scores each batch with the shadow's compiled scorer in one call, keeps one
-row per (month, user) and upserts them with one statement (:class:`PostgresShadowWriter`). A batch that cannot be
+``STREAMFLOW_SHADOW_FLUSH_SECONDS``), scores each batch with the shadow's compiled scorer (YIELD_ROWS rows at a
+time, each chunk started only once no request is in progress: the app counts a request from its start until its
+answer is sent, :meth:`serving.deps.ServingState.working`), keeps one row per (month, user) and upserts them with
+one statement (:class:`PostgresShadowWriter`). A batch that cannot be
 scored or written is counted (``streamflow_shadow_failed_total``) and logged; the answers never change.
 """
 

@@ -5,6 +5,7 @@ The metric names are those of :mod:`serving.metrics` (shared with the alert rule
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -34,11 +35,16 @@ class MetricsMiddleware:
     """Pure ASGI: counts every HTTP request and observes its latency by route template, method and status.
 
     Also the last resort for unexpected errors: the traceback goes to the log, the client gets a bare JSON 500,
-    and the connection stays usable (an exception that reached the server would close it)."""
+    and the connection stays usable (an exception that reached the server would close it). ``working()`` (a context
+    manager, optional) is entered for each request from its start until its answer is sent: the app's count of
+    requests in progress, which the shadow scorer waits on."""
 
-    def __init__(self, app, metrics: ApiMetrics):
+    def __init__(
+        self, app, metrics: ApiMetrics, working: Callable[[], contextlib.AbstractContextManager] | None = None
+    ):
         self.app = app
         self.metrics = metrics
+        self.working = working or contextlib.nullcontext
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope, receive, send):
@@ -55,7 +61,8 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            with self.working():
+                await self.app(scope, receive, send_status)
         except Exception:
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
             if status:  # the answer had begun: nothing more can be said on this connection

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -22,15 +23,52 @@ ROOT = Path(__file__).resolve().parent.parent
 STREAMFLOW = str(Path(sys.executable).with_name("streamflow"))
 
 
+# with pytest-xdist each worker takes ports from a range of its own, below Linux's ephemeral range (32768-60999):
+# a port one worker found free cannot be handed to the other before its server binds it
+PORTS_PER_WORKER = 4000
+
+
+# With pytest-xdist (`make test`), test modules go whole to whichever worker is free, in collection order: the long
+# ones first (Airflow runs, faults, browsers, then the integration modules), the many short unit tests last, so the
+# two workers finish together instead of one waiting for the other's last long module.
+DIRECTORY_ORDER = ("tests/e2e/", "tests/faults/", "tests/browser/", "tests/integration/", "tests/unit/")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, d in enumerate(DIRECTORY_ORDER) if item.nodeid.startswith(d)), len(DIRECTORY_ORDER))
+
+    items.sort(key=rank)  # stable: the order within a directory stays pytest's
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now (with pytest-xdist: from this worker's own range)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    low = 16000 + int(worker[2:]) * PORTS_PER_WORKER
+    for port in random.sample(range(low, low + PORTS_PER_WORKER), PORTS_PER_WORKER):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + PORTS_PER_WORKER - 1}")
 
 
 def make_settings(home: Path, **overrides) -> Settings:
     """Settings for a test: explicit values only, never the developer's .env or environment."""
-    values = dict(home=home, project_dir=ROOT, database_url=None, pg_port=free_port())
+    # dbt's target and logs under the test's home: tests that run at the same time never share them
+    values = dict(
+        home=home,
+        project_dir=ROOT,
+        database_url=None,
+        pg_port=free_port(),
+        dbt_target_path=Path(home) / "dbt" / "target",
+    )
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

@@ -85,7 +85,9 @@ def _layout(name: str, views: dict[str, tuple[str, ...]], derived: dict[str, tup
 
 class MemoryFeatures:
     """Online rows in memory: ``rows[user][view] = (as_of, {feature: value})``. ``down = True`` makes every call
-    fail as an unreachable store does; ``broken`` makes reads raise it (an unexpected error)."""
+    fail as an unreachable store does; ``broken`` makes reads raise it (an unexpected error). ``on_loop = True``
+    lets /predict read on the event loop (:meth:`read_async`), as the real reader does once a snapshot is checked;
+    by default it reads in the worker thread, where subclasses may stall."""
 
     model_service = "churn_model_v1"
     all_service = "customer_360"
@@ -98,6 +100,7 @@ class MemoryFeatures:
         self.online_ok = True
         self.last_error: str | None = None
         self.reads = 0
+        self.on_loop = False
         self.on_error = lambda _store: None
         model = _layout(self.model_service, {"profile": PROFILE, "usage": USAGE}, {})
         everything = _layout(self.all_service, {"profile": PROFILE, "usage": USAGE, "realtime": PUSHED}, {})
@@ -143,6 +146,9 @@ class MemoryFeatures:
             data[feature] = [self.rows.get(u, {}).get(view, (None, {}))[1].get(feature) for u in user_ids]
         self.online_ok = True
         return rows_from_response(data, user_ids, layout, self._catalog), self._catalog
+
+    async def read_async(self, user_ids: list[str], service: str) -> tuple[list[UserRow], Catalog] | None:
+        return self.read(user_ids, service) if self.on_loop else None
 
     def push(
         self, user_id: str, *, watch_minutes_today: float, last_session_at: datetime, event_time: datetime | None

@@ -1,8 +1,11 @@
 """Predictions: the churn probability of one user (/predict) or many (/predict/batch), from one online read.
 
 With a read token configured (STREAMFLOW_API_READ_TOKEN) a request without it or the admin token is 401, before its
-body is read. The body is validated on the event loop before any I/O (413 too large, 422 invalid); the read and
-the scoring run in the threadpool under the route's deadline (:meth:`serving.deps.ServingState.off_loop`). Users
+body is read. The body is validated on the event loop before any I/O (413 too large, 422 invalid). A /predict whose
+read can go over the online store's asynchronous connection (:meth:`streamflow.features.online.OnlineReader.read_async`:
+once the registry snapshot's first read checked it) is read and scored on the event loop, the read bounded by the online
+timeout; otherwise, and for /predict/batch, the read and the scoring run in the worker thread under the route's deadline
+(:meth:`serving.deps.ServingState.off_loop`). Users
 with missing features are 404, users with month-end features older than their TTL 409 (never scored); the rest are
 scored with the serving model at its logged threshold. ``?reasons=N`` (default 3, 0 for none, at most 10) adds
 each prediction's reasons: the N features that push the user's churn log-odds up the most and the N that hold it
@@ -145,19 +148,29 @@ async def predict(request: Request) -> Response:
         return too_large(TOO_LARGE)
     except ValidationError as exc:
         return invalid(validation_errors(exc))
+    model = state.model_or_503()
+    if isinstance(model, Response):
+        return model
+    # on the event loop when the read can be: no thread to hand the request to and back
+    result = await state.read_user_async(user_id, state.features.model_service)
+    if result is not None:
+        return result if isinstance(result, Response) else _answer_one(state, model, *result, count)
     return await state.off_loop(_predict_one, state, user_id, count, doing="reading online features")
 
 
 def _predict_one(state: ServingState, user_id: str, count: int) -> Response:
-    """/predict after validation (in the threadpool): read, judge, score."""
+    """/predict after validation, in the worker thread: read, judge, score."""
     model = state.model_or_503()
     if isinstance(model, Response):
         return model
-    service = state.features.model_service
-    result = state.read_user(user_id, service)
+    result = state.read_user(user_id, state.features.model_service)
     if isinstance(result, Response):
         return result
-    row, layout = result
+    return _answer_one(state, model, *result, count)
+
+
+def _answer_one(state: ServingState, model: ServingModel, row: UserRow, layout: ServiceLayout, count: int) -> Response:
+    """/predict's answer for a judged row: scored, with its reasons, counted, offered to the shadow."""
     refused = _not_served(state, model, layout)
     if refused is not None:
         return refused

@@ -36,7 +36,7 @@ from psycopg import sql
 if TYPE_CHECKING:
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
-    from psycopg import Connection
+    from psycopg import AsyncConnection, Connection
 
 READ_TYPE = "streamflow.features.columnar_read.StreamflowColumnarOnlineStore"
 
@@ -75,26 +75,42 @@ class ColumnarRead:
     def read(self, conn: Connection, user_ids: list[str]) -> dict[str, list[Any]]:
         """``user_ids``' values and event times (epoch seconds; absent: None and 0), in order, duplicates
         allowed: the columns of Feast's ``to_dict(include_event_timestamps=True)``."""
-        keys = [self.key(u) for u in user_ids]
+        where, out = self._empty(user_ids)
+        with conn.cursor(binary=True) as cur:  # bytea and timestamptz as they are stored: nothing to parse
+            cur.execute(self.query, {"keys": list(where)}, prepare=True)
+            return self._fill(out, where, cur)
+
+    async def read_async(self, conn: AsyncConnection, user_ids: list[str]) -> dict[str, list[Any]]:
+        """:meth:`read` over an asynchronous connection: the event loop goes on while the store answers."""
+        where, out = self._empty(user_ids)
+        async with conn.cursor(binary=True) as cur:
+            await cur.execute(self.query, {"keys": list(where)}, prepare=True)
+            return self._fill(out, where, await cur.fetchall())
+
+    def _empty(self, user_ids: list[str]) -> tuple[dict[bytes, list[int]], dict[str, list[Any]]]:
+        """Each distinct entity key with the positions of its users, and the answer's columns, all absent."""
         where: dict[bytes, list[int]] = {}
-        for i, key in enumerate(keys):
-            where.setdefault(key, []).append(i)
+        for i, user_id in enumerate(user_ids):
+            where.setdefault(self.key(user_id), []).append(i)
         n = len(user_ids)
         out: dict[str, list[Any]] = {self.join_key: list(user_ids), self.join_key + TIMESTAMP_POSTFIX: [0] * n}
         for feature in self.features:
             out[feature] = [None] * n
             out[feature + TIMESTAMP_POSTFIX] = [0] * n
+        return where, out
+
+    @staticmethod
+    def _fill(out: dict[str, list[Any]], where: dict[bytes, list[int]], rows) -> dict[str, list[Any]]:
+        """``out`` with the stored rows (entity key, feature, serialized value, event time) put in place."""
         value = ValueProto()
-        with conn.cursor(binary=True) as cur:  # bytea and timestamptz as they are stored: nothing to parse
-            cur.execute(self.query, {"keys": list(where)}, prepare=True)
-            for entity_key, feature, raw, event_ts in cur:
-                value.ParseFromString(raw)
-                python = feast_value_type_to_python_type(value)
-                seconds = int(event_ts.timestamp()) if event_ts is not None else 0
-                values, stamps = out[feature], out[feature + TIMESTAMP_POSTFIX]
-                for i in where[bytes(entity_key)]:
-                    values[i] = python
-                    stamps[i] = seconds
+        for entity_key, feature, raw, event_ts in rows:
+            value.ParseFromString(raw)
+            python = feast_value_type_to_python_type(value)
+            seconds = int(event_ts.timestamp()) if event_ts is not None else 0
+            values, stamps = out[feature], out[feature + TIMESTAMP_POSTFIX]
+            for i in where[bytes(entity_key)]:
+                values[i] = python
+                stamps[i] = seconds
         return out
 
 
@@ -129,3 +145,10 @@ class StreamflowColumnarOnlineStore(PostgreSQLOnlineStore):
         """One read of ``plan`` for ``user_ids`` over the store's connection (see :meth:`ColumnarRead.read`)."""
         with self._get_conn(config, autocommit=True) as conn:
             return plan.read(conn, user_ids)
+
+    async def read_columns_async(
+        self, config: RepoConfig, plan: ColumnarRead, user_ids: list[str]
+    ) -> dict[str, list[Any]]:
+        """:meth:`read_columns` over the store's asynchronous connection (Feast's ``_get_conn_async``)."""
+        async with self._get_conn_async(config, autocommit=True) as conn:
+            return await plan.read_async(conn, user_ids)

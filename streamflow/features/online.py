@@ -17,6 +17,7 @@ timeouts), dropped after an error like the online one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -26,17 +27,17 @@ from datetime import date, datetime
 
 import psycopg
 from feast import FeatureStore
-from feast.online_response import TIMESTAMP_POSTFIX
 
 from streamflow.core import runlog
 from streamflow.core.db import connect
 from streamflow.core.errors import StreamflowError
-from streamflow.core.names import ALL_SERVICE, ENTITY, MODEL_SERVICE
+from streamflow.core.names import ALL_SERVICE, MODEL_SERVICE
 from streamflow.core.settings import Settings
 from streamflow.features import online_store as ostore
 from streamflow.features.catalog import Catalog, ServiceLayout, UserRow, read_catalog, rows_from_response
-from streamflow.features.columnar_read import ColumnarRead, StreamflowColumnarOnlineStore
+from streamflow.features.columnar_read import ColumnarRead
 from streamflow.features.push import PushResult, push_usage_event
+from streamflow.features.read_paths import agrees, columnar_plan, derive, read_split, read_whole
 from streamflow.features.store import FeaturesError, _quiet_feast, _service, _store_key
 
 log = logging.getLogger("streamflow.features.online")
@@ -83,6 +84,7 @@ class OnlineReader:
         # of autocommit for its transaction: one at a time
         self._io_lock = threading.Lock()
         self._push_conn: psycopg.Connection | None = None  # the offline record of pushes (under _io_lock)
+        self._loop_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None  # read_async's, per event loop
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -146,12 +148,13 @@ class OnlineReader:
             )
         return conn
 
-    def _failed(self, store: str, exc: BaseException, doing: str) -> StoreUnavailable:
+    def _failed(self, store: str, exc: BaseException, doing: str, *, reset: bool = True) -> StoreUnavailable:
         self.last_error = f"{doing}: {ostore.first_line(exc)}"
         if store == ONLINE:
             self.online_ok = False
             self._retry_at = time.monotonic() + RETRY_PAUSE_SECONDS
-            self._reset()
+            if reset:
+                self._reset()
         self.on_error(store)
         log.warning("%s store error while %s (answering 503): %s", store, doing, ostore.first_line(exc))
         what = "online store" if store == ONLINE else "Feast registry"
@@ -259,17 +262,71 @@ class OnlineReader:
     def _read(self, store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
         verdict = self._split_ok.get(layout.name)
         if verdict is None:  # first read of this snapshot: compare each way with Feast's, keep what agrees
-            data = _read_whole(store, layout, user_ids)
-            self._split_ok[layout.name] = _agrees(store, layout, user_ids, data)
-            self._columnar[layout.name] = _columnar_plan(store, layout, user_ids)
+            data = read_whole(store, layout, user_ids)
+            self._split_ok[layout.name] = agrees(store, layout, user_ids, data)
+            self._columnar[layout.name] = columnar_plan(store, layout, user_ids)
             return data
         if not verdict:
-            return _read_whole(store, layout, user_ids)
+            return read_whole(store, layout, user_ids)
         plan = self._columnar.get(layout.name)
         if plan is None:
-            return _read_split(store, layout, user_ids)
+            return read_split(store, layout, user_ids)
         online = store._get_provider().online_store
-        return _derive(layout, online.read_columns(store.config, plan, user_ids))
+        return derive(layout, online.read_columns(store.config, plan, user_ids))
+
+    # ---- reads on the event loop -----------------------------------------------------------
+    def _checked(self, service: str) -> tuple[Catalog, ServiceLayout, ColumnarRead] | None:
+        """The snapshot, layout and columnar read of ``service`` when a read of it may go on the event loop: the
+        snapshot's first read (in :meth:`read`) checked the columnar read against Feast's, and no store error is
+        being waited out."""
+        catalog = self._catalog
+        if catalog is None or catalog.clock is None or self._split_for is not catalog:
+            return None
+        layout = catalog.services.get(service)
+        if layout is None or not self._split_ok.get(layout.name):
+            return None  # a snapshot not checked yet, or a service Feast reads whole
+        plan = self._columnar.get(layout.name)
+        if plan is None or time.monotonic() < self._retry_at:
+            return None
+        return catalog, layout, plan
+
+    async def read_async(self, user_ids: list[str], service: str) -> tuple[list[UserRow], Catalog] | None:
+        """:meth:`read` without a thread, over the online store's asynchronous connection: the same rows, judged the
+        same way, while the event loop goes on. Only once :meth:`read` has checked the snapshot's columnar read
+        (None before, or for a store without one: the caller uses :meth:`read`). The whole read, the wait for the
+        connection included, is bounded by the online timeout; a store error drops the connection and raises
+        StoreUnavailable, as :meth:`read` does."""
+        checked = self._checked(service)
+        if checked is None:
+            return None
+        catalog, layout, plan = checked
+        store = self.feature_store()
+        online = store._get_provider().online_store
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._event_loop_lock(online):
+                    if online._conn_async is None:
+                        online._conn_async = await ostore.connect_postgres_async(store, self.timeout)
+                    data = await online.read_columns_async(store.config, plan, user_ids)
+        except Exception as exc:
+            if not ostore.is_store_error(exc):
+                raise
+            conn, online._conn_async = online._conn_async, None
+            if conn is not None:
+                with contextlib.suppress(Exception):  # broken already
+                    await conn.close()
+            raise self._failed(ONLINE, exc, "reading online features", reset=False) from None
+        self.online_ok = True
+        return rows_from_response(derive(layout, data), user_ids, layout, catalog), catalog
+
+    def _event_loop_lock(self, online) -> asyncio.Lock:
+        """The lock of :meth:`read_async`'s connection, one per event loop (a connection made on another loop is
+        dropped)."""
+        loop = asyncio.get_running_loop()
+        if self._loop_lock is None or self._loop_lock[0] is not loop:
+            online._conn_async = None
+            self._loop_lock = (loop, asyncio.Lock())
+        return self._loop_lock[1]
 
     def ping(self) -> bool:
         """True when the online store answers now."""
@@ -348,87 +405,6 @@ class OnlineReader:
             self._thread.join(timeout=30)
             self._thread = None
         self._reset()
-
-
-# ---------------------------------------------------------------------------------------
-# the two ways of reading a service
-# ---------------------------------------------------------------------------------------
-def _read_whole(store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
-    """The feature service as Feast serves it, on-demand features included. Feature names are unique across
-    views, so the response uses plain names (with full names, Feast leaves python-mode on-demand features out)."""
-    response = store.get_online_features(features=layout.service, entity_rows=[{ENTITY: u} for u in user_ids])
-    return response.to_dict(include_event_timestamps=True)
-
-
-def _read_split(store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
-    """The stored features from Feast, then each on-demand view's own transformation applied to them: the same
-    values with less work per request (checked equal to :func:`_read_whole` for every registry snapshot)."""
-    return _derive(layout, _read_stored(store, layout, user_ids))
-
-
-def _read_stored(store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> dict[str, list]:
-    """The service's stored features (no on-demand ones) as Feast reads them."""
-    response = store.get_online_features(features=list(layout.stored_refs), entity_rows=[{ENTITY: u} for u in user_ids])
-    return response.to_dict(include_event_timestamps=True)
-
-
-def _derive(layout: ServiceLayout, data: dict[str, list]) -> dict[str, list]:
-    """The stored features plus each on-demand view's outputs, computed by the view's registered function."""
-    n = len(data[ENTITY])
-    inputs = {k: v for k, v in data.items() if not k.endswith(TIMESTAMP_POSTFIX)}
-    for odfv, outputs in layout.transforms or ():
-        result = odfv.feature_transformation.transform(inputs)  # the view's registered python function
-        for name in outputs:
-            data[name] = list(result[name])
-            data[name + TIMESTAMP_POSTFIX] = [0] * n  # as Feast: derived values have no event time
-    return data
-
-
-def _columnar_plan(store: FeatureStore, layout: ServiceLayout, user_ids: list[str]) -> ColumnarRead | None:
-    """The columnar read of ``layout``'s stored features when the store offers it and, for ``user_ids``, it
-    answers exactly what Feast's own read answers (else None: reads keep going through Feast)."""
-    online = store._get_provider().online_store
-    if not isinstance(online, StreamflowColumnarOnlineStore) or not layout.stored_refs:
-        return None
-    try:
-        plan = ColumnarRead(store, layout.stored_refs, ENTITY)
-        mine = online.read_columns(store.config, plan, user_ids)
-    except Exception as exc:
-        if ostore.is_store_error(exc):
-            raise
-        log.warning("the columnar read of %s failed (%s): reading through Feast", layout.name, exc)
-        return None
-    feast = _read_stored(store, layout, user_ids)
-    if mine.keys() != feast.keys() or not all(_same(feast[k], mine[k]) for k in feast):
-        log.warning("the columnar read of %s differs from Feast's: reading through Feast", layout.name)
-        return None
-    return plan
-
-
-def _agrees(store: FeatureStore, layout: ServiceLayout, user_ids: list[str], whole: dict) -> bool:
-    if layout.transforms is None:
-        return False
-    try:
-        split = _read_split(store, layout, user_ids)
-    except Exception as exc:
-        if ostore.is_store_error(exc):
-            raise
-        log.warning("the split read of %s failed (%s): reading the whole service", layout.name, exc)
-        return False
-    same = all(_same(whole.get(k), split.get(k)) for k in whole)
-    if not same:
-        log.warning("the split read of %s differs from Feast's: reading the whole service", layout.name)
-    return same
-
-
-def _same(a: list | None, b: list | None) -> bool:
-    """Two response columns hold the same values (NaN equal to NaN)."""
-    if a is None or b is None or len(a) != len(b):
-        return a is b
-    for x, y in zip(a, b, strict=True):
-        if x != y and not (isinstance(x, float) and isinstance(y, float) and x != x and y != y):
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------

@@ -154,14 +154,12 @@ def reader_config(settings: Settings, timeout: float) -> RepoConfig:
     return config.model_copy(update=update)
 
 
-def connect_postgres(store: FeatureStore, timeout: float) -> psycopg.Connection:
-    """A connection for Feast's PostgreSQL online store, as Feast would open it plus connect and statement
-    timeouts."""
+def _postgres_conninfo(store: FeatureStore, timeout: float) -> str:
     cfg = store.config.online_store
     search_path = (cfg.db_schema or cfg.user).strip()
     if search_path != "public":
         search_path += ",public"
-    conninfo = make_conninfo(
+    return make_conninfo(
         "",
         user=cfg.user,
         password=cfg.password,
@@ -172,7 +170,17 @@ def connect_postgres(store: FeatureStore, timeout: float) -> psycopg.Connection:
         connect_timeout=max(1, round(timeout)),
         options=f"-c search_path={search_path} -c statement_timeout={int(timeout * 1000)}",
     )
-    return psycopg.connect(conninfo, autocommit=True)
+
+
+def connect_postgres(store: FeatureStore, timeout: float) -> psycopg.Connection:
+    """A connection for Feast's PostgreSQL online store, as Feast would open it plus connect and statement
+    timeouts."""
+    return psycopg.connect(_postgres_conninfo(store, timeout), autocommit=True)
+
+
+async def connect_postgres_async(store: FeatureStore, timeout: float) -> psycopg.AsyncConnection:
+    """:func:`connect_postgres` for the store's asynchronous connection."""
+    return await psycopg.AsyncConnection.connect(_postgres_conninfo(store, timeout), autocommit=True)
 
 
 def reset_connections(store: FeatureStore) -> None:

@@ -7,6 +7,7 @@ that changes the online store uses its own Feast project (own registry entries, 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import math
@@ -27,7 +28,7 @@ from streamflow.core.db import connect
 from streamflow.core.env import tool_environment
 from streamflow.core.names import FEATURE_MARTS
 from streamflow.core.stack import EmbeddedPostgres
-from streamflow.features import apply, columnar_read, materialize, offline, online_store, push, store
+from streamflow.features import apply, columnar_read, materialize, offline, online_store, push, read_paths, store
 from streamflow.features import contract as fc
 from streamflow.features import online as online_reads
 from tests.conftest import free_port, run_cli, settings_env
@@ -449,6 +450,7 @@ def test_the_columnar_read_answers_exactly_what_feasts_own_read_answers(online, 
     assert isinstance(online_store_, columnar_read.StreamflowColumnarOnlineStore)
     users = _read_users(people)
     for service in (reader.model_service, reader.all_service):
+        assert asyncio.run(reader.read_async(users, service)) is None, "not before the snapshot's first read"
         layout = catalog.services[service]
         plan = columnar_read.ColumnarRead(feast_store, layout.stored_refs, names.ENTITY)
         mine = online_store_.read_columns(feast_store.config, plan, users)
@@ -457,7 +459,7 @@ def test_the_columnar_read_answers_exactly_what_feasts_own_read_answers(online, 
         ).to_dict(include_event_timestamps=True)
         assert mine.keys() == feast.keys()
         for column, values in feast.items():
-            assert online_reads._same(values, mine[column]), column
+            assert read_paths.same(values, mine[column]), column
         for column, values in mine.items():  # the leaver and the unknown id: absent; the repeat: the first
             absent = 0 if column.endswith("__ts") else None
             assert column.startswith(names.ENTITY) or values[6] == values[7] == absent, column
@@ -466,9 +468,37 @@ def test_the_columnar_read_answers_exactly_what_feasts_own_read_answers(online, 
         first, _ = reader.read(users, service)
         assert reader._columnar[service] is not None, "the columnar read agreed and is used"
         second, _ = reader.read(users, service)
-        assert [(r.user_id, r.values, r.as_of, r.verdict) for r in first] == [
-            (r.user_id, r.values, r.as_of, r.verdict) for r in second
-        ]
+        on_the_loop, judged_with = asyncio.run(reader.read_async(users, service))  # the API's /predict read
+        assert judged_with is catalog
+        for rows in (second, on_the_loop):
+            assert [(r.user_id, r.values, r.as_of, r.verdict) for r in first] == [
+                (r.user_id, r.values, r.as_of, r.verdict) for r in rows
+            ]
+    reader.stop()
+
+
+def test_a_read_on_the_event_loop_that_the_store_stalls_is_a_503_and_the_next_one_reconnects(online, people):
+    settings, _ = online
+    reader = online_reads.OnlineReader(settings.model_copy(update={"online_timeout_seconds": 1.0}))
+    reader.refresh()
+    users = people["stayers"][:2]
+    expected, _ = reader.read(users, reader.model_service)  # checks the snapshot's columnar read
+    table = online_store.online_table(settings, "subscriptions_profile")
+    with connect(settings) as locker:  # a stalled store: a lock the read waits on
+        locker.execute(f"lock table {table} in access exclusive mode")
+        started = time.monotonic()
+        with pytest.raises(online_reads.StoreUnavailable) as refused:
+            asyncio.run(reader.read_async(users, reader.model_service))
+        waited = time.monotonic() - started
+        assert refused.value.store == online_reads.ONLINE and "did not answer" in str(refused.value)
+        assert waited < 3, f"bounded by the online timeout, waited {waited:.1f} s"
+        assert not reader.online_ok
+        assert reader._columnar[reader.model_service] is not None  # the plan stays; the connection went
+        assert reader.feature_store()._get_provider().online_store._conn_async is None
+    time.sleep(online_reads.RETRY_PAUSE_SECONDS)
+    rows, _ = asyncio.run(reader.read_async(users, reader.model_service))
+    assert [(r.user_id, r.values) for r in rows] == [(r.user_id, r.values) for r in expected]
+    assert reader.online_ok
     reader.stop()
 
 
@@ -489,6 +519,7 @@ def test_a_columnar_read_that_differs_from_feasts_is_not_used(online, people, mo
         (row,), _catalog = reader.read([stayer], reader.model_service)
         assert row.values["monthly_fee"] == _mart_row(settings, "subscriptions_profile", stayer, FEB)["monthly_fee"]
     assert reader._columnar[reader.model_service] is None
+    assert asyncio.run(reader.read_async([stayer], reader.model_service)) is None, "so none on the event loop"
     reader.stop()
 
 

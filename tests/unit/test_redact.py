@@ -64,6 +64,7 @@ def test_scrub_masks_urls_conninfo_pairs_and_known_secrets_in_free_text():
         f"postgresql://streamflow:pw-never-shown@127.0.0.1:{free_port()}/streamflow",  # nothing listens there
         "streamflow:pw-never-shown@127.0.0.1/streamflow",  # not a URL: psycopg echoes the string it got
     ],
+    ids=["a URL nothing listens on", "not a URL"],  # the same names in every pytest worker
 )
 def test_the_locks_not_reachable_message_never_contains_the_password(url):
     with pytest.raises(lock.DatabaseUnreachable) as info:

@@ -4,6 +4,8 @@ probability for the vector served. The same on PostgreSQL, Feast and MLflow: tes
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
 from datetime import UTC, date, datetime
@@ -180,8 +182,10 @@ def metric(text: str, name: str) -> float:
     return float(line.split()[1])
 
 
-def test_a_full_queue_drops_and_counts_while_every_answer_is_the_champions():
+@pytest.mark.parametrize("on_loop", [False, True], ids=["read in the worker thread", "read on the event loop"])
+def test_a_full_queue_drops_and_counts_while_every_answer_is_the_champions(on_loop):
     features = MemoryFeatures()
+    features.on_loop = on_loop
     for i, u in enumerate(USERS):
         features.add(u, user_values(i))
     champion = ModelHolder(LocalModels({"1": serving_model("1")}, alias="1"), poll_seconds=3600)
@@ -218,3 +222,52 @@ def test_a_full_queue_drops_and_counts_while_every_answer_is_the_champions():
         assert (as_of, champion_version, version, source) == (MONTH, 1, 2, "api")
         assert champion_p == pytest.approx(float(champion.current.proba([user_values(i)])[0]), abs=1e-12)
         assert p == pytest.approx(float(shadow.proba([user_values(i)])[0]), abs=1e-12)
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["read on the event loop", "read in the worker thread"])
+def test_a_request_is_in_progress_from_its_start_until_its_answer_is_sent(on_loop):
+    """The shadow scores only while no request is in progress: the app counts one until its last byte is handed to
+    the server, wherever its read ran."""
+    features = MemoryFeatures()
+    features.on_loop = on_loop
+    features.add(USERS[0], user_values(0))
+    champion = ModelHolder(LocalModels({"1": serving_model("1")}, alias="1"), poll_seconds=3600)
+    ops = OpsState({}, None, None)
+    app = create_app(Settings(_env_file=None, api_token=TOKEN), features, champion, ops_state=lambda: ops)
+    state = app.state.serving
+    seen = []
+    body = json.dumps({"user_id": USERS[0]}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        seen.append((message["type"], message.get("status"), state.in_flight, state.idle.is_set()))
+
+    async def one_request():
+        async with app.router.lifespan_context(app):  # loads the champion
+            assert (state.in_flight, state.idle.is_set()) == (0, True)
+            await app(scope, receive, send)
+            seen.append(("answered", None, state.in_flight, state.idle.is_set()))
+
+    asyncio.run(one_request())
+    assert seen == [
+        ("http.response.start", 200, 1, False),
+        ("http.response.body", None, 1, False),
+        ("answered", None, 0, True),
+    ]
+    assert features.reads == 1
