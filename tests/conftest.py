@@ -23,40 +23,33 @@ ROOT = Path(__file__).resolve().parent.parent
 STREAMFLOW = str(Path(sys.executable).with_name("streamflow"))
 
 
-# with pytest-xdist each worker takes ports from a range of its own, below Linux's ephemeral range (32768-60999):
-# a port one worker found free cannot be handed to the other before its server binds it
+# Each pytest worker (pytest-xdist) takes ports from a range of its own, below Linux's ephemeral range (32768-60999),
+# so a port one worker found free is never handed to the other before its server binds it; and a process never hands
+# out the same port twice (a test often picks several ports before starting what binds them).
 PORTS_PER_WORKER = 4000
+_handed_out: set[int] = set()
 
 
-# With pytest-xdist (`make test`), test modules go whole to whichever worker is free, in collection order: the long
-# ones first (Airflow runs, faults, browsers, then the integration modules), the many short unit tests last, so the
-# two workers finish together instead of one waiting for the other's last long module.
-DIRECTORY_ORDER = ("tests/e2e/", "tests/faults/", "tests/browser/", "tests/integration/", "tests/unit/")
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
-def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
-        return next((i for i, d in enumerate(DIRECTORY_ORDER) if item.nodeid.startswith(d)), len(DIRECTORY_ORDER))
-
-    items.sort(key=rank)  # stable: the order within a directory stays pytest's
-
-
-def free_port() -> int:
-    """A loopback port free now (with pytest-xdist: from this worker's own range)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if not worker.startswith("gw"):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-    low = 16000 + int(worker[2:]) * PORTS_PER_WORKER
-    for port in random.sample(range(low, low + PORTS_PER_WORKER), PORTS_PER_WORKER):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {low}-{low + PORTS_PER_WORKER - 1}")
+def free_port(span: int = 1) -> int:
+    """A loopback port free now and not handed out before by this process; with ``span``, the first of that many
+    consecutive such ports (e.g. Ray's worker ports)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    low = 16000 + int(worker.removeprefix("gw") or 0) * PORTS_PER_WORKER
+    for first in random.sample(range(low, low + PORTS_PER_WORKER - span), PORTS_PER_WORKER - span):
+        ports = range(first, first + span)
+        if not _handed_out.intersection(ports) and all(_bindable(p) for p in ports):
+            _handed_out.update(ports)
+            return first
+    raise RuntimeError(f"no {span} free port(s) in {low}-{low + PORTS_PER_WORKER - 1}")
 
 
 def make_settings(home: Path, **overrides) -> Settings:

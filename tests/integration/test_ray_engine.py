@@ -45,7 +45,7 @@ def ts(day: date) -> datetime:
 
 def _ports(node: str) -> list[str]:
     """Every port a node listens on, free ones, so two nodes (and other clusters) share the machine."""
-    low = free_port()
+    low = free_port(span=41)  # the worker ports: 41 in a row, none of them handed out for anything else
     names = (
         "node-manager-port",
         "object-manager-port",
